@@ -1,0 +1,200 @@
+"""The `plasticity` command line.
+
+    plasticity train patterns --preset small          train one model (MLflow-tracked)
+    plasticity evaluate runs/<run>/checkpoint.pt      score a checkpoint on fresh episodes
+    plasticity sweep --task patterns ...              Ray Tune + Optuna sweep (needs [sweep])
+
+Every flag comes from the config dataclasses (`plasticity.config`), parsed by tyro;
+`--help` on any command lists them with their documentation. Usage errors and bad
+input print one line and exit with status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import sys
+from dataclasses import dataclass, fields
+from pathlib import Path
+
+import tyro
+
+from plasticity.config import CONFIGS, PRESETS, preset, validate
+from plasticity.errors import PlasticityError
+
+USAGE = """usage: plasticity COMMAND ...
+
+commands:
+  train TASK     train one model; TASK is one of: {tasks}
+  evaluate CKPT  score a checkpoint on fresh held-out episodes and draw its figure
+  sweep          hyperparameter sweep with Ray Tune + Optuna (pip install 'plasticity[sweep]')
+
+Run `plasticity COMMAND --help` for the flags of a command."""
+
+
+@dataclass
+class RunOptions:
+    """Options of a training run that are not part of the model's config."""
+
+    tracking: bool = True
+    """Log params, metrics, figures and the model to MLflow (--no-tracking to turn off)."""
+    tracking_uri: str | None = None
+    """MLflow tracking URI; default $MLFLOW_TRACKING_URI, else sqlite:///mlruns.db here."""
+    experiment: str = "plasticity"
+    """MLflow experiment name."""
+    resume: str | None = None
+    """Continue from this checkpoint.pt: the model, task and seed come from it; the
+    schedule (--episodes, --lr, ...) from this command line."""
+    progress: bool = True
+    """Show a progress bar."""
+
+
+def fail(message: str) -> None:
+    print(f"plasticity: error: {message}", file=sys.stderr)
+    raise SystemExit(2)
+
+
+def _command_class(task: str):
+    config_cls = CONFIGS[task]
+    return dataclasses.make_dataclass(f"Train{task.title()}", [], bases=(RunOptions, config_cls))
+
+
+def parse_train(task: str, argv: list[str]):
+    """(config, run options) from `plasticity train TASK ...`."""
+    pre = argparse.ArgumentParser(add_help=False)
+    pre.add_argument("--preset", default=next(iter(PRESETS[task])))
+    known, _ = pre.parse_known_args(argv)
+    cmd_cls = _command_class(task)
+    base = preset(task, known.preset)
+    default = cmd_cls(**dataclasses.asdict(base))
+    cmd = tyro.cli(cmd_cls, args=argv, default=default, prog=f"plasticity train {task}",
+                   description=f"{CONFIGS[task].__doc__}\n\nPresets: {', '.join(PRESETS[task])} "
+                               f"(flags after --preset override it).")
+    config_fields = {f.name for f in fields(CONFIGS[task])}
+    cfg = validate(CONFIGS[task](**{k: getattr(cmd, k) for k in config_fields}))
+    opts = RunOptions(**{f.name: getattr(cmd, f.name) for f in fields(RunOptions)})
+    return cfg, opts
+
+
+def cmd_train(argv: list[str]) -> int:
+    if not argv or argv[0].startswith("-"):
+        if argv and argv[0] in ("-h", "--help"):
+            print(USAGE.format(tasks=", ".join(CONFIGS)))
+            return 0
+        fail(f"name the task: plasticity train TASK, TASK one of {', '.join(CONFIGS)}")
+    task, argv = argv[0], argv[1:]
+    if task not in CONFIGS:
+        fail(f"unknown task {task!r}: choose one of {', '.join(CONFIGS)}")
+    cfg, opts = parse_train(task, argv)
+    from plasticity.train import train
+    from plasticity.train.common import run_name
+
+    tracker = None
+    if opts.tracking:
+        from plasticity.tracking.mlflow import MlflowTracker
+
+        tracker = MlflowTracker.open(opts.tracking_uri, opts.experiment, run_name(cfg), cfg.to_dict(),
+                                     tags={"task": cfg.task, "model": cfg.model})
+        print(f"MLflow run {tracker.run_id} at {tracker.uri}", file=sys.stderr)
+    status = "FAILED"
+    try:
+        result = train(cfg, report=tracker, resume=opts.resume, progress=opts.progress)
+        status = "FINISHED"
+    except KeyboardInterrupt:
+        status = "KILLED"
+        print("plasticity: interrupted; the checkpoint was saved, continue with --resume", file=sys.stderr)
+        return 130
+    finally:
+        if tracker is not None and status != "FINISHED":
+            tracker.finish(status=status, retries=1)
+    if tracker is not None:
+        tracker.finish(result.run_dir, model=result.model)
+    final = result.final
+    summary = ", ".join(f"{k}={v:.4g}" for k, v in final.items() if k.startswith("eval/"))
+    print(f"done: {result.run_dir} ({summary})")
+    return 0
+
+
+@dataclass
+class EvaluateArgs:
+    """Score a checkpoint on fresh held-out episodes and write its completion figure."""
+
+    checkpoint: tyro.conf.Positional[str]
+    """Path of a checkpoint.pt written by `plasticity train`."""
+    episodes: int = 256
+    """Fresh episodes to score."""
+    seed: int = 12345
+    """Seed of the fresh episodes (different from training's)."""
+    figure: str | None = None
+    """Where to write the figure; default evaluation.png next to the checkpoint."""
+    device: str = "cpu"
+    """Device to run on."""
+
+
+def cmd_evaluate(argv: list[str]) -> int:
+    args = tyro.cli(EvaluateArgs, args=argv, prog="plasticity evaluate")
+    import torch
+
+    from plasticity.errors import check_positive
+    from plasticity.plots import save_figure
+    from plasticity.tasks import make_task
+    from plasticity.train import evaluate, model_from_checkpoint
+    from plasticity.train.common import resolve_device
+
+    check_positive("episodes", args.episodes)
+    device = resolve_device(args.device)
+    # The architecture comes from the checkpoint's own config.
+    saved_task = _peek_task(args.checkpoint)
+    model, cfg, ckpt = model_from_checkpoint(args.checkpoint, CONFIGS[saved_task], device=str(device))
+    task = make_task(cfg)
+    g = torch.Generator().manual_seed(args.seed)
+    batches = [task.sample(min(64, args.episodes - i), g) for i in range(0, args.episodes, 64)]
+    metrics = evaluate(model, task, batches, device)
+    figure = Path(args.figure) if args.figure else Path(args.checkpoint).with_name("evaluation.png")
+    with torch.no_grad():
+        outputs, _ = model(task.inputs(batches[0])[:1].to(device))
+    save_figure(task.figure(outputs, batches[0]), figure)
+    print(f"{cfg.task}/{cfg.model} after {ckpt['episode']} training episodes, {args.episodes} fresh episodes:")
+    for k, v in metrics.items():
+        print(f"  {k}: {v:.4f}")
+    print(f"figure: {figure}")
+    return 0
+
+
+def _peek_task(path: str) -> str:
+    from plasticity.errors import CheckpointError
+    from plasticity.train import load_checkpoint
+
+    task = load_checkpoint(path)["config"].get("task")
+    if task not in CONFIGS:
+        raise CheckpointError(f"{path} is for task {task!r}, which this version does not know: upgrade plasticity")
+    return task
+
+
+def cmd_sweep(argv: list[str]) -> int:
+    try:
+        from tune.sweep import main as sweep_main
+    except ImportError as e:
+        fail(f"the sweep service needs the sweep extras ({e.name} is missing): pip install 'plasticity[sweep]'")
+    return sweep_main(argv, prog="plasticity sweep")
+
+
+COMMANDS = {"train": cmd_train, "evaluate": cmd_evaluate, "sweep": cmd_sweep}
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if not argv or argv[0] in ("-h", "--help"):
+        print(USAGE.format(tasks=", ".join(CONFIGS)))
+        return 0 if argv else 2
+    if argv[0] not in COMMANDS:
+        fail(f"unknown command {argv[0]!r}: choose one of {', '.join(COMMANDS)} (see plasticity --help)")
+    try:
+        return COMMANDS[argv[0]](argv[1:])
+    except PlasticityError as e:
+        fail(str(e))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

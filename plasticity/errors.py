@@ -1,0 +1,52 @@
+"""Errors the user can act on.
+
+Every check of user input (configs, shapes, files, servers) raises a subclass of
+`PlasticityError`: a `ValueError` whose message names the problem *and* the fix, so
+that the CLI can print it as one line and exit with status 2.
+"""
+
+from __future__ import annotations
+
+
+class PlasticityError(ValueError):
+    """A problem with the user's input, with a hint on how to fix it."""
+
+
+class ConfigError(PlasticityError):
+    """An invalid configuration value (unknown rule, eta out of range, bad size...)."""
+
+
+class ShapeError(PlasticityError):
+    """Tensors passed to a layer do not have the documented shapes."""
+
+
+class CheckpointError(PlasticityError):
+    """A checkpoint file is missing, truncated, corrupt or not ours."""
+
+
+class TrackingError(PlasticityError):
+    """The experiment tracking server cannot be reached or used."""
+
+
+def check_choice(name: str, value: str, choices) -> str:
+    """Raise a `ConfigError` unless `value` is one of `choices`."""
+    choices = list(choices)
+    if value not in choices:
+        raise ConfigError(f"unknown {name} {value!r}: choose one of {', '.join(map(str, choices))}")
+    return value
+
+
+def check_positive(name: str, value, *, allow_zero: bool = False):
+    """Raise a `ConfigError` unless `value` is > 0 (or >= 0 with `allow_zero`)."""
+    if value is None or (value < 0 if allow_zero else value <= 0):
+        bound = ">= 0" if allow_zero else "> 0"
+        kind = "non-negative" if allow_zero else "positive"
+        raise ConfigError(f"{name} must be {bound}, got {value!r}: pass a {kind} value")
+    return value
+
+
+def check_eta(eta: float) -> float:
+    """Raise a `ConfigError` unless the plasticity rate is in (0, 1]."""
+    if not (0.0 < float(eta) <= 1.0):
+        raise ConfigError(f"eta must be in (0, 1], got {eta!r}: pass e.g. --eta 0.01")
+    return float(eta)

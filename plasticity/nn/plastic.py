@@ -1,0 +1,256 @@
+"""Plastic layers: a fixed weight `w` plus a Hebbian trace scaled by `alpha`.
+
+    PlasticLinear  feed-forward, `y(t) = act(x(t) @ (w + alpha * Hebb(t)) + b + drive(t))`
+    PlasticRNN     fully recurrent with input drive or clamping (the paper's network)
+
+Both are batched over B episodes and pass their state in and out explicitly:
+activations `[B, T, N]`, Hebb `[B, N_in, N_out]` (rows presynaptic, columns
+postsynaptic). A `reset` mask `[B, T]` zeroes the state before the marked steps, so
+episodes of different lengths can be packed into one run. The plasticity rule comes
+from `plasticity.rules`; the step-by-step references live in `naive.py`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import NamedTuple
+
+import torch
+from torch import Tensor, nn
+from torch.utils.checkpoint import checkpoint
+
+from plasticity.errors import ShapeError, check_choice, check_eta, check_positive
+from plasticity.rules import Traces, get_rule
+
+ALPHA_MODES = ("free", "yoked")
+ETA_MODES = ("scalar", "per-connection")
+INPUT_MODES = ("add", "clamp")
+
+
+class PlasticState(NamedTuple):
+    """State of a `PlasticRNN`: activity `y` `[B, N]` and the rule's traces
+    (first `Hebb` `[B, N, N]`)."""
+
+    y: Tensor
+    traces: Traces
+
+
+class PlasticWeights(nn.Module):
+    """The trained parameters of a plastic connection `[N_in, N_out]` and its rule.
+
+    Args:
+        n_in, n_out: sizes of the connection.
+        rule: name of a registered plasticity rule (`hebb`, `oja`, ...).
+        eta: initial plasticity rate, in (0, 1].
+        eta_mode: `scalar` (one eta for the layer, as in the paper) or `per-connection`.
+        learn_eta: train eta by backprop (True) or keep it fixed.
+        alpha_mode: `free` (one alpha per connection) or `yoked` (one shared alpha).
+        clip: clamp Hebb to [-clip, clip] after each update; None for no clipping.
+        init_std: standard deviation of the normal init of `w` and `alpha`.
+    """
+
+    def __init__(self, n_in: int, n_out: int, *, rule: str = "hebb", eta: float = 0.01,
+                 eta_mode: str = "scalar", learn_eta: bool = True, alpha_mode: str = "free",
+                 clip: float | None = None, init_std: float = 0.01):
+        super().__init__()
+        check_positive("n_in", n_in)
+        check_positive("n_out", n_out)
+        check_eta(eta)
+        check_choice("alpha mode", alpha_mode, ALPHA_MODES)
+        check_choice("eta mode", eta_mode, ETA_MODES)
+        if clip is not None:
+            check_positive("clip", clip)
+        self.rule = get_rule(rule)
+        self.n_in, self.n_out, self.clip = n_in, n_out, clip
+        self.alpha_mode, self.eta_mode = alpha_mode, eta_mode
+        self.w = nn.Parameter(init_std * torch.randn(n_in, n_out))
+        alpha_shape = (n_in, n_out) if alpha_mode == "free" else ()
+        self.alpha = nn.Parameter(init_std * torch.randn(alpha_shape))
+        eta_shape = (n_in, n_out) if eta_mode == "per-connection" else ()
+        self.eta = nn.Parameter(torch.full(eta_shape, float(eta)), requires_grad=learn_eta)
+
+    def zero_traces(self, batch: int, *, device=None, dtype=None) -> Traces:
+        """Traces at the start of an episode: zeros `[B, N_in, N_out]` for each."""
+        device = device or self.w.device
+        dtype = dtype or self.w.dtype
+        return tuple(torch.zeros(batch, self.n_in, self.n_out, device=device, dtype=dtype)
+                     for _ in self.rule.traces)
+
+    def project(self, pre: Tensor, hebb: Tensor) -> Tensor:
+        """`pre @ (w + alpha * Hebb)`: `[B, N_in]`, `[B, N_in, N_out]` -> `[B, N_out]`."""
+        fixed = pre @ self.w
+        if self.alpha.dim() == 0:
+            # Yoked alpha: scale after the product, so no alpha*Hebb tensor is made.
+            plastic = self.alpha * torch.bmm(pre.unsqueeze(1), hebb).squeeze(1)
+        else:
+            plastic = torch.bmm(pre.unsqueeze(1), self.alpha * hebb).squeeze(1)
+        return fixed + plastic
+
+    def update(self, traces: Traces, pre: Tensor, post: Tensor, mod: Tensor | None = None) -> Traces:
+        """Apply the rule once: `pre` `[B, N_in]`, `post` `[B, N_out]`."""
+        return self.rule.update(traces, pre, post, eta=self.eta, clip=self.clip, mod=mod)
+
+    def check_traces(self, traces: Traces, batch: int) -> None:
+        expected = (batch, self.n_in, self.n_out)
+        if len(traces) != len(self.rule.traces):
+            raise ShapeError(f"rule {self.rule.name!r} carries {len(self.rule.traces)} traces "
+                             f"{self.rule.traces}, got {len(traces)}: pass the state the layer returned")
+        for name, trace in zip(self.rule.traces, traces, strict=True):
+            if tuple(trace.shape) != expected:
+                raise ShapeError(f"{name} trace has shape {tuple(trace.shape)}, expected {expected} "
+                                 "[B, N_in, N_out]: pass the state the layer returned or None")
+
+    def extra_repr(self) -> str:
+        return (f"n_in={self.n_in}, n_out={self.n_out}, rule={self.rule.name}, alpha={self.alpha_mode}, "
+                f"eta={self.eta_mode}, clip={self.clip}")
+
+
+def _check_sequence(name: str, x: Tensor, width: int) -> None:
+    if x.dim() != 3 or x.shape[-1] != width:
+        raise ShapeError(f"{name} must be [B, T, {width}], got {tuple(x.shape)}: "
+                         "add the batch and time dimensions (x[None] / x[:, None])")
+
+
+def _check_reset(reset: Tensor | None, batch: int, steps: int) -> None:
+    if reset is not None and tuple(reset.shape) != (batch, steps):
+        raise ShapeError(f"reset must be [B, T] = {(batch, steps)}, got {tuple(reset.shape)}")
+
+
+def _keep_mask(reset: Tensor | None, t: int, dtype) -> Tensor | None:
+    """`1 - reset[:, t]` as a `[B, 1]` float mask, or None where nothing resets."""
+    return None if reset is None else (1 - reset[:, t].to(dtype)).unsqueeze(-1)
+
+
+def _mask_traces(traces: Traces, keep: Tensor) -> Traces:
+    return tuple(tr * keep.unsqueeze(-1) for tr in traces)
+
+
+class PlasticLinear(nn.Module):
+    """Feed-forward plastic layer run over a sequence.
+
+    `y(t) = act(x(t) @ (w + alpha * Hebb(t)) + b + drive(t))`, then
+    `Hebb(t+1) = rule(Hebb(t), pre=x(t), post=y(t))`.
+
+    `drive` `[B, T, N_out]` is added to the pre-activation: for one-shot learning it
+    carries the label on the presentation steps, which makes the Hebbian update bind
+    inputs to labels. Keyword arguments are those of `PlasticWeights`.
+    """
+
+    def __init__(self, n_in: int, n_out: int, *, bias: bool = True,
+                 activation: Callable[[Tensor], Tensor] | None = None, **plastic):
+        super().__init__()
+        self.plastic = PlasticWeights(n_in, n_out, **plastic)
+        self.bias = nn.Parameter(torch.zeros(n_out)) if bias else None
+        self.activation = activation
+
+    def forward(self, x: Tensor, traces: Traces | None = None, *, drive: Tensor | None = None,
+                reset: Tensor | None = None) -> tuple[Tensor, Traces]:
+        """x `[B, T, N_in]` -> (y `[B, T, N_out]`, final traces)."""
+        p = self.plastic
+        _check_sequence("x", x, p.n_in)
+        batch, steps, _ = x.shape
+        if drive is not None and tuple(drive.shape) != (batch, steps, p.n_out):
+            raise ShapeError(f"drive must be [B, T, N_out] = {(batch, steps, p.n_out)}, got {tuple(drive.shape)}")
+        _check_reset(reset, batch, steps)
+        if traces is None:
+            traces = p.zero_traces(batch, device=x.device, dtype=x.dtype)
+        p.check_traces(traces, batch)
+        outputs = []
+        for t in range(steps):
+            keep = _keep_mask(reset, t, x.dtype)
+            if keep is not None:
+                traces = _mask_traces(traces, keep)
+            pre = x[:, t]
+            a = p.project(pre, traces[0])
+            if self.bias is not None:
+                a = a + self.bias
+            if drive is not None:
+                a = a + drive[:, t]
+            y = a if self.activation is None else self.activation(a)
+            traces = p.update(traces, pre, y)
+            outputs.append(y)
+        return torch.stack(outputs, 1), traces
+
+
+def drive_neurons(recurrent: Tensor, x: Tensor, input_mode: str) -> Tensor:
+    """Combine recurrent pre-activations `[B, N]` with the input `x(t)` `[B, N]`.
+
+    `add`: `tanh(recurrent + x)` (the pattern task: the input is added to the
+    pre-activation). `clamp`: neurons with a non-zero input take that value, the
+    others `tanh(recurrent)` (the image task)."""
+    if input_mode == "add":
+        return torch.tanh(recurrent + x)
+    return torch.where(x != 0, x, torch.tanh(recurrent))
+
+
+class PlasticRNN(nn.Module):
+    """Fully recurrent plastic network of N neurons with driven or clamped inputs.
+
+    `y(t) = drive(y(t-1) @ (w + alpha * Hebb(t)), x(t))` (see `drive_neurons`), then
+    `Hebb(t+1) = rule(Hebb(t), pre=y(t-1), post=y(t))`.
+
+    Args:
+        n: number of neurons.
+        input_mode: `add` or `clamp` (see `drive_neurons`).
+        checkpoint_every: if > 0, recompute the forward pass in segments of this many
+            steps during backward instead of storing every step's N^2 intermediates
+            (memory falls from O(T) to O(T / k + k) Hebb-sized tensors per episode).
+        **plastic: the arguments of `PlasticWeights` (rule, eta, alpha_mode, ...).
+    """
+
+    def __init__(self, n: int, *, input_mode: str = "add", checkpoint_every: int = 0, **plastic):
+        super().__init__()
+        check_choice("input mode", input_mode, INPUT_MODES)
+        check_positive("checkpoint_every", checkpoint_every, allow_zero=True)
+        self.n, self.input_mode, self.checkpoint_every = n, input_mode, checkpoint_every
+        self.plastic = PlasticWeights(n, n, **plastic)
+
+    def initial_state(self, batch: int, *, device=None, dtype=None) -> PlasticState:
+        """Zero activity and zero traces: the state at the start of an episode."""
+        p = self.plastic
+        device = device or p.w.device
+        dtype = dtype or p.w.dtype
+        y = torch.zeros(batch, self.n, device=device, dtype=dtype)
+        return PlasticState(y, p.zero_traces(batch, device=device, dtype=dtype))
+
+    def forward(self, inputs: Tensor, state: PlasticState | None = None,
+                reset: Tensor | None = None) -> tuple[Tensor, PlasticState]:
+        """inputs `[B, T, N]`, optional state and reset `[B, T]` ->
+        (activities `[B, T, N]`, final state)."""
+        _check_sequence("inputs", inputs, self.n)
+        batch, steps, _ = inputs.shape
+        _check_reset(reset, batch, steps)
+        if state is None:
+            state = self.initial_state(batch, device=inputs.device, dtype=inputs.dtype)
+        if not isinstance(state, tuple) or len(state) != 2:
+            raise ShapeError("state must be (y [B, N], traces): pass the state the layer returned or None")
+        state = PlasticState(state[0], tuple(state[1]))
+        if tuple(state.y.shape) != (batch, self.n):
+            raise ShapeError(f"state.y has shape {tuple(state.y.shape)}, expected {(batch, self.n)} [B, N]")
+        self.plastic.check_traces(state.traces, batch)
+        seg = self.checkpoint_every if (self.checkpoint_every and torch.is_grad_enabled()) else steps
+        outputs = []
+        y, traces = state
+        for start in range(0, steps, seg):
+            stop = min(start + seg, steps)
+            chunk = inputs[:, start:stop]
+            chunk_reset = None if reset is None else reset[:, start:stop]
+            if seg < steps:
+                out, y, *traces = checkpoint(self._segment, chunk, chunk_reset, y, *traces,
+                                             use_reentrant=False)
+            else:
+                out, y, *traces = self._segment(chunk, chunk_reset, y, *traces)
+            outputs.append(out)
+        return torch.cat(outputs, 1), PlasticState(y, tuple(traces))
+
+    def _segment(self, inputs: Tensor, reset: Tensor | None, y: Tensor, *traces: Tensor):
+        outputs = []
+        for t in range(inputs.shape[1]):
+            keep = _keep_mask(reset, t, inputs.dtype)
+            if keep is not None:
+                y, traces = y * keep, _mask_traces(traces, keep)
+            post = drive_neurons(self.plastic.project(y, traces[0]), inputs[:, t], self.input_mode)
+            traces = self.plastic.update(traces, y, post)
+            y = post
+            outputs.append(y)
+        return (torch.stack(outputs, 1), y, *traces)

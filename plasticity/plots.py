@@ -1,0 +1,56 @@
+"""Matplotlib figures (Agg backend, no display needed)."""
+
+from __future__ import annotations
+
+import math
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+from torch import Tensor  # noqa: E402
+
+
+def _grid_shape(size: int) -> tuple[int, int]:
+    """The most square `rows x cols == size` layout (1 x size for primes)."""
+    rows = int(math.isqrt(size))
+    while size % rows:
+        rows -= 1
+    return rows, size // rows
+
+
+def completion_figure(patterns: Tensor, cue: Tensor, target: Tensor, output: Tensor):
+    """Stored patterns `[K, P]`, the degraded cue, the network's output and the target."""
+    shape = _grid_shape(patterns.shape[-1])
+    panels = [(f"pattern {k + 1}", p) for k, p in enumerate(patterns)]
+    panels += [("cue (degraded)", cue), ("network output", output), ("target", target)]
+    fig, axes = plt.subplots(1, len(panels), figsize=(1.8 * len(panels), 2.2))
+    for ax, (title, image) in zip(axes, panels, strict=True):
+        ax.imshow(image.reshape(shape).float().numpy(), cmap="gray", vmin=-1, vmax=1)
+        ax.set_title(title, fontsize=8)
+        ax.axis("off")
+    fig.tight_layout()
+    return fig
+
+
+def curves_figure(curves: dict[str, tuple[list[float], list[float]]], *, xlabel: str, ylabel: str,
+                  title: str = "", logy: bool = True):
+    """One line per name: `{name: (xs, ys)}`."""
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for name, (xs, ys) in curves.items():
+        ax.plot(xs, ys, label=name, marker="o", markersize=3)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    if logy:
+        ax.set_yscale("log")
+    if title:
+        ax.set_title(title)
+    ax.grid(True, alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    return fig
+
+
+def save_figure(fig, path) -> None:
+    fig.savefig(path, dpi=100)
+    plt.close(fig)

@@ -1,0 +1,15 @@
+"""Plasticity rules as pure batched tensor functions, behind a registry.
+
+    from plasticity.rules import get_rule
+    rule = get_rule("oja")
+    (hebb,) = rule.update((hebb,), pre, post, eta=eta, clip=1.0)
+
+The maths is in `README.md` beside this file; `naive.py` holds the references.
+"""
+
+from plasticity.rules.base import RULES, Rule, Traces, get_rule, outer, register
+from plasticity.rules.hebb import HEBB, hebb_update
+from plasticity.rules.oja import OJA, oja_update
+
+__all__ = ["RULES", "Rule", "Traces", "get_rule", "register", "outer",
+           "HEBB", "OJA", "hebb_update", "oja_update"]

@@ -1,0 +1,63 @@
+"""The plasticity-rule interface and the registry that layers look rules up in.
+
+A rule is a pure function of tensors: it takes the current traces (a tuple whose first
+element is Hebb `[B, N_in, N_out]`), the presynaptic activity `pre` `[B, N_in]`, the
+postsynaptic activity `post` `[B, N_out]`, the rate `eta` (a scalar tensor or
+`[N_in, N_out]`) and an optional modulatory signal, and returns the new traces.
+Layers only ever call `rule.update`, so a new rule plugs in by registering itself.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from torch import Tensor
+
+from plasticity.errors import check_choice
+
+Traces = tuple[Tensor, ...]
+UpdateFn = Callable[..., Traces]
+
+
+@dataclass(frozen=True)
+class Rule:
+    """A registered plasticity rule."""
+
+    name: str
+    """Name used on the command line and in configs (`--rule NAME`)."""
+    update: UpdateFn
+    """`update(traces, pre, post, *, eta, clip=None, mod=None) -> traces`."""
+    traces: tuple[str, ...] = ("hebb",)
+    """Names of the state tensors the rule carries; the first is always Hebb."""
+    modulated: bool = False
+    """True if the rule needs a modulatory signal `mod` from the network."""
+    invertible: bool = False
+    """True if `traces(t)` can be recomputed exactly from `traces(t+1)`."""
+
+
+RULES: dict[str, Rule] = {}
+
+
+def register(rule: Rule) -> Rule:
+    """Add `rule` to the registry (names must be unique)."""
+    if rule.name in RULES:
+        raise ValueError(f"a rule named {rule.name!r} is already registered")
+    RULES[rule.name] = rule
+    return rule
+
+
+def get_rule(name: str) -> Rule:
+    """Look a rule up by name, with a one-line error listing the known rules."""
+    check_choice("plasticity rule", name, RULES)
+    return RULES[name]
+
+
+def outer(pre: Tensor, post: Tensor) -> Tensor:
+    """Batched outer product: `[B, N_in] x [B, N_out] -> [B, N_in, N_out]`."""
+    return pre.unsqueeze(-1) * post.unsqueeze(-2)
+
+
+def maybe_clip(hebb: Tensor, clip: float | None) -> Tensor:
+    """Clamp Hebb to `[-clip, clip]` when a clip value is given."""
+    return hebb if clip is None else hebb.clamp(-clip, clip)

@@ -1,0 +1,171 @@
+"""MLflow adapter: turns `train`'s `report(step, metrics, files)` calls into an MLflow run.
+
+    tracker = MlflowTracker.open(tracking_uri, "plasticity", run_name, cfg.to_dict())
+    result = train(cfg, report=tracker)
+    tracker.finish(result)
+
+Params are the config's fields (the same names as the CLI flags). If the server stops
+answering mid-run, metrics are kept in memory and sent again at the next report, so a
+server restart loses nothing; training never stops because of tracking.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import sys
+import time
+import warnings
+from pathlib import Path
+from typing import Any
+
+from plasticity.errors import TrackingError
+
+DEFAULT_DB = "mlruns.db"
+
+
+def default_tracking_uri() -> str:
+    """`$MLFLOW_TRACKING_URI`, else a SQLite store `mlruns.db` in the working directory."""
+    return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{Path.cwd() / DEFAULT_DB}"
+
+
+@contextlib.contextmanager
+def _quick_http():
+    """Fail fast while probing a server (MLflow retries for minutes by default)."""
+    saved = {k: os.environ.get(k) for k in ("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "MLFLOW_HTTP_REQUEST_TIMEOUT")}
+    os.environ["MLFLOW_HTTP_REQUEST_MAX_RETRIES"] = "0"
+    os.environ["MLFLOW_HTTP_REQUEST_TIMEOUT"] = "5"
+    try:
+        yield
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+def _short(e: BaseException) -> str:
+    text = str(e).strip().splitlines()
+    return (text[0] if text else type(e).__name__)[:200]
+
+
+def check_tracking(uri: str):
+    """Return an `MlflowClient` for `uri`, or raise `TrackingError` naming the fix."""
+    from mlflow.tracking import MlflowClient
+
+    try:
+        with _quick_http():
+            client = MlflowClient(tracking_uri=uri)
+            client.search_experiments(max_results=1)
+    except Exception as e:  # noqa: BLE001 - any failure here means "cannot use this store"
+        raise TrackingError(
+            f"cannot use MLflow tracking store {uri} ({type(e).__name__}: {_short(e)}): start the server "
+            "(`mlflow server --port 5000`), fix --tracking-uri / MLFLOW_TRACKING_URI, or pass --no-tracking"
+        ) from None
+    return client
+
+
+def experiment_id(client, name: str) -> str:
+    exp = client.get_experiment_by_name(name)
+    if exp is not None:
+        return exp.experiment_id
+    try:
+        return client.create_experiment(name)
+    except Exception:  # created concurrently by another process
+        return client.get_experiment_by_name(name).experiment_id
+
+
+class MlflowTracker:
+    """A `Report` that logs to one MLflow run (see the module docstring)."""
+
+    def __init__(self, client, run_id: str, uri: str):
+        self.client, self.run_id, self.uri = client, run_id, uri
+        self.pending: list[tuple[int, dict[str, float]]] = []
+        self._warned = False
+
+    @classmethod
+    def open(cls, uri: str | None, experiment: str, run_name: str, params: dict[str, Any],
+             tags: dict[str, str] | None = None, parent_run_id: str | None = None) -> MlflowTracker:
+        uri = uri or default_tracking_uri()
+        client = check_tracking(uri)
+        tags = dict(tags or {})
+        if parent_run_id:
+            tags["mlflow.parentRunId"] = parent_run_id
+        run = client.create_run(experiment_id(client, experiment), run_name=run_name, tags=tags)
+        tracker = cls(client, run.info.run_id, uri)
+        tracker.log_params(params)
+        return tracker
+
+    def log_params(self, params: dict[str, Any]) -> None:
+        from mlflow.entities import Param
+
+        items = [Param(k, "None" if v is None else str(v)) for k, v in params.items()]
+        for i in range(0, len(items), 100):
+            self.client.log_batch(self.run_id, params=items[i:i + 100])
+
+    def __call__(self, step: int, metrics: dict[str, float], files: dict[str, Path]) -> None:
+        self.pending.append((step, dict(metrics)))
+        self.flush()
+        for name, path in files.items():
+            if name != "checkpoint" and Path(path).suffix == ".png":
+                self._try(self.client.log_artifact, self.run_id, str(path), f"figures/{name}_{step:09d}")
+
+    def flush(self) -> bool:
+        """Send buffered metrics; keep them if the server does not answer."""
+        from mlflow.entities import Metric
+
+        if not self.pending:
+            return True
+        now = int(time.time() * 1000)
+        batch = [Metric(k, float(v), now, step) for step, m in self.pending for k, v in m.items()]
+        for i in range(0, len(batch), 1000):
+            # Keep everything on failure: re-sending a (key, step, timestamp) is harmless.
+            if not self._try(self.client.log_batch, self.run_id, metrics=batch[i:i + 1000]):
+                return False
+        self.pending = []
+        return True
+
+    def _try(self, fn, *args, **kwargs) -> bool:
+        try:
+            fn(*args, **kwargs)
+            return True
+        except Exception as e:  # noqa: BLE001 - tracking must never stop training
+            if not self._warned:
+                print(f"plasticity: warning: MLflow at {self.uri} failed ({_short(e)}); metrics are buffered "
+                      "and will be sent again", file=sys.stderr)
+                self._warned = True
+            return False
+
+    def finish(self, run_dir: Path | None = None, model=None, status: str = "FINISHED",
+               retries: int = 5, wait_s: float = 2.0) -> None:
+        """Flush metrics, upload the run folder (checkpoint, figures, metrics) and the
+        model, and close the run. Retries a few times if the server is down."""
+        for attempt in range(retries):
+            if self.flush():
+                break
+            time.sleep(wait_s * (attempt + 1))
+        if run_dir is not None:
+            for path in sorted(Path(run_dir).iterdir()):
+                if path.is_file() and not path.name.startswith("."):
+                    self._try(self.client.log_artifact, self.run_id, str(path), "run")
+        if model is not None:
+            self._try(self.log_model, model)
+        self._try(self.client.set_terminated, self.run_id, status)
+
+    def log_model(self, model, name: str = "model") -> str:
+        """Log `model` with `mlflow.pytorch` under this run; returns its model URI."""
+        import mlflow
+        import torch
+
+        import plasticity
+
+        mlflow.set_tracking_uri(self.uri)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            with mlflow.start_run(run_id=self.run_id, nested=mlflow.active_run() is not None):
+                info = mlflow.pytorch.log_model(
+                    model.cpu(), name=name,
+                    pip_requirements=[f"torch=={torch.__version__.split('+')[0]}",
+                                      f"plasticity=={plasticity.__version__}"])
+        return info.model_uri

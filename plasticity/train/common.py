@@ -1,0 +1,59 @@
+"""Pieces every training loop shares: seeding, devices, run folders, the report hook."""
+
+from __future__ import annotations
+
+import random
+import time
+from pathlib import Path
+from typing import Protocol
+
+import numpy as np
+import torch
+
+from plasticity.errors import ConfigError, PlasticityError
+
+
+class Report(Protocol):
+    """Called by `train` at every evaluation. `step` counts training episodes seen;
+    metric names are grouped by prefix (`train/`, `eval/`, `perf/`, `plastic/`);
+    `files` maps artifact names (`checkpoint`, `completion`, ...) to paths on disk."""
+
+    def __call__(self, step: int, metrics: dict[str, float], files: dict[str, Path]) -> None: ...
+
+
+class TrainingDiverged(PlasticityError):
+    """The loss became NaN or infinite; the last finite state was checkpointed."""
+
+
+def seed_everything(seed: int) -> None:
+    """Seed `random`, `numpy` and `torch` (all devices) in one place."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise ConfigError(f"unknown device {name!r}: pass auto, cpu, cuda or cuda:N") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"device {name!r} asked for but CUDA is not available here: pass --device cpu")
+    return device
+
+
+def run_name(cfg) -> str:
+    """`{task}__{model}__{rule}__{seed}__{time}`, as in CleanRL."""
+    rule = cfg.rule if cfg.model == "plastic" else "none"
+    return f"{cfg.task}__{cfg.model}__{rule}__{cfg.seed}__{time.strftime('%Y%m%d-%H%M%S')}"
+
+
+def make_run_dir(cfg) -> Path:
+    base = Path(cfg.out) / run_name(cfg)
+    path, n = base, 1
+    while path.exists():
+        path, n = Path(f"{base}-{n}"), n + 1
+    path.mkdir(parents=True)
+    return path

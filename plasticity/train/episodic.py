@@ -1,0 +1,222 @@
+"""Supervised episodic training: `train(cfg, report) -> TrainResult`.
+
+Each optimiser step draws `batch_size` fresh episodes, runs the network through them
+from a zero state, and backpropagates the task loss through the whole episode into
+w, alpha and eta (Adam). Every `eval_every` episodes the model is scored on a fixed
+set of held-out episodes and `report(step, metrics, files)` is called. The run folder
+holds `checkpoint.pt` (written atomically), `metrics.jsonl` and the figures.
+
+    from plasticity.config import preset
+    from plasticity.train import train
+    result = train(preset("patterns", "small"), report=lambda step, m, files: print(step, m))
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass, field, fields
+from functools import partial
+from pathlib import Path
+
+import torch
+from tqdm.auto import tqdm
+
+from plasticity.config import ModelConfig, validate
+from plasticity.models import SequenceModel, build_model, count_parameters
+from plasticity.plots import curves_figure, save_figure
+from plasticity.tasks import make_task
+from plasticity.train.checkpoint import load_checkpoint, save_checkpoint
+from plasticity.train.common import Report, TrainingDiverged, make_run_dir, resolve_device, seed_everything
+
+EVAL_SEED_OFFSET = 1_000_003
+"""The held-out episodes are drawn from `seed + EVAL_SEED_OFFSET`, never used for training."""
+
+TRAIN_FIELDS = {"episodes", "batch_size", "lr", "grad_clip", "eval_every", "eval_episodes",
+                "checkpoint_every", "device", "out"}
+"""Fields that a resumed run takes from the new command line; all others (model, task,
+seed) come from the checkpoint."""
+
+
+@dataclass
+class TrainResult:
+    model: SequenceModel
+    run_dir: Path
+    checkpoint: Path
+    history: list[dict] = field(default_factory=list)
+    """One dict per evaluation: `{"step": episodes, **metrics}`."""
+
+    @property
+    def final(self) -> dict:
+        return self.history[-1] if self.history else {}
+
+
+def plastic_summary(model: SequenceModel) -> dict[str, float]:
+    """Learned plasticity parameters worth watching (plastic model only)."""
+    plastic = getattr(model.core, "plastic", None)
+    if plastic is None:
+        return {}
+    return {"plastic/eta_mean": float(plastic.eta.detach().mean()),
+            "plastic/alpha_abs_mean": float(plastic.alpha.detach().abs().mean())}
+
+
+@torch.no_grad()
+def evaluate(model: SequenceModel, task, episodes, device, batch_size: int = 64) -> dict[str, float]:
+    """Mean of the task's metrics over held-out `episodes` (a list of batches)."""
+    model.eval()
+    totals: dict[str, float] = {}
+    count = 0
+    for ep in episodes:
+        outputs, _ = model(task.inputs(ep).to(device))
+        n = outputs.shape[0]
+        for k, v in task.metrics(outputs, ep).items():
+            totals[k] = totals.get(k, 0.0) + v * n
+        count += n
+    model.train()
+    return {k: v / count for k, v in totals.items()}
+
+
+def heldout_episodes(task, cfg, chunk: int = 64) -> list:
+    g = torch.Generator().manual_seed(cfg.seed + EVAL_SEED_OFFSET)
+    sizes = [min(chunk, cfg.eval_episodes - i) for i in range(0, cfg.eval_episodes, chunk)]
+    return [task.sample(n, g) for n in sizes]
+
+
+def _restore(cfg, resume: str | Path):
+    ckpt = load_checkpoint(resume)
+    saved = type(cfg).from_dict(ckpt["config"])
+    cfg = validate(type(cfg)(**{f.name: getattr(cfg if f.name in TRAIN_FIELDS else saved, f.name)
+                                for f in fields(cfg)}))
+    return cfg, ckpt
+
+
+def train(cfg, report: Report | None = None, *, resume: str | Path | None = None,
+          progress: bool = True, run_dir: str | Path | None = None) -> TrainResult:
+    """Train the model described by `cfg`; see the module docstring."""
+    ckpt = None
+    if resume is not None:
+        cfg, ckpt = _restore(cfg, resume)
+        run_dir = Path(resume).parent if run_dir is None else run_dir
+    device = resolve_device(cfg.device)
+    seed_everything(cfg.seed)
+    task = make_task(cfg)
+    model = build_model(cfg, task.n_io).to(device)
+    optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=cfg.lr)
+    generator = torch.Generator().manual_seed(cfg.seed)
+    episode, history = 0, []
+    if ckpt is not None:
+        model.load_state_dict(ckpt["model"])
+        optimizer.load_state_dict(ckpt["optimizer"])
+        for group in optimizer.param_groups:
+            group["lr"] = cfg.lr
+        generator.set_state(ckpt["generator"])
+        episode, history = ckpt["episode"], list(ckpt.get("history", []))
+    run_dir = Path(run_dir) if run_dir is not None else make_run_dir(cfg)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / "config.json").write_text(json.dumps(cfg.to_dict(), indent=2))
+    ckpt_path = run_dir / "checkpoint.pt"
+    heldout = heldout_episodes(task, cfg)
+
+    def checkpoint() -> Path:
+        return save_checkpoint(ckpt_path, model=model, optimizer=optimizer, config=cfg.to_dict(),
+                               episode=episode, extra={"generator": generator.get_state(),
+                                                       "history": history})
+
+    bar = tqdm(total=cfg.episodes, initial=episode, unit="ep", disable=not progress, dynamic_ncols=True)
+    bar.set_description(f"{cfg.task}/{cfg.model} ({count_parameters(model):,} params)")
+    train_loss, train_n, t_last, ep_last = 0.0, 0, time.perf_counter(), episode
+    # Wall time spent training (including evaluations), carried across resumes.
+    elapsed_before = history[-1].get("perf/elapsed_s", 0.0) if history else 0.0
+    t_start = time.perf_counter()
+    try:
+        while episode < cfg.episodes:
+            batch = task.sample(cfg.batch_size, generator)
+            outputs, _ = model(task.inputs(batch).to(device))
+            loss = task.loss(outputs, batch)
+            if not torch.isfinite(loss):
+                checkpoint()
+                raise TrainingDiverged(f"loss became {loss.item()} at episode {episode}: lower --lr or set "
+                                       f"--grad-clip (last finite state saved to {ckpt_path})")
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            if cfg.grad_clip is not None:
+                torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+            optimizer.step()
+            previous, episode = episode, episode + cfg.batch_size
+            train_loss, train_n = train_loss + loss.item() * cfg.batch_size, train_n + cfg.batch_size
+            bar.update(cfg.batch_size)
+            crossed = partial(_crossed, previous, episode, total=cfg.episodes)
+            if crossed(cfg.eval_every):
+                now = time.perf_counter()
+                metrics = {"train/loss": train_loss / train_n,
+                           "perf/episodes_per_s": (episode - ep_last) / (now - t_last)}
+                metrics["perf/elapsed_s"] = elapsed_before + now - t_start
+                metrics.update({f"eval/{k}": v for k, v in evaluate(model, task, heldout, device).items()})
+                metrics.update(plastic_summary(model))
+                history.append({"step": episode, **metrics})
+                with open(run_dir / "metrics.jsonl", "a") as f:
+                    f.write(json.dumps(history[-1]) + "\n")
+                files = {"completion": _completion_png(model, task, heldout[0], device, run_dir)}
+                if crossed(cfg.checkpoint_every):
+                    files["checkpoint"] = checkpoint()
+                bar.set_postfix(loss=f"{metrics['train/loss']:.4f}",
+                                err=f"{metrics.get('eval/bit_error', float('nan')):.4f}")
+                if report is not None:
+                    report(episode, metrics, files)
+                train_loss, train_n = 0.0, 0
+                t_last, ep_last = time.perf_counter(), episode
+            elif crossed(cfg.checkpoint_every):
+                checkpoint()
+    except KeyboardInterrupt:
+        checkpoint()
+        bar.close()
+        raise
+    bar.close()
+    checkpoint()
+    _learning_curve_png(history, run_dir)
+    return TrainResult(model, run_dir, ckpt_path, history)
+
+
+def _crossed(previous: int, now: int, every: int, total: int) -> bool:
+    """True when the episode count passed a multiple of `every` (or the end) this step."""
+    return now // every > previous // every or now >= total
+
+
+def _completion_png(model, task, episode, device, run_dir: Path) -> Path:
+    with torch.no_grad():
+        outputs, _ = model(task.inputs(episode)[:1].to(device))
+    path = run_dir / "completion.png"
+    save_figure(task.figure(outputs, episode), path)
+    return path
+
+
+def _learning_curve_png(history: list[dict], run_dir: Path) -> Path | None:
+    keys = [k for k in ("eval/bit_error", "eval/loss") if history and k in history[0]]
+    if not keys:
+        return None
+    steps = [h["step"] for h in history]
+    fig = curves_figure({k: (steps, [max(h[k], 1e-5) for h in history]) for k in keys},
+                        xlabel="training episodes", ylabel="held-out value")
+    path = run_dir / "learning_curve.png"
+    save_figure(fig, path)
+    return path
+
+
+def model_from_checkpoint(path: str | Path, config_cls, device: str = "cpu"):
+    """(model, cfg, checkpoint) rebuilt from a checkpoint: the architecture comes from it."""
+    ckpt = load_checkpoint(path, map_location=device)
+    cfg = config_cls.from_dict(ckpt["config"])
+    task = make_task(cfg)
+    model = build_model(cfg, task.n_io)
+    try:
+        model.load_state_dict(ckpt["model"])
+    except RuntimeError as e:
+        from plasticity.errors import CheckpointError
+
+        first = str(e).splitlines()[0][:120]
+        raise CheckpointError(f"{path}: weights do not match the config stored with them ({first}): "
+                              "the file is damaged; use another checkpoint") from None
+    return model.to(device), cfg, ckpt
+
+
+__all__ = ["ModelConfig", "TrainResult", "evaluate", "model_from_checkpoint", "train"]

@@ -1,0 +1,157 @@
+"""The `plasticity` command line, run as a user would (subprocesses), with MLflow."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+SMALL = ["--preset", "small", "--episodes", "4000", "--eval-every", "2000", "--no-progress"]
+
+
+def run(args, cwd, env=None, timeout=600):
+    full_env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
+    full_env.pop("MLFLOW_TRACKING_URI", None)
+    return subprocess.run([sys.executable, "-m", "plasticity.cli", *args], cwd=cwd, env=full_env,
+                          capture_output=True, text=True, timeout=timeout)
+
+
+def one_error_line(proc) -> str:
+    lines = [line for line in proc.stderr.strip().splitlines() if line.strip()]
+    assert proc.returncode == 2, proc.stderr
+    assert len(lines) == 1 and lines[0].startswith("plasticity: error: "), proc.stderr
+    assert "Traceback" not in proc.stderr
+    return lines[0]
+
+
+def test_train_logs_run_to_default_sqlite_and_evaluate(tmp_path):
+    proc = run(["train", "patterns", *SMALL], tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert "done: runs/patterns__plastic__hebb__0__" in proc.stdout
+    assert (tmp_path / "mlruns.db").is_file()
+
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(f"sqlite:///{tmp_path / 'mlruns.db'}")
+    exp = client.get_experiment_by_name("plasticity")
+    (run_info,) = client.search_runs([exp.experiment_id])
+    assert run_info.info.status == "FINISHED"
+    params = run_info.data.params
+    assert params["rule"] == "hebb" and params["preset"] == "small" and params["eta"] == "0.01"
+    assert params["alpha_mode"] == "free" and params["batch_size"] == "32"
+    history = client.get_metric_history(run_info.info.run_id, "eval/bit_error")
+    assert [m.step for m in history] == [2016, 4000]
+    assert history[-1].value < 0.3
+    artifacts = {a.path for a in client.list_artifacts(run_info.info.run_id, "run")}
+    assert {"run/checkpoint.pt", "run/completion.png", "run/learning_curve.png", "run/metrics.jsonl"} <= artifacts
+    figures = client.list_artifacts(run_info.info.run_id, "figures")
+    assert len(figures) == 2
+    models = client.search_logged_models([exp.experiment_id])
+    assert len(models) == 1 and models[0].source_run_id == run_info.info.run_id
+
+    (ckpt,) = (tmp_path / "runs").glob("*/checkpoint.pt")
+    proc = run(["evaluate", str(ckpt), "--episodes", "128"], tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert "eval" not in proc.stderr
+    line = next(ln for ln in proc.stdout.splitlines() if "bit_error:" in ln)
+    assert float(line.split(":")[1]) < 0.3
+    assert (ckpt.parent / "evaluation.png").stat().st_size > 1000
+
+
+def test_resume_from_the_command_line(tmp_path):
+    proc = run(["train", "patterns", "--preset", "small", "--episodes", "256", "--eval-every", "128",
+                "--no-tracking", "--no-progress"], tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    (ckpt,) = (tmp_path / "runs").glob("*/checkpoint.pt")
+    proc = run(["train", "patterns", "--preset", "small", "--episodes", "512", "--eval-every", "128",
+                "--resume", str(ckpt), "--no-tracking", "--no-progress"], tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    lines = (ckpt.parent / "metrics.jsonl").read_text().splitlines()
+    assert len(lines) == 4
+
+
+@pytest.mark.parametrize("args,message", [
+    (["train", "patterns", "--rule", "hebbian"], "unknown plasticity rule 'hebbian': choose one of hebb, oja"),
+    (["train", "patterns", "--eta", "-0.5"], "eta must be in (0, 1], got -0.5"),
+    (["train", "patterns", "--preset", "huge"], "unknown patterns preset 'huge'"),
+    (["train", "patterns", "--pattern-size", "0"], "pattern_size must be > 0"),
+    (["train", "images"], "unknown task 'images'"),
+    (["frobnicate"], "unknown command 'frobnicate'"),
+    (["evaluate", "nowhere.pt"], "checkpoint nowhere.pt not found"),
+    (["train", "patterns", "--tracking-uri", "http://127.0.0.1:9"], "cannot use MLflow tracking store http://127.0.0.1:9"),
+], ids=["rule", "eta", "preset", "size", "task", "command", "checkpoint", "tracking"])
+def test_bad_input_one_line_exit_2(tmp_path, args, message):
+    line = one_error_line(run(args, tmp_path, timeout=120))
+    assert message in line
+    assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").iterdir())
+
+
+def test_corrupt_checkpoint_one_line(tmp_path):
+    bad = tmp_path / "checkpoint.pt"
+    bad.write_bytes(b"PK\x03\x04 truncated zip")
+    line = one_error_line(run(["evaluate", str(bad)], tmp_path))
+    assert "is not a readable checkpoint" in line
+
+
+def test_tyro_usage_error_exits_2(tmp_path):
+    proc = run(["train", "patterns", "--episodes", "many"], tmp_path)
+    assert proc.returncode == 2
+    assert "--episodes" in proc.stderr
+
+
+def test_help_documents_every_flag(tmp_path):
+    proc = run(["train", "patterns", "--help"], tmp_path, env={"COLUMNS": "200"})
+    assert proc.returncode == 0
+    from dataclasses import fields
+
+    from plasticity.cli import RunOptions
+    from plasticity.config import PatternsConfig
+
+    for f in (*fields(PatternsConfig), *fields(RunOptions)):
+        flag = "--" + f.name.replace("_", "-")
+        assert flag in proc.stdout, flag
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.slow
+def test_train_against_a_real_mlflow_server(tmp_path):
+    port = _free_port()
+    server = subprocess.Popen(
+        [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port),
+         "--backend-store-uri", f"sqlite:///{tmp_path / 'server.db'}",
+         "--artifacts-destination", str(tmp_path / "artifacts"), "--workers", "1"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=tmp_path, start_new_session=True)
+    try:
+        uri = f"http://127.0.0.1:{port}"
+        deadline = time.time() + 90
+        while time.time() < deadline:
+            try:
+                with socket.create_connection(("127.0.0.1", port), timeout=1):
+                    break
+            except OSError:
+                time.sleep(0.5)
+        proc = run(["train", "patterns", "--preset", "small", "--episodes", "512", "--eval-every", "256",
+                    "--no-progress", "--experiment", "server-test", "--tracking-uri", uri], tmp_path)
+        assert proc.returncode == 0, proc.stderr
+        from mlflow.tracking import MlflowClient
+
+        client = MlflowClient(uri)
+        exp = client.get_experiment_by_name("server-test")
+        (r,) = client.search_runs([exp.experiment_id])
+        assert r.info.status == "FINISHED"
+        assert [m.step for m in client.get_metric_history(r.info.run_id, "eval/bit_error")] == [256, 512]
+        assert any(Path(tmp_path / "artifacts").rglob("checkpoint.pt"))
+        assert not (tmp_path / "mlruns.db").exists()
+    finally:
+        os.killpg(server.pid, 15)
+        server.wait(timeout=30)
