@@ -16,6 +16,7 @@ import dataclasses
 import sys
 from dataclasses import dataclass, fields
 from pathlib import Path
+from typing import Annotated
 
 import tyro
 
@@ -119,7 +120,7 @@ def cmd_train(argv: list[str]) -> int:
 class EvaluateArgs:
     """Score a checkpoint on fresh held-out episodes and write its completion figure."""
 
-    checkpoint: tyro.conf.Positional[str]
+    checkpoint: Annotated[str, tyro.conf.Positional, tyro.conf.arg(metavar="CHECKPOINT")]
     """Path of a checkpoint.pt written by `plasticity train`."""
     episodes: int = 256
     """Fresh episodes to score."""
@@ -140,6 +141,7 @@ def cmd_evaluate(argv: list[str]) -> int:
     from plasticity.tasks import make_task
     from plasticity.train import evaluate, model_from_checkpoint
     from plasticity.train.common import resolve_device
+    from plasticity.train.episodic import eval_chunk
 
     check_positive("episodes", args.episodes)
     device = resolve_device(args.device)
@@ -148,7 +150,8 @@ def cmd_evaluate(argv: list[str]) -> int:
     model, cfg, ckpt = model_from_checkpoint(args.checkpoint, CONFIGS[saved_task], device=str(device))
     task = make_task(cfg)
     g = torch.Generator().manual_seed(args.seed)
-    batches = [task.sample(min(64, args.episodes - i), g) for i in range(0, args.episodes, 64)]
+    chunk = eval_chunk(task.n_io + cfg.extra_neurons)
+    batches = [task.sample(min(chunk, args.episodes - i), g) for i in range(0, args.episodes, chunk)]
     metrics = evaluate(model, task, batches, device)
     figure = Path(args.figure) if args.figure else Path(args.checkpoint).with_name("evaluation.png")
     with torch.no_grad():

@@ -65,6 +65,9 @@ class TrainConfig:
     """Clip the gradient norm to this value; None for no clipping (the reference code)."""
     seed: int = 0
     """Seed for the weights, the training episodes and the held-out episodes."""
+    max_minutes: float | None = None
+    """Stop after this much wall time (training and evaluation), with a final evaluation
+    and checkpoint; None for no limit."""
     eval_every: int = 100
     """Evaluate on the held-out episodes every this many training episodes."""
     eval_episodes: int = 64
@@ -163,7 +166,7 @@ def validate(cfg: PatternsConfig) -> PatternsConfig:
         check_positive(name, getattr(cfg, name))
     for name in ("extra_neurons", "gap_steps", "recompute_every"):
         check_positive(name, getattr(cfg, name), allow_zero=True)
-    for name in ("clip", "grad_clip"):
+    for name in ("clip", "grad_clip", "max_minutes"):
         if getattr(cfg, name) is not None:
             check_positive(name, getattr(cfg, name))
     if not 0.0 < cfg.erase_fraction < 1.0:

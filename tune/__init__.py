@@ -1,0 +1,8 @@
+"""Sweep service: Ray Tune + Optuna over plasticity hyperparameters, tracked in MLflow.
+
+    python -m tune.sweep --task patterns --num-samples 8 --max-episodes 4000
+    ray job submit --working-dir . -- python -m tune.sweep --task patterns ...
+
+`spaces` defines what is searched, `trainable` runs one trial through
+`plasticity.train.train`, `sweep` wires Tuner, searcher, scheduler and MLflow together.
+"""

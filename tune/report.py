@@ -1,0 +1,162 @@
+"""The sweep's MLflow parent run: closes each child run when Ray ends its trial, and at
+the end logs each trial's best checkpoint as a model, a summary table and a plot of the
+objective against eta per rule, and registers the best model.
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+from ray.tune import Callback
+
+from plasticity.config import CONFIGS
+from plasticity.plots import save_figure
+from plasticity.tracking.mlflow import MlflowTracker
+from plasticity.train import model_from_checkpoint
+
+
+class _CloseChildRuns(Callback):
+    """Marks a trial's MLflow run FINISHED/FAILED when Ray ends the trial (also when
+    ASHA stops it early, which ends the trial's process before it can do so itself)."""
+
+    def __init__(self, tracker: SweepTracker):
+        self.tracker = tracker
+
+    def on_trial_complete(self, iteration, trials, trial, **info):
+        self.tracker.close_child(trial.trial_id, "FINISHED")
+
+    def on_trial_error(self, iteration, trials, trial, **info):
+        self.tracker.close_child(trial.trial_id, "FAILED")
+
+
+@dataclass
+class SweepTracker:
+    parent: MlflowTracker
+    experiment_id: str
+    name: str
+
+    @property
+    def run_id(self) -> str:
+        return self.parent.run_id
+
+    @classmethod
+    def open(cls, uri: str, experiment: str, name: str, params: dict) -> SweepTracker:
+        parent = MlflowTracker.open(uri, experiment, name, params, tags={"sweep": name, "role": "sweep"})
+        exp_id = parent.client.get_run(parent.run_id).info.experiment_id
+        return cls(parent, exp_id, name)
+
+    def callback(self) -> Callback:
+        return _CloseChildRuns(self)
+
+    def child_run(self, trial_id: str):
+        runs = self.parent.client.search_runs(
+            [self.experiment_id], f"tags.sweep = '{self.name}' and tags.trial_id = '{trial_id}'", max_results=1)
+        return runs[0] if runs else None
+
+    def close_child(self, trial_id: str, status: str) -> None:
+        run = self.child_run(trial_id)
+        if run is not None and run.info.status == "RUNNING":
+            self.parent._try(self.parent.client.set_terminated, run.info.run_id, status)
+
+    def summarise(self, results, args, sweep) -> None:
+        rows = trial_rows(results, args.metric)
+        with tempfile.TemporaryDirectory() as d:
+            table = Path(d) / "trials.csv"
+            with open(table, "w", newline="") as f:
+                writer = csv.DictWriter(f, fieldnames=list(rows[0]) if rows else ["trial_id"])
+                writer.writeheader()
+                writer.writerows(rows)
+            (Path(d) / "trials.md").write_text(markdown_table(rows))
+            figure = Path(d) / "objective_vs_eta.png"
+            save_figure(objective_plot(rows, args.metric), figure)
+            for path in (table, Path(d) / "trials.md", figure):
+                self.parent._try(self.parent.client.log_artifact, self.run_id, str(path), "summary")
+        best_uri = self._log_trial_models(results, args)
+        if best_uri is not None:
+            import mlflow
+
+            mlflow.set_tracking_uri(self.parent.uri)
+            version = mlflow.register_model(best_uri, args.register_model)
+            self.parent.client.set_tag(self.run_id, "best_model", f"{args.register_model}/{version.version}")
+        finished = [r for r in rows if r["status"] == "ok"]
+        if finished:
+            best = min(finished, key=lambda r: r["objective"])
+            self.parent(0, {"best/objective": best["objective"], "trials/finished": len(finished),
+                            "trials/total": len(rows)}, {})
+        self.parent.finish()
+
+    def _log_trial_models(self, results, args) -> str | None:
+        """Log every trial's best checkpoint as a model in its child run; return the
+        model URI of the sweep's best trial."""
+        best_uri, best_value = None, math.inf
+        for result in results:
+            ckpt = _best_checkpoint(result, args.metric)
+            run = self.child_run(result.metrics.get("trial_id", "")) if result.metrics else None
+            if ckpt is None or run is None:
+                continue
+            checkpoint, value = ckpt
+            with checkpoint.as_directory() as d:
+                model, _, _ = model_from_checkpoint(Path(d) / "checkpoint.pt", CONFIGS[args.task])
+            child = MlflowTracker(self.parent.client, run.info.run_id, self.parent.uri)
+            uri = child.log_model(model)
+            if value < best_value:
+                best_uri, best_value = uri, value
+        return best_uri
+
+
+def _best_checkpoint(result, metric: str):
+    """(checkpoint, value) with the lowest `metric` among the trial's kept checkpoints."""
+    scored = [(c, m.get(metric)) for c, m in (result.best_checkpoints or []) if m.get(metric) is not None]
+    scored = [(c, v) for c, v in scored if not math.isnan(v)]
+    return min(scored, key=lambda cv: cv[1]) if scored else None
+
+
+def trial_rows(results, metric: str) -> list[dict]:
+    rows = []
+    for result in results:
+        m, cfg = result.metrics or {}, result.config or {}
+        rows.append({
+            "trial_id": m.get("trial_id", ""),
+            "status": "ok" if result.error is None else "error",
+            "objective": m.get(metric, math.nan),
+            "episodes": m.get("episodes", 0),
+            "eval/bit_error": m.get("eval/bit_error", math.nan),
+            "model/params": m.get("model/params", 0),
+            **{k: v for k, v in sorted(cfg.items())},
+            "error": "" if result.error is None else str(result.error).strip().splitlines()[-1][:200],
+        })
+    return rows
+
+
+def markdown_table(rows: list[dict]) -> str:
+    if not rows:
+        return "no trials\n"
+    keys = list(rows[0])
+    lines = ["| " + " | ".join(keys) + " |", "|" + "---|" * len(keys)]
+    for r in rows:
+        lines.append("| " + " | ".join(f"{r[k]:.4g}" if isinstance(r[k], float) else str(r[k]) for k in keys) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def objective_plot(rows: list[dict], metric: str):
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for rule in sorted({str(r.get("rule", "?")) for r in rows}):
+        pts = [(r["eta"], r["objective"]) for r in rows
+               if str(r.get("rule", "?")) == rule and "eta" in r and not math.isnan(r["objective"])]
+        if pts:
+            ax.scatter(*zip(*pts, strict=True), label=rule)
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlabel("eta (initial plasticity rate)")
+    ax.set_ylabel(f"{metric} (last reported)")
+    ax.set_title("objective against eta, per rule")
+    ax.grid(True, alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    return fig

@@ -1,0 +1,128 @@
+"""Search spaces: define-by-run Optuna functions built from a list of parameter specs.
+
+A space is a mapping `name -> spec`, written in Python (`SPACES`) or in a YAML file
+(`--space FILE`), with specs like
+
+    eta:        {type: float, low: 0.001, high: 0.5, log: true}
+    rule:       {type: categorical, choices: [hebb, oja]}
+    use_clip:   {type: categorical, choices: [false, true]}
+    clip:       {type: float, low: 0.5, high: 2.0, when: {use_clip: true}}
+
+`when` makes a parameter conditional: it is drawn only if every named parameter was
+drawn with one of the given values (a value or a list of values). Names are config
+fields (the `plasticity train` flags, underscores for dashes); names starting with
+`use_` are switches that only gate other parameters and are not passed to training.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import fields
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from plasticity.config import CONFIGS, PRESETS
+from plasticity.errors import ConfigError
+
+SWITCH_PREFIX = "use_"
+TYPES = ("float", "int", "categorical")
+
+SPACES: dict[str, dict[str, dict[str, Any]]] = {
+    "patterns": {
+        "rule": {"type": "categorical", "choices": ["hebb", "oja"]},
+        "eta": {"type": "float", "low": 1e-3, "high": 0.5, "log": True},
+        "alpha_mode": {"type": "categorical", "choices": ["free", "yoked"]},
+        "eta_mode": {"type": "categorical", "choices": ["scalar", "per-connection"]},
+        "extra_neurons": {"type": "int", "low": 0, "high": 32},
+        "lr": {"type": "float", "low": 3e-4, "high": 1e-2, "log": True},
+        "use_clip": {"type": "categorical", "choices": [False, True]},
+        "clip": {"type": "float", "low": 0.5, "high": 2.0, "when": {"use_clip": True}},
+    },
+}
+
+
+def load_space(path: str | Path) -> dict[str, dict[str, Any]]:
+    """Read a YAML space file; errors name the file and the problem."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"search space file {path} not found: pass a YAML file (see tune/spaces.py)")
+    try:
+        space = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as e:
+        raise ConfigError(f"search space file {path} is not valid YAML ({str(e).splitlines()[0]}): fix it") from None
+    if not isinstance(space, dict) or not space:
+        raise ConfigError(f"search space file {path} must map parameter names to specs")
+    return space
+
+
+def validate_space(space: dict[str, dict[str, Any]], task: str) -> dict[str, dict[str, Any]]:
+    """Check every spec against the task's config; raise one `ConfigError` naming the fix."""
+    names = {f.name for f in fields(CONFIGS[task])}
+    seen: set[str] = set()
+    for name, spec in space.items():
+        where = f"search space parameter {name!r}"
+        if not name.startswith(SWITCH_PREFIX) and name not in names:
+            raise ConfigError(f"{where} is not a {task} config field: use one of {', '.join(sorted(names))}")
+        if not isinstance(spec, dict) or spec.get("type") not in TYPES:
+            raise ConfigError(f"{where} needs type: one of {', '.join(TYPES)}")
+        if spec["type"] == "categorical":
+            if not isinstance(spec.get("choices"), list) or not spec["choices"]:
+                raise ConfigError(f"{where} needs a non-empty list of choices")
+        else:
+            low, high = spec.get("low"), spec.get("high")
+            if not isinstance(low, int | float) or not isinstance(high, int | float) or not low < high:
+                raise ConfigError(f"{where} needs numbers low < high, got low={low!r} high={high!r}")
+            if spec.get("log") and low <= 0:
+                raise ConfigError(f"{where} is log-scaled, so low must be > 0 (got {low})")
+        extra = set(spec) - {"type", "low", "high", "log", "step", "choices", "when"}
+        if extra:
+            raise ConfigError(f"{where} has unknown keys {sorted(extra)}: "
+                              "use type, low, high, log, step, choices, when")
+        for other in (spec.get("when") or {}):
+            if other not in seen:
+                raise ConfigError(f"{where} depends on {other!r}, which must be defined before it")
+        seen.add(name)
+    return space
+
+
+def _active(spec: dict[str, Any], drawn: dict[str, Any]) -> bool:
+    for other, allowed in (spec.get("when") or {}).items():
+        allowed = allowed if isinstance(allowed, list) else [allowed]
+        if other not in drawn or drawn[other] not in allowed:
+            return False
+    return True
+
+
+def define_by_run(space: dict[str, dict[str, Any]], constants: dict[str, Any]) -> Callable:
+    """An Optuna define-by-run function: draws the active parameters and returns the
+    trial's full set of constants (`constants` plus the drawn values, switches removed)."""
+
+    def suggest(trial) -> dict[str, Any]:
+        drawn: dict[str, Any] = {}
+        for name, spec in space.items():
+            if not _active(spec, drawn):
+                continue
+            kind = spec["type"]
+            if kind == "categorical":
+                drawn[name] = trial.suggest_categorical(name, spec["choices"])
+            elif kind == "int":
+                drawn[name] = trial.suggest_int(name, int(spec["low"]), int(spec["high"]),
+                                                step=int(spec.get("step", 1)), log=bool(spec.get("log")))
+            else:
+                drawn[name] = trial.suggest_float(name, float(spec["low"]), float(spec["high"]),
+                                                  log=bool(spec.get("log")), step=spec.get("step"))
+        params = {k: v for k, v in drawn.items() if not k.startswith(SWITCH_PREFIX)}
+        return {**constants, **params}
+
+    return suggest
+
+
+def check_constants(task: str, preset_name: str, overrides: dict[str, Any]) -> None:
+    """Fail before any trial starts if the fixed part of the config is invalid."""
+    from plasticity.config import preset
+
+    if preset_name not in PRESETS[task]:
+        raise ConfigError(f"unknown {task} preset {preset_name!r}: choose one of {', '.join(PRESETS[task])}")
+    preset(task, preset_name, **overrides)

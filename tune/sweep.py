@@ -1,0 +1,218 @@
+"""Run a hyperparameter sweep: Ray Tune + Optuna (or random search), ASHA (or FIFO),
+one MLflow parent run per sweep and one child run per trial; the best model is
+registered in the MLflow Model Registry.
+
+    python -m tune.sweep --task patterns --num-samples 8 --max-episodes 4000
+    plasticity sweep --task patterns --smoke-test
+    ray job submit --address http://HEAD:8265 --working-dir . -- \
+        python -m tune.sweep --task patterns --tracking-uri http://mlflow:5000 \
+        --storage postgresql://user@db/optuna
+
+With no address and no URIs, the sweep runs on a local Ray instance with Optuna and
+MLflow in SQLite files in the working directory (`optuna.db`, `mlruns.db`).
+Everything is checked (space, storage, tracking server, Ray address) before any
+trial starts. Run it again with `--resume` after a crash: finished trials are kept.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Literal
+
+import tyro
+
+from plasticity.config import CONFIGS, PRESETS
+from plasticity.errors import ConfigError, PlasticityError, TrackingError, check_positive
+from tune.spaces import SPACES, check_constants, define_by_run, load_space, validate_space
+
+
+@dataclass
+class SweepArgs:
+    """Hyperparameter sweep over plasticity settings with Ray Tune + Optuna, tracked in MLflow."""
+
+    task: Literal["patterns"] = "patterns"
+    """Task to sweep (its search space is tune.spaces.SPACES[task] unless --space is given)."""
+    preset: str = "small"
+    """Task preset every trial starts from (see `plasticity train TASK --help`)."""
+    num_samples: int = 8
+    """Number of trials."""
+    max_episodes: int = 8000
+    """Training episodes of a trial that is never stopped early (ASHA's max_t)."""
+    eval_every: int | None = None
+    """Evaluate, report and checkpoint every this many episodes (default: max_episodes / 8)."""
+    search: Literal["optuna", "random"] = "optuna"
+    """Optuna TPE (default) or random search (Optuna's RandomSampler)."""
+    scheduler: Literal["asha", "fifo"] = "asha"
+    """ASHA early stopping (default) or FIFO (every trial runs to the end)."""
+    metric: str = "eval/loss"
+    """Objective reported by the trials (minimised)."""
+    multi_objective: bool = False
+    """Optimise the objective and the parameter count (model/params) together (Optuna
+    multi-objective TPE); ASHA then stops on the objective alone."""
+    space: str | None = None
+    """YAML file with the search space (see tune/spaces.py); default: the built-in one."""
+    max_concurrent: int = 2
+    """Trials running at once (ConcurrencyLimiter)."""
+    cpus_per_trial: float = 1.0
+    """CPUs reserved per trial."""
+    gpus_per_trial: float = 0.0
+    """GPUs reserved per trial; fractions (0.25) let several trials share one GPU."""
+    max_failures: int = 2
+    """Times a failed trial is retried from its last checkpoint (FailureConfig)."""
+    address: str | None = None
+    """Ray cluster address (e.g. ray://host:10001 or auto); default: $RAY_ADDRESS or a local Ray."""
+    tracking_uri: str | None = None
+    """MLflow tracking URI; default $MLFLOW_TRACKING_URI, else sqlite:///mlruns.db here."""
+    no_tracking: bool = False
+    """Do not log to MLflow."""
+    experiment: str = "plasticity-sweeps"
+    """MLflow experiment for the parent and child runs."""
+    register_model: str | None = None
+    """Register the best model under this name (default: plasticity-TASK)."""
+    storage: str | None = None
+    """Optuna storage URL (SQLite file or PostgreSQL); default sqlite:///optuna.db here."""
+    name: str | None = None
+    """Sweep name: Ray experiment folder, Optuna study and MLflow parent run (default: TASK-TIME)."""
+    storage_path: str = "ray_results"
+    """Folder (or URI on a cluster, e.g. s3://...) for Ray's trial results and checkpoints."""
+    resume: bool = False
+    """Resume the sweep named --name (after a driver crash): finished trials are not rerun."""
+    seed: int = 0
+    """Seed of the searcher."""
+    smoke_test: bool = False
+    """A tiny sweep (4 trials x 1024 episodes) to check the setup end to end."""
+
+
+def _fail(message: str) -> None:
+    print(f"plasticity sweep: error: {message}", file=sys.stderr)
+    raise SystemExit(2)
+
+
+def check_optuna_storage(url: str):
+    import optuna
+
+    try:
+        return optuna.storages.RDBStorage(url, heartbeat_interval=60, grace_period=180)
+    except Exception as e:  # noqa: BLE001 - any failure means the URL is unusable
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
+        raise ConfigError(f"cannot open Optuna storage {url} ({first}): pass --storage sqlite:///optuna.db "
+                          "or a reachable postgresql://user@host/db") from None
+
+
+def connect_ray(address: str | None):
+    import ray
+
+    if ray.is_initialized():
+        return
+    try:
+        if address is None and not os.environ.get("RAY_ADDRESS"):
+            ray.init(include_dashboard=False, log_to_driver=False, configure_logging=False)
+        else:
+            ray.init(address=address, log_to_driver=False)
+    except Exception as e:  # noqa: BLE001
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
+        raise ConfigError(f"cannot connect to Ray at {address or os.environ.get('RAY_ADDRESS')} ({first}): start "
+                          "the cluster (`ray start --head`) or fix --address / RAY_ADDRESS") from None
+
+
+def resolve(args: SweepArgs) -> SweepArgs:
+    if args.smoke_test:
+        args.num_samples, args.max_episodes = min(args.num_samples, 4), 1024
+    if args.eval_every is None:
+        args.eval_every = max(1, args.max_episodes // 8)
+    for name in ("num_samples", "max_episodes", "eval_every", "max_concurrent", "cpus_per_trial"):
+        check_positive(name, getattr(args, name))
+    check_positive("gpus_per_trial", args.gpus_per_trial, allow_zero=True)
+    check_positive("max_failures", args.max_failures, allow_zero=True)
+    if args.preset not in PRESETS[args.task]:
+        raise ConfigError(f"unknown {args.task} preset {args.preset!r}: choose one of {', '.join(PRESETS[args.task])}")
+    args.name = args.name or f"{args.task}-{time.strftime('%Y%m%d-%H%M%S')}"
+    args.storage = args.storage or f"sqlite:///{Path.cwd() / 'optuna.db'}"
+    args.storage_path = str(Path(args.storage_path).resolve()) if "://" not in args.storage_path else args.storage_path
+    args.register_model = args.register_model or f"plasticity-{args.task}"
+    return args
+
+
+def run_sweep(args: SweepArgs):
+    """Check everything, run the sweep, write the summary. Returns the ResultGrid."""
+    from plasticity.tracking.mlflow import check_tracking, default_tracking_uri
+
+    args = resolve(args)
+    space = validate_space(load_space(args.space) if args.space else SPACES[args.task], args.task)
+    check_constants(args.task, args.preset, {})
+    tracking_uri = None if args.no_tracking else (args.tracking_uri or default_tracking_uri())
+    if tracking_uri is not None:
+        check_tracking(tracking_uri)
+    optuna_storage = check_optuna_storage(args.storage)
+    connect_ray(args.address)
+
+    from ray import tune
+    from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
+    from ray.tune.search import ConcurrencyLimiter
+    from ray.tune.search.optuna import OptunaSearch
+
+    from tune.report import SweepTracker
+    from tune.trainable import SweepContext, train_trial
+
+    tracker = SweepTracker.open(tracking_uri, args.experiment, args.name, asdict(args)) if tracking_uri else None
+    sweep = SweepContext(task=args.task, preset=args.preset, max_episodes=args.max_episodes,
+                         eval_every=args.eval_every, tracking_uri=tracking_uri, experiment=args.experiment,
+                         parent_run_id=tracker.run_id if tracker else None, sweep_name=args.name)
+    trainable = tune.with_resources(tune.with_parameters(train_trial, sweep=sweep),
+                                    {"cpu": args.cpus_per_trial, "gpu": args.gpus_per_trial})
+    path = f"{args.storage_path.rstrip('/')}/{args.name}"
+    if args.resume:
+        if not tune.Tuner.can_restore(path):
+            raise ConfigError(f"no sweep to resume at {path}: check --name and --storage-path")
+        tuner = tune.Tuner.restore(path, trainable=trainable, resume_errored=True)
+    else:
+        import optuna
+
+        sampler = (optuna.samplers.TPESampler(seed=args.seed) if args.search == "optuna"
+                   else optuna.samplers.RandomSampler(seed=args.seed))
+        metrics = [args.metric, "model/params"] if args.multi_objective else args.metric
+        modes = ["min", "min"] if args.multi_objective else "min"
+        searcher = OptunaSearch(define_by_run(space, {}), metric=metrics, mode=modes, sampler=sampler,
+                                study_name=args.name, storage=optuna_storage, seed=args.seed)
+        searcher = ConcurrencyLimiter(searcher, max_concurrent=args.max_concurrent)
+        if args.scheduler == "asha":
+            scheduler = ASHAScheduler(time_attr="episodes", metric=args.metric, mode="min",
+                                      max_t=args.max_episodes, grace_period=2 * args.eval_every,
+                                      reduction_factor=2)
+        else:
+            scheduler = FIFOScheduler()
+        tuner = tune.Tuner(
+            trainable,
+            tune_config=tune.TuneConfig(search_alg=searcher, scheduler=scheduler, num_samples=args.num_samples),
+            run_config=tune.RunConfig(
+                name=args.name, storage_path=args.storage_path, verbose=1,
+                failure_config=tune.FailureConfig(max_failures=args.max_failures),
+                checkpoint_config=tune.CheckpointConfig(num_to_keep=2, checkpoint_score_attribute=args.metric,
+                                                        checkpoint_score_order="min"),
+                callbacks=[tracker.callback()] if tracker else None),
+        )
+    results = tuner.fit()
+    if tracker is not None:
+        tracker.summarise(results, args, sweep)
+    return results
+
+
+def main(argv: list[str] | None = None, prog: str = "python -m tune.sweep") -> int:
+    args = tyro.cli(SweepArgs, args=sys.argv[1:] if argv is None else argv, prog=prog)
+    try:
+        results = run_sweep(args)
+    except (PlasticityError, TrackingError) as e:
+        _fail(str(e))
+    ok = [r for r in results if r.error is None]
+    print(f"sweep {args.name}: {len(ok)}/{len(results)} trials finished without error")
+    return 0
+
+
+assert set(CONFIGS) >= set(SPACES)
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,93 @@
+"""One sweep trial: `train_trial(config, sweep)` runs `plasticity.train.train` and reports
+to Ray Tune (metrics + checkpoint at every evaluation) and to its own MLflow child run.
+
+A trial that Ray restarts after a failure resumes from its last checkpoint and keeps
+writing to the same MLflow run (the run id travels in the checkpoint folder).
+"""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ray import tune
+
+from plasticity.config import preset
+from plasticity.models import build_model, count_parameters
+from plasticity.tasks import make_task
+from plasticity.tracking.mlflow import MlflowTracker, check_tracking
+from plasticity.train import train
+
+RUN_ID_FILE = "mlflow_run_id"
+
+
+@dataclass
+class SweepContext:
+    """Settings shared by every trial of a sweep (not searched)."""
+
+    task: str
+    preset: str
+    max_episodes: int
+    eval_every: int
+    overrides: dict[str, Any] = field(default_factory=dict)
+    tracking_uri: str | None = None
+    experiment: str = "plasticity-sweeps"
+    parent_run_id: str | None = None
+    sweep_name: str = "sweep"
+
+
+def trial_config(sweep: SweepContext, params: dict[str, Any], out: str):
+    cfg = preset(sweep.task, sweep.preset, **{**sweep.overrides, **params})
+    return cfg.replace(episodes=sweep.max_episodes, eval_every=sweep.eval_every,
+                       checkpoint_every=sweep.eval_every, out=out)
+
+
+def _open_tracker(sweep: SweepContext, cfg, run_id: str | None, trial_id: str, trial_name: str):
+    if sweep.tracking_uri is None:
+        return None
+    if run_id:
+        return MlflowTracker(check_tracking(sweep.tracking_uri), run_id, sweep.tracking_uri)
+    return MlflowTracker.open(sweep.tracking_uri, sweep.experiment, trial_name, cfg.to_dict(),
+                              tags={"trial_id": trial_id, "sweep": sweep.sweep_name, "task": cfg.task},
+                              parent_run_id=sweep.parent_run_id)
+
+
+def train_trial(config: dict[str, Any], sweep: SweepContext) -> None:
+    ctx = tune.get_context()
+    trial_dir = Path(ctx.get_trial_dir())
+    cfg = trial_config(sweep, config, out=str(trial_dir))
+    run_dir, resume, run_id = trial_dir / "run", None, None
+    previous = tune.get_checkpoint()
+    if previous is not None:
+        with previous.as_directory() as d:
+            run_dir.mkdir(parents=True, exist_ok=True)
+            resume = shutil.copy(Path(d) / "checkpoint.pt", run_dir / "checkpoint.pt")
+            id_file = Path(d) / RUN_ID_FILE
+            run_id = id_file.read_text().strip() if id_file.is_file() else None
+    tracker = _open_tracker(sweep, cfg, run_id, ctx.get_trial_id(), ctx.get_trial_name())
+    n_params = count_parameters(build_model(cfg, make_task(cfg).n_io))
+
+    def report(step: int, metrics: dict[str, float], files: dict[str, Path]) -> None:
+        if tracker is not None:
+            tracker(step, metrics, files)
+        metrics = {**metrics, "episodes": step, "model/params": n_params}
+        if "checkpoint" not in files:
+            tune.report(metrics)
+            return
+        with tempfile.TemporaryDirectory() as d:
+            shutil.copy(files["checkpoint"], Path(d) / "checkpoint.pt")
+            if tracker is not None:
+                (Path(d) / RUN_ID_FILE).write_text(tracker.run_id)
+            tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(d))
+
+    try:
+        result = train(cfg, report=report, resume=resume, progress=False, run_dir=run_dir)
+    except Exception:
+        if tracker is not None:
+            tracker.finish(status="FAILED", retries=1)
+        raise
+    if tracker is not None:
+        tracker.finish(result.run_dir)
