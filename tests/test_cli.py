@@ -53,6 +53,14 @@ def test_train_logs_run_to_default_sqlite_and_evaluate(tmp_path):
     assert len(figures) == 2
     models = client.search_logged_models([exp.experiment_id])
     assert len(models) == 1 and models[0].source_run_id == run_info.info.run_id
+    assert str(models[0].status).endswith("READY"), models[0].status
+    import mlflow
+    import torch
+
+    mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'mlruns.db'}")
+    loaded = mlflow.pytorch.load_model(models[0].model_uri)
+    out, _ = loaded(torch.zeros(2, 11, 51))
+    assert out.shape == (2, 11, 51)
 
     (ckpt,) = (tmp_path / "runs").glob("*/checkpoint.pt")
     proc = run(["evaluate", str(ckpt), "--episodes", "128"], tmp_path)

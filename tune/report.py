@@ -67,7 +67,7 @@ class SweepTracker:
         with tempfile.TemporaryDirectory() as d:
             table = Path(d) / "trials.csv"
             with open(table, "w", newline="") as f:
-                writer = csv.DictWriter(f, fieldnames=list(rows[0]) if rows else ["trial_id"])
+                writer = csv.DictWriter(f, fieldnames=columns(rows), restval="")
                 writer.writeheader()
                 writer.writerows(rows)
             (Path(d) / "trials.md").write_text(markdown_table(rows))
@@ -132,13 +132,21 @@ def trial_rows(results, metric: str) -> list[dict]:
     return rows
 
 
+def columns(rows: list[dict]) -> list[str]:
+    """Every key of every row, in first-seen order (conditional params are not in all rows)."""
+    return list(dict.fromkeys(k for r in rows for k in r)) or ["trial_id"]
+
+
+def _cell(value) -> str:
+    return f"{value:.4g}" if isinstance(value, float) else str(value)
+
+
 def markdown_table(rows: list[dict]) -> str:
     if not rows:
         return "no trials\n"
-    keys = list(rows[0])
+    keys = columns(rows)
     lines = ["| " + " | ".join(keys) + " |", "|" + "---|" * len(keys)]
-    for r in rows:
-        lines.append("| " + " | ".join(f"{r[k]:.4g}" if isinstance(r[k], float) else str(r[k]) for k in keys) + " |")
+    lines += ["| " + " | ".join(_cell(r.get(k, "")) for k in keys) + " |" for r in rows]
     return "\n".join(lines) + "\n"
 
 

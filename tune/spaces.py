@@ -16,7 +16,6 @@ fields (the `plasticity train` flags, underscores for dashes); names starting wi
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import fields
 from pathlib import Path
 from typing import Any
@@ -95,28 +94,32 @@ def _active(spec: dict[str, Any], drawn: dict[str, Any]) -> bool:
     return True
 
 
-def define_by_run(space: dict[str, dict[str, Any]], constants: dict[str, Any]) -> Callable:
+class define_by_run:  # noqa: N801 - used like a function: define_by_run(space, constants)(trial)
     """An Optuna define-by-run function: draws the active parameters and returns the
-    trial's full set of constants (`constants` plus the drawn values, switches removed)."""
+    trial's full set of constants (`constants` plus the drawn values, switches removed).
+    A class rather than a closure so that Tune can pickle the searcher with it."""
 
-    def suggest(trial) -> dict[str, Any]:
+    def __init__(self, space: dict[str, dict[str, Any]], constants: dict[str, Any]):
+        self.space, self.constants = space, dict(constants)
+
+    def __call__(self, trial) -> dict[str, Any]:
         drawn: dict[str, Any] = {}
-        for name, spec in space.items():
-            if not _active(spec, drawn):
-                continue
-            kind = spec["type"]
-            if kind == "categorical":
-                drawn[name] = trial.suggest_categorical(name, spec["choices"])
-            elif kind == "int":
-                drawn[name] = trial.suggest_int(name, int(spec["low"]), int(spec["high"]),
-                                                step=int(spec.get("step", 1)), log=bool(spec.get("log")))
-            else:
-                drawn[name] = trial.suggest_float(name, float(spec["low"]), float(spec["high"]),
-                                                  log=bool(spec.get("log")), step=spec.get("step"))
+        for name, spec in self.space.items():
+            if _active(spec, drawn):
+                drawn[name] = _suggest(trial, name, spec)
         params = {k: v for k, v in drawn.items() if not k.startswith(SWITCH_PREFIX)}
-        return {**constants, **params}
+        return {**self.constants, **params}
 
-    return suggest
+
+def _suggest(trial, name: str, spec: dict[str, Any]):
+    kind = spec["type"]
+    if kind == "categorical":
+        return trial.suggest_categorical(name, spec["choices"])
+    if kind == "int":
+        return trial.suggest_int(name, int(spec["low"]), int(spec["high"]), step=int(spec.get("step", 1)),
+                                 log=bool(spec.get("log")))
+    return trial.suggest_float(name, float(spec["low"]), float(spec["high"]), log=bool(spec.get("log")),
+                               step=spec.get("step"))
 
 
 def check_constants(task: str, preset_name: str, overrides: dict[str, Any]) -> None:

@@ -96,7 +96,7 @@ def check_optuna_storage(url: str):
     import optuna
 
     try:
-        return optuna.storages.RDBStorage(url, heartbeat_interval=60, grace_period=180)
+        return optuna.storages.RDBStorage(url)
     except Exception as e:  # noqa: BLE001 - any failure means the URL is unusable
         first = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
         raise ConfigError(f"cannot open Optuna storage {url} ({first}): pass --storage sqlite:///optuna.db "

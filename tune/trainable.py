@@ -20,6 +20,7 @@ from plasticity.models import build_model, count_parameters
 from plasticity.tasks import make_task
 from plasticity.tracking.mlflow import MlflowTracker, check_tracking
 from plasticity.train import train
+from tune.spaces import SWITCH_PREFIX
 
 RUN_ID_FILE = "mlflow_run_id"
 
@@ -40,6 +41,8 @@ class SweepContext:
 
 
 def trial_config(sweep: SweepContext, params: dict[str, Any], out: str):
+    # Ray hands over every drawn Optuna parameter; switches only gate others.
+    params = {k: v for k, v in params.items() if not k.startswith(SWITCH_PREFIX)}
     cfg = preset(sweep.task, sweep.preset, **{**sweep.overrides, **params})
     return cfg.replace(episodes=sweep.max_episodes, eval_every=sweep.eval_every,
                        checkpoint_every=sweep.eval_every, out=out)
