@@ -178,6 +178,8 @@ def cmd_sweep(argv: list[str]) -> int:
     try:
         from tune.sweep import main as sweep_main
     except ImportError as e:
+        if (e.name or "").split(".")[0] not in ("ray", "optuna", "psycopg"):
+            raise
         fail(f"the sweep service needs the sweep extras ({e.name} is missing): pip install 'plasticity[sweep]'")
     return sweep_main(argv, prog="plasticity sweep")
 

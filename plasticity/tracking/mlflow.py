@@ -12,6 +12,7 @@ server restart loses nothing; training never stops because of tracking.
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import sys
 import time
@@ -161,6 +162,10 @@ class MlflowTracker:
         import plasticity
 
         mlflow.set_tracking_uri(self.uri)
+        # mlflow.pytorch logs a warning about pickle on every call; the choice is deliberate.
+        logger = logging.getLogger("mlflow.pytorch")
+        level = logger.level
+        logger.setLevel(logging.ERROR)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             with mlflow.start_run(run_id=self.run_id, nested=mlflow.active_run() is not None):
@@ -170,4 +175,5 @@ class MlflowTracker:
                     model.cpu(), name=name, serialization_format="pickle",
                     pip_requirements=[f"torch=={torch.__version__.split('+')[0]}",
                                       f"plasticity=={plasticity.__version__}"])
+        logger.setLevel(level)
         return info.model_uri
