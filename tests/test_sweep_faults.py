@@ -73,3 +73,46 @@ def test_multi_objective_sweep(tmp_path):
     assert len(study.directions) == 2
     complete = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
     assert complete and all(len(t.values) == 2 for t in complete)
+
+
+def _worker_pids() -> list[int]:
+    """Processes running a Tune function trial (Ray names them ray::ImplicitFunc...)."""
+    out = subprocess.run(["pgrep", "-f", "ray::ImplicitFunc"], capture_output=True, text=True).stdout
+    return [int(p) for p in out.split()]
+
+
+@pytest.mark.slow
+def test_killed_trial_is_retried_from_its_checkpoint(tmp_path):
+    """SIGKILL the process running a trial: Ray restarts it (FailureConfig) from its last
+    checkpoint, so training continues from the saved episode instead of from zero."""
+    args = ["--task", "patterns", "--num-samples", "1", "--max-episodes", "6144", "--eval-every", "512",
+            "--scheduler", "fifo", "--name", "retry", "--no-tracking", "--max-failures", "2"]
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    env.update(PYTHONPATH=str(REPO), PYTHONUNBUFFERED="1")
+    driver = subprocess.Popen([sys.executable, "-m", "tune.sweep", *args], cwd=tmp_path, env=env,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        results = tmp_path / "ray_results" / "retry"
+        deadline = time.time() + 300
+        while time.time() < deadline and not any(
+                '"episodes": 2048' in p.read_text() for p in results.glob("*/result.json")):
+            time.sleep(0.2)
+        pids = _worker_pids()
+        assert pids, "no trial process found"
+        for pid in pids:
+            os.kill(pid, signal.SIGKILL)
+        stdout, stderr = driver.communicate(timeout=600)
+    finally:
+        if driver.poll() is None:
+            os.killpg(driver.pid, signal.SIGKILL)
+    assert driver.returncode == 0, stderr[-4000:]
+    assert "1/1 trials finished without error" in stdout
+    (result,) = results.glob("*/result.json")
+    rows = [json.loads(line) for line in result.read_text().splitlines() if line.strip()]
+    episodes = [r["episodes"] for r in rows]
+    # Reported up to the kill, then resumed from the last checkpoint: a restart happened
+    # (iterations_since_restore back to 1) and it did not start again from episode 0.
+    assert episodes[-1] == 6144
+    restarts = [i for i, r in enumerate(rows) if r["iterations_since_restore"] == 1 and i > 0]
+    assert restarts and episodes[restarts[0]] > 512, episodes
+    assert episodes.count(512) == 1, episodes
