@@ -40,7 +40,8 @@ def one_error_line(proc) -> str:
     (["--space", "missing.yaml"], "search space file missing.yaml not found"),
     (["--preset", "huge"], "unknown patterns preset 'huge'"),
     (["--num-samples", "0"], "num_samples must be > 0"),
-], ids=["tracking", "storage-pg", "storage-url", "space", "preset", "samples"])
+    (["--address", "127.0.0.1:1"], "cannot connect to Ray at 127.0.0.1:1"),
+], ids=["tracking", "storage-pg", "storage-url", "space", "preset", "samples", "ray-address"])
 def test_bad_input_fails_before_any_trial(tmp_path, args, message):
     proc = sweep([*SMOKE, *args], tmp_path, timeout=120)
     assert message in one_error_line(proc)

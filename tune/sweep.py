@@ -17,6 +17,7 @@ trial starts. Run it again with `--resume` after a crash: finished trials are ke
 from __future__ import annotations
 
 import os
+import socket
 import sys
 import time
 from dataclasses import asdict, dataclass
@@ -103,11 +104,28 @@ def check_optuna_storage(url: str):
                           "or a reachable postgresql://user@host/db") from None
 
 
+def probe_ray(address: str, timeout: float = 5.0) -> None:
+    """Fail fast on a `host:port` or `ray://host:port` that nothing answers on: `ray.init`
+    itself keeps retrying for many minutes."""
+    target = address.removeprefix("ray://")
+    if target in ("auto", "local") or ":" not in target:
+        return
+    host, _, port = target.rpartition(":")
+    try:
+        with socket.create_connection((host, int(port)), timeout=timeout):
+            return
+    except (OSError, ValueError) as e:
+        raise ConfigError(f"cannot connect to Ray at {address} ({type(e).__name__}: {e}): start the cluster "
+                          "(`ray start --head`) or fix --address / RAY_ADDRESS") from None
+
+
 def connect_ray(address: str | None):
     import ray
 
     if ray.is_initialized():
         return
+    if address or os.environ.get("RAY_ADDRESS"):
+        probe_ray(address or os.environ["RAY_ADDRESS"])
     try:
         if address is None and not os.environ.get("RAY_ADDRESS"):
             ray.init(include_dashboard=False, log_to_driver=False, configure_logging=False)
