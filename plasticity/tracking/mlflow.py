@@ -166,14 +166,16 @@ class MlflowTracker:
         logger = logging.getLogger("mlflow.pytorch")
         level = logger.level
         logger.setLevel(logging.ERROR)
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            with mlflow.start_run(run_id=self.run_id, nested=mlflow.active_run() is not None):
-                # "pickle": the whole module, loadable with mlflow.pytorch.load_model. The
-                # "pt2" export cannot trace the episode loop's Python control flow.
-                info = mlflow.pytorch.log_model(
-                    model.cpu(), name=name, serialization_format="pickle",
-                    pip_requirements=[f"torch=={torch.__version__.split('+')[0]}",
-                                      f"plasticity=={plasticity.__version__}"])
-        logger.setLevel(level)
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                with mlflow.start_run(run_id=self.run_id, nested=mlflow.active_run() is not None):
+                    # "pickle": the whole module, loadable with mlflow.pytorch.load_model. The
+                    # "pt2" export cannot trace the episode loop's Python control flow.
+                    info = mlflow.pytorch.log_model(
+                        model.cpu(), name=name, serialization_format="pickle",
+                        pip_requirements=[f"torch=={torch.__version__.split('+')[0]}",
+                                          f"plasticity=={plasticity.__version__}"])
+        finally:
+            logger.setLevel(level)
         return info.model_uri
