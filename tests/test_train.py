@@ -25,6 +25,7 @@ def test_small_preset_learns_and_reports(tmp_path):
     assert steps == [2016, 4000, 6016]
     first, last = calls[0][1], calls[-1][1]
     assert {"train/loss", "eval/loss", "eval/bit_error", "perf/episodes_per_s", "plastic/eta_mean"} <= set(last)
+    assert last["model/params"] == 2 * 51 * 51 + 1  # w, alpha (free) and one eta
     assert last["eval/bit_error"] < 0.12 < 0.5, last  # chance on erased bits is 0.5
     assert last["eval/loss"] < first["eval/loss"]
     assert calls[-1][2]["completion"].is_file()

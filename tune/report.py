@@ -60,7 +60,7 @@ class SweepTracker:
     def close_child(self, trial_id: str, status: str) -> None:
         run = self.child_run(trial_id)
         if run is not None and run.info.status == "RUNNING":
-            self.parent._try(self.parent.client.set_terminated, run.info.run_id, status)
+            self.parent.attempt(self.parent.client.set_terminated, run.info.run_id, status)
 
     def summarise(self, results, args, sweep) -> None:
         rows = trial_rows(results, args.metric)
@@ -74,7 +74,7 @@ class SweepTracker:
             figure = Path(d) / "objective_vs_eta.png"
             save_figure(objective_plot(rows, args.metric), figure)
             for path in (table, Path(d) / "trials.md", figure):
-                self.parent._try(self.parent.client.log_artifact, self.run_id, str(path), "summary")
+                self.parent.attempt(self.parent.client.log_artifact, self.run_id, str(path), "summary")
         best_uri = self._log_trial_models(results, args)
         if best_uri is not None:
             import mlflow

@@ -16,8 +16,6 @@ from typing import Any
 from ray import tune
 
 from plasticity.config import preset
-from plasticity.models import build_model, count_parameters
-from plasticity.tasks import make_task
 from plasticity.tracking.mlflow import MlflowTracker, check_tracking
 from plasticity.train import train
 from tune.spaces import SWITCH_PREFIX
@@ -71,12 +69,11 @@ def train_trial(config: dict[str, Any], sweep: SweepContext) -> None:
             id_file = Path(d) / RUN_ID_FILE
             run_id = id_file.read_text().strip() if id_file.is_file() else None
     tracker = _open_tracker(sweep, cfg, run_id, ctx.get_trial_id(), ctx.get_trial_name())
-    n_params = count_parameters(build_model(cfg, make_task(cfg).n_io))
 
     def report(step: int, metrics: dict[str, float], files: dict[str, Path]) -> None:
         if tracker is not None:
             tracker(step, metrics, files)
-        metrics = {**metrics, "episodes": step, "model/params": n_params}
+        metrics = {**metrics, "episodes": step}
         if "checkpoint" not in files:
             tune.report(metrics)
             return

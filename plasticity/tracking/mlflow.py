@@ -110,7 +110,7 @@ class MlflowTracker:
         self.flush()
         for name, path in files.items():
             if name != "checkpoint" and Path(path).suffix == ".png":
-                self._try(self.client.log_artifact, self.run_id, str(path), f"figures/{name}_{step:09d}")
+                self.attempt(self.client.log_artifact, self.run_id, str(path), f"figures/{name}_{step:09d}")
 
     def flush(self) -> bool:
         """Send buffered metrics; keep them if the server does not answer."""
@@ -122,12 +122,13 @@ class MlflowTracker:
         batch = [Metric(k, float(v), now, step) for step, m in self.pending for k, v in m.items()]
         for i in range(0, len(batch), 1000):
             # Keep everything on failure: re-sending a (key, step, timestamp) is harmless.
-            if not self._try(self.client.log_batch, self.run_id, metrics=batch[i:i + 1000]):
+            if not self.attempt(self.client.log_batch, self.run_id, metrics=batch[i:i + 1000]):
                 return False
         self.pending = []
         return True
 
-    def _try(self, fn, *args, **kwargs) -> bool:
+    def attempt(self, fn, *args, **kwargs) -> bool:
+        """Call an MLflow client method; on failure warn once and return False."""
         try:
             fn(*args, **kwargs)
             return True
@@ -142,17 +143,17 @@ class MlflowTracker:
                retries: int = 5, wait_s: float = 2.0) -> None:
         """Flush metrics, upload the run folder (checkpoint, figures, metrics) and the
         model, and close the run. Retries a few times if the server is down."""
-        for attempt in range(retries):
+        for tries in range(retries):
             if self.flush():
                 break
-            time.sleep(wait_s * (attempt + 1))
+            time.sleep(wait_s * (tries + 1))
         if run_dir is not None:
             for path in sorted(Path(run_dir).iterdir()):
                 if path.is_file() and not path.name.startswith("."):
-                    self._try(self.client.log_artifact, self.run_id, str(path), "run")
+                    self.attempt(self.client.log_artifact, self.run_id, str(path), "run")
         if model is not None:
-            self._try(self.log_model, model)
-        self._try(self.client.set_terminated, self.run_id, status)
+            self.attempt(self.log_model, model)
+        self.attempt(self.client.set_terminated, self.run_id, status)
 
     def log_model(self, model, name: str = "model") -> str:
         """Log `model` with `mlflow.pytorch` under this run; returns its model URI."""

@@ -136,7 +136,8 @@ def train(cfg, report: Report | None = None, *, resume: str | Path | None = None
         return ckpt_path
 
     bar = tqdm(total=cfg.episodes, initial=episode, unit="ep", disable=not progress, dynamic_ncols=True)
-    bar.set_description(f"{cfg.task}/{cfg.model} ({count_parameters(model):,} params)")
+    n_params = count_parameters(model)
+    bar.set_description(f"{cfg.task}/{cfg.model} ({n_params:,} params)")
     train_loss, train_n, t_last, ep_last = 0.0, 0, time.perf_counter(), episode
     # Wall time spent training (including evaluations), carried across resumes.
     elapsed_before = history[-1].get("perf/elapsed_s", 0.0) if history else 0.0
@@ -168,6 +169,7 @@ def train(cfg, report: Report | None = None, *, resume: str | Path | None = None
                 metrics["perf/elapsed_s"] = elapsed_before + now - t_start
                 metrics.update({f"eval/{k}": v for k, v in evaluate(model, task, heldout, device).items()})
                 metrics.update(plastic_summary(model))
+                metrics["model/params"] = n_params
                 history.append({"step": episode, **metrics})
                 with open(run_dir / "metrics.jsonl", "a") as f:
                     f.write(json.dumps(history[-1]) + "\n")
