@@ -2,6 +2,7 @@
 
     plasticity train patterns --preset small          train one model (MLflow-tracked)
     plasticity evaluate runs/<run>/checkpoint.pt      score a checkpoint on fresh episodes
+    plasticity data download cifar10 --data-dir DIR   fetch a dataset (checksums verified, resumable)
     plasticity sweep --task patterns ...              Ray Tune + Optuna sweep (needs [sweep])
 
 Every flag comes from the config dataclasses (`plasticity.config`), parsed by tyro;
@@ -16,7 +17,7 @@ import dataclasses
 import sys
 from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Literal
 
 import tyro
 
@@ -28,6 +29,7 @@ USAGE = """usage: plasticity COMMAND ...
 commands:
   train TASK     train one model; TASK is one of: {tasks}
   evaluate CKPT  score a checkpoint on fresh held-out episodes and draw its figure
+  data ACTION    `download cifar10|omniglot|omniglot-small` or `check cifar10|omniglot` (--data-dir DIR)
   sweep          hyperparameter sweep with Ray Tune + Optuna (pip install 'plasticity[sweep]')
 
 Run `plasticity COMMAND --help` for the flags of a command."""
@@ -87,8 +89,12 @@ def cmd_train(argv: list[str]) -> int:
     if task not in CONFIGS:
         fail(f"unknown task {task!r}: choose one of {', '.join(CONFIGS)}")
     cfg, opts = parse_train(task, argv)
-    from plasticity.train import train
+    from plasticity.train import preflight, train
     from plasticity.train.common import run_name
+
+    if opts.resume is None:
+        # Data problems fail here, before an MLflow run is opened for nothing.
+        preflight(cfg)
 
     tracker = None
     if opts.tracking:
@@ -122,8 +128,11 @@ class EvaluateArgs:
 
     checkpoint: Annotated[str, tyro.conf.Positional, tyro.conf.arg(metavar="CHECKPOINT")]
     """Path of a checkpoint.pt written by `plasticity train`."""
-    episodes: int = 256
+    episodes: int = 1000
     """Fresh episodes to score."""
+    split: str = "test"
+    """Data split to draw them from (tasks with data): `test`, `validation`, `train`;
+    omniglot also `runs` (the official one-shot runs, all_runs.zip)."""
     seed: int = 12345
     """Seed of the fresh episodes (different from training's)."""
     figure: str | None = None
@@ -134,33 +143,19 @@ class EvaluateArgs:
 
 def cmd_evaluate(argv: list[str]) -> int:
     args = tyro.cli(EvaluateArgs, args=argv, prog="plasticity evaluate")
-    import torch
+    from plasticity.train import trainer_module
 
-    from plasticity.errors import check_positive
-    from plasticity.plots import save_figure
-    from plasticity.tasks import make_task
-    from plasticity.train import evaluate, model_from_checkpoint
-    from plasticity.train.common import resolve_device
-    from plasticity.train.episodic import eval_chunk
-
-    check_positive("episodes", args.episodes)
-    device = resolve_device(args.device)
     # The architecture comes from the checkpoint's own config.
-    saved_task = _peek_task(args.checkpoint)
-    model, cfg, ckpt = model_from_checkpoint(args.checkpoint, CONFIGS[saved_task], device=str(device))
-    task = make_task(cfg)
-    g = torch.Generator().manual_seed(args.seed)
-    chunk = eval_chunk(task.n_io + cfg.extra_neurons)
-    batches = [task.sample(min(chunk, args.episodes - i), g) for i in range(0, args.episodes, chunk)]
-    metrics = evaluate(model, task, batches, device)
+    config_cls = CONFIGS[_peek_task(args.checkpoint)]
     figure = Path(args.figure) if args.figure else Path(args.checkpoint).with_name("evaluation.png")
-    with torch.no_grad():
-        outputs, _ = model(task.inputs(batches[0])[:1].to(device))
-    save_figure(task.figure(outputs, batches[0]), figure)
-    print(f"{cfg.task}/{cfg.model} after {ckpt['episode']} training episodes, {args.episodes} fresh episodes:")
-    for k, v in metrics.items():
+    result = trainer_module(config_cls).evaluate_checkpoint(args.checkpoint, config_cls, episodes=args.episodes,
+                                                           seed=args.seed, figure=figure, device=args.device,
+                                                           split=args.split)
+    cfg = result["config"]
+    print(f"{cfg.task}/{cfg.model} after {result['episode']} training episodes, {args.episodes} fresh episodes:")
+    for k, v in result["metrics"].items():
         print(f"  {k}: {v:.4f}")
-    print(f"figure: {figure}")
+    print(f"figure: {result['figure']}")
     return 0
 
 
@@ -174,6 +169,68 @@ def _peek_task(path: str) -> str:
     return task
 
 
+@dataclass
+class DownloadArgs:
+    """Download a dataset from its official source into --data-dir, verifying checksums;
+    an interrupted download resumes when the command is run again."""
+
+    dataset: Annotated[Literal["cifar10", "omniglot", "omniglot-small"], tyro.conf.Positional]
+    """`cifar10` (python batches, 163 MB), `omniglot` (full background + evaluation sets and the
+    one-shot runs) or `omniglot-small` (the official minimal background splits + runs)."""
+    data_dir: str | None = None
+    """Where to put the data; default $PLASTICITY_DATA, else ./data."""
+    mirror: str | None = None
+    """Fetch each file as MIRROR/<filename> instead of the official URL (checksums still checked)."""
+    progress: bool = True
+    """Show a progress bar."""
+    keep_archive: bool = False
+    """Keep the CIFAR-10 tar.gz after extracting it."""
+
+
+def cmd_data(argv: list[str]) -> int:
+    if not argv or argv[0] in ("-h", "--help"):
+        print("usage: plasticity data download {cifar10,omniglot,omniglot-small} [--data-dir DIR] [--mirror URL]\n"
+              "       plasticity data check {cifar10,omniglot} [--data-dir DIR]")
+        return 0 if argv else 2
+    action, argv = argv[0], argv[1:]
+    if action == "download":
+        args = tyro.cli(DownloadArgs, args=argv, prog="plasticity data download")
+        from plasticity.data.download import download
+
+        paths = download(args.dataset, args.data_dir, mirror=args.mirror, progress=args.progress,
+                         keep_archive=args.keep_archive)
+        print(f"done: {args.dataset} in {paths[0].parent}")
+        return 0
+    if action == "check":
+        return _data_check(argv)
+    fail(f"unknown data action {action!r}: choose download or check")
+    return 2
+
+
+def _data_check(argv: list[str]) -> int:
+    pre = argparse.ArgumentParser(prog="plasticity data check")
+    pre.add_argument("dataset", choices=["cifar10", "omniglot"])
+    pre.add_argument("--data-dir", default=None)
+    args = pre.parse_args(argv)
+    from plasticity.data import load_cifar10, load_omniglot, load_omniglot_runs
+
+    if args.dataset == "cifar10":
+        for split in ("train", "validation", "test"):
+            data = load_cifar10(args.data_dir, split)
+            print(f"cifar10 {split}: {len(data)} images {list(data.images.shape[1:])}, "
+                  f"range [{data.images.min():.2f}, {data.images.max():.2f}]")
+        return 0
+    chars = load_omniglot(args.data_dir)
+    print(f"omniglot: {len(chars)} characters x {chars.images.shape[1]} drawings, {len(chars.alphabets())} "
+          f"alphabets, sets {', '.join(sorted(set(chars.sets)))}")
+    try:
+        runs = load_omniglot_runs(args.data_dir)
+        print(f"omniglot one-shot runs: {len(runs.answers)} runs x {runs.answers.shape[1]} test items")
+    except PlasticityError as e:
+        print(f"omniglot one-shot runs: not available ({e})")
+    return 0
+
+
 def cmd_sweep(argv: list[str]) -> int:
     try:
         from tune.sweep import main as sweep_main
@@ -184,7 +241,7 @@ def cmd_sweep(argv: list[str]) -> int:
     return sweep_main(argv, prog="plasticity sweep")
 
 
-COMMANDS = {"train": cmd_train, "evaluate": cmd_evaluate, "sweep": cmd_sweep}
+COMMANDS = {"train": cmd_train, "evaluate": cmd_evaluate, "data": cmd_data, "sweep": cmd_sweep}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import asdict, dataclass, fields
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 from plasticity.errors import ConfigError, check_choice, check_eta, check_positive
 from plasticity.nn import ALPHA_MODES, ETA_MODES
@@ -81,8 +81,53 @@ class TrainConfig:
 
 
 @dataclass
-class PatternsConfig(TrainConfig, ModelConfig):
+class TaskConfig(TrainConfig, ModelConfig):
+    """Base of every task's flat config: model + training fields + the task's own.
+
+    Subclasses set `task` and `preset` defaults, add their fields, list the models they
+    accept in `models` and the trainer that runs them in `trainer`, and may add checks
+    in `check()`. Register them with `register_config`."""
+
+    task: str = ""
+    """The task (fixed for each config class)."""
+    preset: str = ""
+    """Named settings this config started from."""
+
+    models: ClassVar[tuple[str, ...]] = MODELS
+    """Values `model` may take for this task."""
+    trainer: ClassVar[str] = "episodic"
+    """Training loop that runs this task (`episodic` = supervised episodes)."""
+    positive: ClassVar[tuple[str, ...]] = ()
+    """Task fields that must be > 0."""
+    non_negative: ClassVar[tuple[str, ...]] = ()
+    """Task fields that must be >= 0."""
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]):
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ConfigError(f"unknown {cls.__name__} field(s) {', '.join(unknown)}: "
+                              f"valid fields are {', '.join(sorted(known))}")
+        return validate(cls(**data))
+
+    def replace(self, **changes):
+        return validate(dataclasses.replace(self, **changes))
+
+    def check(self) -> None:
+        """Task-specific checks; raise `ConfigError` naming the field and the fix."""
+
+
+@dataclass
+class PatternsConfig(TaskConfig):
     """Binary pattern memorisation and completion (the paper's Fig. 1 task)."""
+
+    positive: ClassVar[tuple[str, ...]] = ("pattern_size", "num_patterns", "num_cycles", "present_steps",
+                                           "test_steps", "input_gain")
+    non_negative: ClassVar[tuple[str, ...]] = ("gap_steps",)
 
     task: Literal["patterns"] = "patterns"
     """The task (fixed for this config)."""
@@ -110,20 +155,12 @@ class PatternsConfig(TrainConfig, ModelConfig):
     bias_neuron: bool = True
     """Add one neuron whose input is always 1 (times --input-gain)."""
 
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> PatternsConfig:
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ConfigError(f"unknown {cls.__name__} field(s) {', '.join(unknown)}: "
-                              f"valid fields are {', '.join(sorted(known))}")
-        return validate(cls(**data))
-
-    def replace(self, **changes) -> PatternsConfig:
-        return validate(dataclasses.replace(self, **changes))
+    def check(self) -> None:
+        if not 0.0 < self.erase_fraction < 1.0:
+            raise ConfigError(f"erase_fraction must be in (0, 1), got {self.erase_fraction}: pass e.g. 0.5")
+        if self.balanced and self.pattern_size % 2:
+            raise ConfigError(f"balanced patterns need an even pattern_size, got {self.pattern_size}: "
+                              "pass an even size or --no-balanced")
 
 
 PRESETS: dict[str, dict[str, dict[str, Any]]] = {
@@ -143,35 +180,238 @@ PRESETS: dict[str, dict[str, dict[str, Any]]] = {
     },
 }
 
-CONFIGS = {"patterns": PatternsConfig}
+CONFIGS: dict[str, type[TaskConfig]] = {"patterns": PatternsConfig}
 
 
-def preset(task: str, name: str, **overrides) -> PatternsConfig:
+def register_config(cls: type[TaskConfig], presets: dict[str, dict[str, Any]]) -> type[TaskConfig]:
+    """Make a task's config and its named presets known to the CLI, the sweeps and checkpoints."""
+    name = next(f.default for f in fields(cls) if f.name == "task")
+    CONFIGS[name], PRESETS[name] = cls, presets
+    return cls
+
+
+def preset(task: str, name: str, **overrides) -> TaskConfig:
     """The config of `task` under preset `name`, with `overrides` applied, validated."""
     check_choice("task", task, CONFIGS)
     check_choice(f"{task} preset", name, PRESETS[task])
     return validate(CONFIGS[task](preset=name, **{**PRESETS[task][name], **overrides}))
 
 
-def validate(cfg: PatternsConfig) -> PatternsConfig:
+def check_rule(cfg: TaskConfig) -> None:
+    """The rule must be registered; a neuromodulated rule only with the model of that name
+    (the network must emit the modulatory signal that drives it)."""
+    if cfg.rule in RULES and RULES[cfg.rule].modulated and cfg.model != cfg.rule:
+        if cfg.rule in type(cfg).models:
+            raise ConfigError(f"rule {cfg.rule!r} is neuromodulated: pass --model {cfg.rule} "
+                              "(or --rule oja / hebb for the plastic model)")
+        raise ConfigError(f"rule {cfg.rule!r} is neuromodulated and needs a network that emits the modulatory "
+                          f"signal (the maze task's --model {cfg.rule}): pass --rule hebb or --rule oja")
+    choices = [name for name, rule in RULES.items() if not rule.modulated or name == cfg.model]
+    check_choice("plasticity rule", cfg.rule, choices)
+
+
+def validate(cfg: TaskConfig) -> TaskConfig:
     """Check every field; raise one `ConfigError` naming the first bad value and the fix."""
-    check_choice("model", cfg.model, MODELS)
-    check_choice("plasticity rule", cfg.rule, RULES)
+    check_choice("model", cfg.model, type(cfg).models)
+    check_rule(cfg)
     check_choice("alpha mode", cfg.alpha_mode, ALPHA_MODES)
     check_choice("eta mode", cfg.eta_mode, ETA_MODES)
     check_eta(cfg.eta)
     for name in ("episodes", "batch_size", "lr", "eval_every", "eval_episodes", "checkpoint_every",
-                 "hidden", "init_std", "pattern_size", "num_patterns", "num_cycles", "present_steps",
-                 "test_steps", "input_gain"):
+                 "hidden", "init_std", *type(cfg).positive):
         check_positive(name, getattr(cfg, name))
-    for name in ("extra_neurons", "gap_steps", "recompute_every"):
+    for name in ("extra_neurons", "recompute_every", *type(cfg).non_negative):
         check_positive(name, getattr(cfg, name), allow_zero=True)
     for name in ("clip", "grad_clip", "max_minutes"):
         if getattr(cfg, name) is not None:
             check_positive(name, getattr(cfg, name))
-    if not 0.0 < cfg.erase_fraction < 1.0:
-        raise ConfigError(f"erase_fraction must be in (0, 1), got {cfg.erase_fraction}: pass e.g. 0.5")
-    if cfg.balanced and cfg.pattern_size % 2:
-        raise ConfigError(f"balanced patterns need an even pattern_size, got {cfg.pattern_size}: "
-                          "pass an even size or --no-balanced")
+    cfg.check()
     return cfg
+
+
+@dataclass
+class ImagesConfig(TaskConfig):
+    """Natural-image memorisation and completion on CIFAR-10 (the paper's task 2)."""
+
+    task: Literal["images"] = "images"
+    """The task (fixed for this config)."""
+    preset: str = "reference"
+    """Named settings this config started from: `reference` (2018 code: 32x32, 201 steps),
+    `small` (16x16 images, 51 steps: minutes on a CPU)."""
+    data_dir: str | None = None
+    """Folder with the CIFAR-10 python batches (or their cifar-10-batches-py/ folder);
+    default $PLASTICITY_DATA, else ./data. Get them with `plasticity data download cifar10`."""
+    image_size: int = 32
+    """Side of the grayscale images fed to the network (32, or 16/8 by average pooling)."""
+    num_images: int = 3
+    """Images to memorise per episode."""
+    num_cycles: int = 3
+    """Times the whole set is shown, in a new random order each time."""
+    present_steps: int = 20
+    """Steps each image is clamped onto the network."""
+    gap_steps: int = 2
+    """Zero-input steps after each presentation."""
+    test_steps: int = 3
+    """Steps the half-erased test image is shown; the loss is read at the last one."""
+    erase_half: Literal["random", "top", "bottom"] = "random"
+    """Which half of the test image is zeroed: top or bottom at random (reference), or always one."""
+    bias_neuron: bool = True
+    """Add one neuron clamped to 1."""
+    input_mode: Literal["clamp", "add"] = "clamp"
+    """`clamp`: neurons with a non-zero input take that value (reference); `add`: the input is
+    added to the pre-activation."""
+
+    positive: ClassVar[tuple[str, ...]] = ("image_size", "num_images", "num_cycles", "present_steps", "test_steps")
+    non_negative: ClassVar[tuple[str, ...]] = ("gap_steps",)
+
+    def check(self) -> None:
+        if self.image_size not in (8, 16, 32):
+            raise ConfigError(f"image_size must be 32, 16 or 8 (CIFAR-10 is 32x32, smaller sizes pool it), "
+                              f"got {self.image_size}")
+
+
+register_config(ImagesConfig, {
+    # The 2018 reference code (images.py): 3 images x 3 cycles x (20 + 2) steps + 3 test steps.
+    "reference": dict(image_size=32, num_images=3, num_cycles=3, present_steps=20, gap_steps=2, test_steps=3,
+                      lr=1e-4, batch_size=1, episodes=3000, eval_every=50, eval_episodes=32, checkpoint_every=100),
+    # 16x16 images (257 neurons) and shorter episodes (51 steps): learns in minutes on a CPU.
+    "small": dict(image_size=16, num_images=3, num_cycles=2, present_steps=6, gap_steps=2, test_steps=3,
+                  lr=1e-3, batch_size=8, episodes=4000, eval_every=200, eval_episodes=64, checkpoint_every=400),
+})
+
+
+@dataclass
+class OmniglotConfig(TaskConfig):
+    """One-shot classification on Omniglot, N-way 1-shot (the paper's task 3)."""
+
+    task: Literal["omniglot"] = "omniglot"
+    """The task (fixed for this config)."""
+    preset: str = "reference"
+    """Named settings this config started from: `reference` (2018 code: Oja, eta 0.01, lr 3e-5,
+    batch 1) or `small` (batch 32, learned eta from 0.5, lr 1e-3: learns in minutes on a CPU)."""
+    model: Literal["plastic"] = "plastic"
+    """Network type: a conv embedding with a plastic read-out (the only model for this task)."""
+    rule: str = "oja"
+    """Plasticity rule of the read-out: `oja` (paper) or `hebb` (decaying Hebb)."""
+    learn_eta: bool = False
+    """Train eta by backprop (the reference keeps it at 0.01)."""
+    data_dir: str | None = None
+    """Folder with the Omniglot zips or trees; default $PLASTICITY_DATA, else ./data.
+    Get them with `plasticity data download omniglot`."""
+    sets: str = ""
+    """Comma-separated sets to use (images_background, images_evaluation,
+    images_background_small1, images_background_small2); empty: every set found."""
+    split: Literal["auto", "paper", "random"] = "auto"
+    """Character split: `paper` (background set for training/validation, evaluation set for test),
+    `random` (seeded split of all characters found), `auto` (paper if both full sets are there)."""
+    split_seed: int = 0
+    """Seed of the character split (stored with the checkpoint)."""
+    val_fraction: float = 0.1
+    """Fraction of the characters held out for validation during training."""
+    test_fraction: float = 0.2
+    """Fraction of the characters held out for testing (`random` split only)."""
+    n_way: int = 5
+    """Classes per episode."""
+    rotations: bool = True
+    """Rotate each class by a random multiple of 90 degrees per episode (rotations as new classes)."""
+    channels: int = 64
+    """Channels of each of the 4 conv layers (the embedding size)."""
+    label_gain: float = 1000.0
+    """The one-hot label is multiplied by this and added to the output layer on presentation steps."""
+
+    models: ClassVar[tuple[str, ...]] = ("plastic",)
+    positive: ClassVar[tuple[str, ...]] = ("n_way", "channels", "label_gain")
+
+    def check(self) -> None:
+        for name in ("val_fraction", "test_fraction"):
+            if not 0.0 <= getattr(self, name) < 1.0:
+                raise ConfigError(f"{name} must be in [0, 1), got {getattr(self, name)}")
+        if self.val_fraction + self.test_fraction >= 1.0:
+            raise ConfigError("val_fraction + test_fraction must leave characters for training (< 1)")
+        if self.n_way < 2:
+            raise ConfigError(f"n_way must be at least 2, got {self.n_way}")
+
+
+register_config(OmniglotConfig, {
+    # The 2018 reference (omniglot.py): Oja, eta 0.01, lr 3e-5, batch 1, 5M episodes.
+    "reference": dict(rule="oja", eta=0.01, lr=3e-5, batch_size=1, episodes=5_000_000, eval_every=10_000,
+                      eval_episodes=1000, checkpoint_every=10_000),
+    # Batched, with a larger learned eta (0.5: one presentation writes most of the embedding into
+    # Hebb) and learning rate: far above chance in minutes on a CPU.
+    "small": dict(rule="oja", eta=0.5, learn_eta=True, lr=1e-3, batch_size=32, episodes=300_000, eval_every=6400,
+                 eval_episodes=1024, checkpoint_every=6400),
+})
+
+
+@dataclass
+class MazeConfig(TaskConfig):
+    """Maze exploration by reinforcement learning (A2C): find the invisible reward, remember
+    where it is and return after each teleport (the 2018 paper's maze; Backpropamine)."""
+
+    models: ClassVar[tuple[str, ...]] = ("plastic", "rnn", "neuromod", "retroactive")
+    trainer: ClassVar[str] = "a2c"
+    positive: ClassVar[tuple[str, ...]] = ("maze_size", "view", "episode_steps", "goal_reward")
+    non_negative: ClassVar[tuple[str, ...]] = ("wall_penalty", "value_weight", "entropy_weight")
+
+    task: Literal["maze"] = "maze"
+    """The task (fixed for this config)."""
+    preset: str = "reference"
+    """Named settings this config started from: `reference` (Backpropamine's settings on the
+    9x9 maze: 200 steps, 100 neurons, batch 30) or `small` (a few minutes on 2 CPU cores)."""
+    model: Literal["plastic", "rnn", "neuromod", "retroactive"] = "plastic"
+    """Agent's recurrent network: `plastic` (w + alpha*Hebb, rule --rule), `rnn` (the same network
+    without plasticity), `neuromod` or `retroactive` (Backpropamine: the network emits M(t) that
+    drives its own plasticity; the rule is the model's name)."""
+    rule: str = "oja"
+    """Plasticity rule of the `plastic` model: `oja` (the 2018 maze) or `hebb`. Set to the model's
+    own rule for `neuromod` and `retroactive`."""
+    clip: float | None = 1.0
+    """Clamp Hebb to [-clip, clip] after each update (1.0 as in Backpropamine: the neuromodulated
+    rules have nothing else that bounds Hebb); None for no clipping."""
+    hidden: int = 100
+    """Recurrent neurons of the agent (every model; the same number for the non-plastic baseline)."""
+    modulation: Literal["network", "neuron"] = "network"
+    """Neuromodulated models: one M(t) for the whole network, or one per postsynaptic neuron."""
+    maze_size: int = 9
+    """Side of the square maze, border walls included (odd); pillars on even rows and columns."""
+    view: int = 3
+    """Side of the square neighbourhood the agent sees (odd)."""
+    episode_steps: int = 200
+    """Steps per episode (fixed length)."""
+    goal_reward: float = 10.0
+    """Reward for reaching the hidden goal; the agent is then teleported to a random cell."""
+    wall_penalty: float = 0.1
+    """Cost of moving into a wall."""
+    gamma: float = 0.9
+    """Discount of the returns R_t = r_t + gamma * R_{t+1}."""
+    value_weight: float = 0.1
+    """Weight of the value (critic) loss."""
+    entropy_weight: float = 0.03
+    """Weight of the entropy bonus (keeps the policy exploring)."""
+
+    def __post_init__(self):
+        if self.model in ("neuromod", "retroactive"):
+            self.rule = self.model
+
+    def check(self) -> None:
+        from plasticity.envs.maze import MazeSpec
+
+        if not 0.0 <= self.gamma <= 1.0:
+            raise ConfigError(f"gamma must be in [0, 1], got {self.gamma}: pass e.g. --gamma 0.9")
+        if self.extra_neurons or self.recompute_every:
+            raise ConfigError("the maze agent is stepped one step at a time with --hidden neurons: "
+                              "leave --extra-neurons and --recompute-every at 0")
+        MazeSpec(self.maze_size, self.view, self.episode_steps, self.goal_reward, self.wall_penalty)
+
+
+register_config(MazeConfig, {
+    # Backpropamine's maze settings (13x13 there, 9x9 here): 200 steps, 100 neurons, batch 30,
+    # Adam 1e-4, gradient-norm clip 4, entropy 0.03, value loss 0.1, gamma 0.9, Hebb clip 1.
+    "reference": dict(episode_steps=200, hidden=100, batch_size=30, lr=1e-4, grad_clip=4.0, entropy_weight=0.03,
+                      value_weight=0.1, gamma=0.9, eta=0.1, init_std=0.1, episodes=600_000, eval_every=6000,
+                      eval_episodes=120, checkpoint_every=6000),
+    # Small enough for a few minutes on 2 CPU cores.
+    "small": dict(episode_steps=100, hidden=64, batch_size=32, lr=1e-3, grad_clip=4.0, entropy_weight=0.03,
+                  value_weight=0.1, gamma=0.9, eta=0.1, init_std=0.1, episodes=20_000, eval_every=2000,
+                  eval_episodes=128, checkpoint_every=2000),
+})

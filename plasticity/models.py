@@ -7,10 +7,11 @@ neurons) get zero input on the extra neurons; the outputs are the first n_io neu
 
 from __future__ import annotations
 
+import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from plasticity.nn import LSTMNet, PlasticRNN, RecurrentNet
+from plasticity.nn import LSTMNet, PlasticLinear, PlasticRNN, RecurrentNet
 
 
 class SequenceModel(nn.Module):
@@ -40,6 +41,50 @@ def build_model(cfg, n_io: int) -> SequenceModel:
     else:
         core = LSTMNet(n_io, cfg.hidden)
     return SequenceModel(core, n_io)
+
+
+class OmniglotNet(nn.Module):
+    """The one-shot classifier of the paper: a conv embedding and a plastic read-out.
+
+    Four 3x3 stride-2 conv layers (`channels` each, tanh, no padding: 31 -> 15 -> 7 -> 3
+    -> 1) give an embedding `z` `[B, T, channels]`; a `PlasticLinear(channels, n_way)`
+    with softmax outputs `softmax(z (w + alpha * Hebb) + label_gain * label)`. On the
+    presentation steps the label drives the output to the one-hot class, so the
+    Hebbian update binds the embedding to the label; at the query step the label is 0.
+
+    `forward((images [B, T, 1, 31, 31], labels [B, T, n_way]), traces=None, reset=None)
+    -> (probabilities [B, T, n_way], traces)`.
+    """
+
+    def __init__(self, cfg):
+        super().__init__()
+        layers, width = [], 1
+        for _ in range(4):
+            layers += [nn.Conv2d(width, cfg.channels, 3, stride=2), nn.Tanh()]
+            width = cfg.channels
+        self.embed = nn.Sequential(*layers, nn.Flatten())
+        self.label_gain = cfg.label_gain
+        self.plastic_out = PlasticLinear(cfg.channels, cfg.n_way, bias=False, activation=_softmax, rule=cfg.rule,
+                                         eta=cfg.eta, eta_mode=cfg.eta_mode, learn_eta=cfg.learn_eta,
+                                         alpha_mode=cfg.alpha_mode, clip=cfg.clip, init_std=cfg.init_std)
+        self.plastic = self.plastic_out.plastic
+
+    def forward(self, inputs: tuple[Tensor, Tensor], state=None, reset: Tensor | None = None):
+        images, labels = inputs
+        batch, steps = images.shape[:2]
+        z = self.embed(images.flatten(0, 1)).reshape(batch, steps, -1)
+        return self.plastic_out(z, state, drive=self.label_gain * labels, reset=reset)
+
+
+def _softmax(x: Tensor) -> Tensor:
+    return torch.softmax(x, -1)
+
+
+def make_model(cfg, task) -> nn.Module:
+    """The model for `task`: the task's own builder if it has one (e.g. a conv embedding
+    + plastic read-out), else the recurrent network of `build_model`."""
+    custom = getattr(task, "build_model", None)
+    return custom(cfg) if custom is not None else build_model(cfg, task.n_io)
 
 
 def count_parameters(model: nn.Module) -> int:

@@ -19,16 +19,44 @@ def _grid_shape(size: int) -> tuple[int, int]:
     return rows, size // rows
 
 
+def panels_figure(panels: list[tuple[str, Tensor]]):
+    """A row of titled grayscale images `[H, W]`, values in [-1, 1]."""
+    fig, axes = plt.subplots(1, len(panels), figsize=(1.8 * len(panels), 2.2))
+    for ax, (title, image) in zip(axes, panels, strict=True):
+        ax.imshow(image.float().numpy(), cmap="gray", vmin=-1, vmax=1)
+        ax.set_title(title, fontsize=8)
+        ax.axis("off")
+    fig.tight_layout()
+    return fig
+
+
 def completion_figure(patterns: Tensor, cue: Tensor, target: Tensor, output: Tensor):
     """Stored patterns `[K, P]`, the degraded cue, the network's output and the target."""
     shape = _grid_shape(patterns.shape[-1])
     panels = [(f"pattern {k + 1}", p) for k, p in enumerate(patterns)]
     panels += [("cue (degraded)", cue), ("network output", output), ("target", target)]
-    fig, axes = plt.subplots(1, len(panels), figsize=(1.8 * len(panels), 2.2))
-    for ax, (title, image) in zip(axes, panels, strict=True):
-        ax.imshow(image.reshape(shape).float().numpy(), cmap="gray", vmin=-1, vmax=1)
-        ax.set_title(title, fontsize=8)
-        ax.axis("off")
+    return panels_figure([(title, image.reshape(shape)) for title, image in panels])
+
+
+def reconstruction_figure(images: list[Tensor], cue: Tensor, output: Tensor, target: Tensor):
+    """The images shown `[H, W]` each, the half-erased cue, the network's output and the target."""
+    panels = [(f"image {k + 1}", im) for k, im in enumerate(images)]
+    return panels_figure(panels + [("cue (half erased)", cue), ("network output", output.clamp(-1, 1)),
+                                   ("target", target)])
+
+
+def oneshot_figure(images: Tensor, labels: list[int], probs: Tensor, target: int):
+    """One-shot episode: the labelled drawings `[K, H, W]`, the query (last image) and
+    the network's class probabilities."""
+    k = len(labels)
+    fig, axes = plt.subplots(1, k + 2, figsize=(1.6 * (k + 2), 2.2))
+    for j in range(k + 1):
+        axes[j].imshow(images[j].float().numpy(), cmap="gray_r", vmin=0, vmax=1)
+        axes[j].set_title(f"label {labels[j]}" if j < k else f"query ({target})", fontsize=8)
+        axes[j].axis("off")
+    axes[-1].bar(range(k), probs.float().numpy(), color=["C2" if i == target else "C0" for i in range(k)])
+    axes[-1].set_ylim(0, 1)
+    axes[-1].set_title("output", fontsize=8)
     fig.tight_layout()
     return fig
 

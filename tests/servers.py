@@ -50,3 +50,52 @@ def stop(proc: subprocess.Popen) -> None:
         proc.wait(timeout=30)
     except ProcessLookupError:
         pass
+
+
+class FileServer:
+    """A real HTTP server on 127.0.0.1 serving the files under `root`, with byte-range
+    support (206 Partial Content) as download mirrors have. `requests` records
+    `(path, Range header)`; `fail_after` cuts the body of the next response short."""
+
+    def __init__(self, root: Path):
+        import http.server
+        import threading
+
+        self.root, self.requests, self.fail_after = Path(root), [], None
+        server = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def log_message(self, *args):
+                pass
+
+            def do_GET(self):
+                rng = self.headers.get("Range")
+                server.requests.append((self.path, rng))
+                path = server.root / self.path.lstrip("/")
+                if not path.is_file():
+                    self.send_error(404)
+                    return
+                data = path.read_bytes()
+                start = int(rng.split("=")[1].split("-")[0]) if rng else 0
+                if start >= len(data) and rng:
+                    self.send_response(416)
+                    self.end_headers()
+                    return
+                self.send_response(206 if rng else 200)
+                self.send_header("Content-Length", str(len(data) - start))
+                if rng:
+                    self.send_header("Content-Range", f"bytes {start}-{len(data) - 1}/{len(data)}")
+                self.end_headers()
+                body = data[start:]
+                if server.fail_after is not None:
+                    body, server.fail_after = body[:server.fail_after], None
+                self.wfile.write(body)
+
+        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
+        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+        self.thread.start()
+
+    def close(self) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()

@@ -87,11 +87,15 @@ def test_resume_from_the_command_line(tmp_path):
     (["train", "patterns", "--eta", "-0.5"], "eta must be in (0, 1], got -0.5"),
     (["train", "patterns", "--preset", "huge"], "unknown patterns preset 'huge'"),
     (["train", "patterns", "--pattern-size", "0"], "pattern_size must be > 0"),
-    (["train", "images"], "unknown task 'images'"),
+    (["train", "patterns", "--rule", "neuromod"], "rule 'neuromod' is neuromodulated and needs a network"),
+    (["train", "mazes"], "unknown task 'mazes'"),
+    (["train", "images", "--data-dir", "nowhere"], "no CIFAR-10 batches (data_batch_1..5, test_batch) in nowhere"),
+    (["train", "omniglot", "--data-dir", "nowhere"], "no Omniglot"),
     (["frobnicate"], "unknown command 'frobnicate'"),
     (["evaluate", "nowhere.pt"], "checkpoint nowhere.pt not found"),
     (["train", "patterns", "--tracking-uri", "http://127.0.0.1:9"], "cannot use MLflow tracking store http://127.0.0.1:9"),
-], ids=["rule", "eta", "preset", "size", "task", "command", "checkpoint", "tracking"])
+], ids=["rule", "eta", "preset", "size", "modulated-rule", "task", "no-cifar", "no-omniglot", "command", "checkpoint",
+        "tracking"])
 def test_bad_input_one_line_exit_2(tmp_path, args, message):
     line = one_error_line(run(args, tmp_path, timeout=120))
     assert message in line

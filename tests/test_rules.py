@@ -69,6 +69,7 @@ def test_clip_bounds_hebb():
 
 
 def test_unknown_rule_names_the_known_ones():
-    with pytest.raises(ConfigError, match=r"unknown plasticity rule 'hebbb': choose one of hebb, oja"):
+    known = "hebb, oja, neuromod, retroactive"
+    with pytest.raises(ConfigError, match=rf"unknown plasticity rule 'hebbb': choose one of {known}"):
         get_rule("hebbb")
     assert set(RULES) >= {"hebb", "oja"}

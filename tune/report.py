@@ -8,6 +8,7 @@ from __future__ import annotations
 import csv
 import math
 import tempfile
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,17 +20,54 @@ from plasticity.tracking.mlflow import MlflowTracker
 from plasticity.train import model_from_checkpoint
 
 
-class _CloseChildRuns(Callback):
-    """Marks a trial's MLflow run FINISHED/FAILED when Ray ends the trial (also when
-    ASHA stops it early, which ends the trial's process before it can do so itself)."""
+class TrialCounter(Callback):
+    """Counts what happened to the trials in this driver session: started, finished,
+    retried (restarted from their last checkpoint after a failure, e.g. a lost node) and
+    failed for good. `lost` = started trials that neither finished nor failed."""
 
-    def __init__(self, tracker: SweepTracker):
-        self.tracker = tracker
+    def __init__(self):
+        self.started: set[str] = set()
+        self.finished: set[str] = set()
+        self.failed: set[str] = set()
+        self.retries: dict[str, int] = {}
+
+    def on_trial_start(self, iteration, trials, trial, **info):
+        self.started.add(trial.trial_id)
+
+    def on_trial_recover(self, iteration, trials, trial, **info):
+        self.retries[trial.trial_id] = self.retries.get(trial.trial_id, 0) + 1
 
     def on_trial_complete(self, iteration, trials, trial, **info):
+        self.finished.add(trial.trial_id)
+
+    def on_trial_error(self, iteration, trials, trial, **info):
+        self.failed.add(trial.trial_id)
+
+    def counts(self) -> dict[str, int]:
+        return {"started": len(self.started), "finished": len(self.finished), "retried": len(self.retries),
+                "retries": sum(self.retries.values()), "failed": len(self.failed),
+                "lost": len(self.started - self.finished - self.failed)}
+
+
+class _CloseChildRuns(TrialCounter):
+    """Marks a trial's MLflow run FINISHED/FAILED when Ray ends the trial (also when
+    ASHA stops it early, which ends the trial's process before it can do so itself), and
+    tags it with its retry count."""
+
+    def __init__(self, tracker: SweepTracker):
+        super().__init__()
+        self.tracker = tracker
+
+    def on_trial_recover(self, iteration, trials, trial, **info):
+        super().on_trial_recover(iteration, trials, trial, **info)
+        self.tracker.tag_child(trial.trial_id, "retries", str(self.retries[trial.trial_id]))
+
+    def on_trial_complete(self, iteration, trials, trial, **info):
+        super().on_trial_complete(iteration, trials, trial, **info)
         self.tracker.close_child(trial.trial_id, "FINISHED")
 
     def on_trial_error(self, iteration, trials, trial, **info):
+        super().on_trial_error(iteration, trials, trial, **info)
         self.tracker.close_child(trial.trial_id, "FAILED")
 
 
@@ -49,7 +87,7 @@ class SweepTracker:
         exp_id = parent.client.get_run(parent.run_id).info.experiment_id
         return cls(parent, exp_id, name)
 
-    def callback(self) -> Callback:
+    def callback(self) -> TrialCounter:
         return _CloseChildRuns(self)
 
     def child_run(self, trial_id: str):
@@ -57,12 +95,29 @@ class SweepTracker:
             [self.experiment_id], f"tags.sweep = '{self.name}' and tags.trial_id = '{trial_id}'", max_results=1)
         return runs[0] if runs else None
 
+    def _child(self, trial_id: str, tries: int = 6, wait_s: float = 5.0):
+        """The trial's run, waiting out a short tracking-server outage (these calls run in
+        Tune's callbacks: an exception there would stop the whole sweep)."""
+        for i in range(tries):
+            try:
+                return self.child_run(trial_id)
+            except Exception:  # noqa: BLE001 - the server is down or restarting
+                if i + 1 < tries:
+                    time.sleep(wait_s)
+        self.parent.attempt(self.child_run, trial_id)  # warns once
+        return None
+
     def close_child(self, trial_id: str, status: str) -> None:
-        run = self.child_run(trial_id)
+        run = self._child(trial_id)
         if run is not None and run.info.status == "RUNNING":
             self.parent.attempt(self.parent.client.set_terminated, run.info.run_id, status)
 
-    def summarise(self, results, args, sweep) -> None:
+    def tag_child(self, trial_id: str, key: str, value: str) -> None:
+        run = self._child(trial_id)
+        if run is not None:
+            self.parent.attempt(self.parent.client.set_tag, run.info.run_id, key, value)
+
+    def summarise(self, results, args, sweep, counts: dict[str, int] | None = None) -> None:
         rows = trial_rows(results, args.metric)
         with tempfile.TemporaryDirectory() as d:
             table = Path(d) / "trials.csv"
@@ -87,6 +142,9 @@ class SweepTracker:
             best = min(finished, key=lambda r: r["objective"])
             self.parent(0, {"best/objective": best["objective"], "trials/finished": len(finished),
                             "trials/total": len(rows)}, {})
+        if counts:
+            # This driver session's trial events (started, retried, failed, lost, ...).
+            self.parent(0, {f"trials/session_{k}": v for k, v in counts.items()}, {})
         self.parent.finish()
 
     def _log_trial_models(self, results, args) -> str | None:

@@ -39,6 +39,34 @@ SPACES: dict[str, dict[str, dict[str, Any]]] = {
         "use_clip": {"type": "categorical", "choices": [False, True]},
         "clip": {"type": "float", "low": 0.5, "high": 2.0, "when": {"use_clip": True}},
     },
+    "images": {
+        "rule": {"type": "categorical", "choices": ["hebb", "oja"]},
+        "eta": {"type": "float", "low": 1e-3, "high": 0.5, "log": True},
+        "alpha_mode": {"type": "categorical", "choices": ["free", "yoked"]},
+        "lr": {"type": "float", "low": 1e-4, "high": 1e-2, "log": True},
+        "use_clip": {"type": "categorical", "choices": [False, True]},
+        "clip": {"type": "float", "low": 0.5, "high": 2.0, "when": {"use_clip": True}},
+    },
+    "omniglot": {
+        "rule": {"type": "categorical", "choices": ["oja", "hebb"]},
+        "eta": {"type": "float", "low": 1e-2, "high": 1.0, "log": True},
+        "learn_eta": {"type": "categorical", "choices": [True, False]},
+        "alpha_mode": {"type": "categorical", "choices": ["free", "yoked"]},
+        "lr": {"type": "float", "low": 1e-4, "high": 3e-3, "log": True},
+        "channels": {"type": "categorical", "choices": [32, 64]},
+    },
+    # Maze trials report eval/loss = -(mean held-out return per episode), the default objective.
+    "maze": {
+        "model": {"type": "categorical", "choices": ["plastic", "neuromod", "retroactive"]},
+        "rule": {"type": "categorical", "choices": ["hebb", "oja"], "when": {"model": "plastic"}},
+        "modulation": {"type": "categorical", "choices": ["network", "neuron"],
+                       "when": {"model": ["neuromod", "retroactive"]}},
+        "eta": {"type": "float", "low": 0.01, "high": 0.9, "log": True},
+        "alpha_mode": {"type": "categorical", "choices": ["free", "yoked"]},
+        "lr": {"type": "float", "low": 3e-4, "high": 3e-3, "log": True},
+        "entropy_weight": {"type": "float", "low": 0.003, "high": 0.1, "log": True},
+        "value_weight": {"type": "float", "low": 0.03, "high": 0.3, "log": True},
+    },
 }
 
 
@@ -128,4 +156,6 @@ def check_constants(task: str, preset_name: str, overrides: dict[str, Any]) -> N
 
     if preset_name not in PRESETS[task]:
         raise ConfigError(f"unknown {task} preset {preset_name!r}: choose one of {', '.join(PRESETS[task])}")
-    preset(task, preset_name, **overrides)
+    from plasticity.train import preflight
+
+    preflight(preset(task, preset_name, **overrides))

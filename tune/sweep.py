@@ -16,6 +16,7 @@ trial starts. Run it again with `--resume` after a crash: finished trials are ke
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import socket
 import sys
@@ -35,10 +36,13 @@ from tune.spaces import SPACES, check_constants, define_by_run, load_space, vali
 class SweepArgs:
     """Hyperparameter sweep over plasticity settings with Ray Tune + Optuna, tracked in MLflow."""
 
-    task: Literal["patterns"] = "patterns"
+    task: Literal["patterns", "images", "omniglot", "maze"] = "patterns"
     """Task to sweep (its search space is tune.spaces.SPACES[task] unless --space is given)."""
     preset: str = "small"
     """Task preset every trial starts from (see `plasticity train TASK --help`)."""
+    fixed: list[str] = dataclasses.field(default_factory=list)
+    """Config fields fixed for every trial, as KEY=VALUE (e.g. --fixed image_size=8 data_dir=/data);
+    they override the preset, and the search space draws the rest."""
     num_samples: int = 8
     """Number of trials."""
     max_episodes: int = 8000
@@ -75,11 +79,12 @@ class SweepArgs:
     register_model: str | None = None
     """Register the best model under this name (default: plasticity-TASK)."""
     storage: str | None = None
-    """Optuna storage URL (SQLite file or PostgreSQL); default sqlite:///optuna.db here."""
+    """Optuna storage URL (SQLite file or PostgreSQL); default $OPTUNA_STORAGE, else sqlite:///optuna.db here."""
     name: str | None = None
     """Sweep name: Ray experiment folder, Optuna study and MLflow parent run (default: TASK-TIME)."""
-    storage_path: str = "ray_results"
-    """Folder (or URI on a cluster, e.g. s3://...) for Ray's trial results and checkpoints."""
+    storage_path: str | None = None
+    """Folder (or URI on a cluster, e.g. s3://...) for Ray's trial results and checkpoints;
+    default $PLASTICITY_STORAGE_PATH, else ray_results here."""
     resume: bool = False
     """Resume the sweep named --name (after a driver crash): finished trials are not rerun."""
     seed: int = 0
@@ -149,10 +154,33 @@ def resolve(args: SweepArgs) -> SweepArgs:
     if args.preset not in PRESETS[args.task]:
         raise ConfigError(f"unknown {args.task} preset {args.preset!r}: choose one of {', '.join(PRESETS[args.task])}")
     args.name = args.name or f"{args.task}-{time.strftime('%Y%m%d-%H%M%S')}"
-    args.storage = args.storage or f"sqlite:///{Path.cwd() / 'optuna.db'}"
+    # On a cluster the nodes' environment names the shared stores (docker-compose.yml).
+    args.storage = args.storage or os.environ.get("OPTUNA_STORAGE") or f"sqlite:///{Path.cwd() / 'optuna.db'}"
+    args.storage_path = args.storage_path or os.environ.get("PLASTICITY_STORAGE_PATH") or "ray_results"
     args.storage_path = str(Path(args.storage_path).resolve()) if "://" not in args.storage_path else args.storage_path
     args.register_model = args.register_model or f"plasticity-{args.task}"
+    args.overrides = parse_fixed(args.fixed, args.task)
     return args
+
+
+def parse_fixed(items: list[str], task: str) -> dict:
+    """`["k=v", ...]` -> `{k: v}` with YAML scalars (numbers, booleans, null). A task that
+    reads data gets an absolute `data_dir` (trials run in their own folders, maybe on
+    other nodes): the one given, else $PLASTICITY_DATA, else ./data."""
+    import yaml
+
+    out = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"--fixed takes KEY=VALUE, got {item!r}: e.g. --fixed image_size=16")
+        out[key.replace("-", "_")] = yaml.safe_load(value) if value else None
+    from plasticity.config import CONFIGS
+    from plasticity.data import resolve_data_dir
+
+    if "data_dir" in {f.name for f in dataclasses.fields(CONFIGS[task])}:
+        out["data_dir"] = str(resolve_data_dir(out.get("data_dir")).resolve())
+    return out
 
 
 def run_sweep(args: SweepArgs):
@@ -161,7 +189,7 @@ def run_sweep(args: SweepArgs):
 
     args = resolve(args)
     space = validate_space(load_space(args.space) if args.space else SPACES[args.task], args.task)
-    check_constants(args.task, args.preset, {})
+    check_constants(args.task, args.preset, args.overrides)
     tracking_uri = None if args.no_tracking else (args.tracking_uri or default_tracking_uri())
     if tracking_uri is not None:
         check_tracking(tracking_uri)
@@ -173,11 +201,12 @@ def run_sweep(args: SweepArgs):
     from ray.tune.search import ConcurrencyLimiter
     from ray.tune.search.optuna import OptunaSearch
 
-    from tune.report import SweepTracker
+    from tune.report import SweepTracker, TrialCounter
     from tune.trainable import SweepContext, train_trial
 
     tracker = SweepTracker.open(tracking_uri, args.experiment, args.name, asdict(args)) if tracking_uri else None
-    sweep = SweepContext(task=args.task, preset=args.preset, max_episodes=args.max_episodes,
+    counter = tracker.callback() if tracker else TrialCounter()
+    sweep = SweepContext(task=args.task, preset=args.preset, max_episodes=args.max_episodes, overrides=args.overrides,
                          eval_every=args.eval_every, tracking_uri=tracking_uri, experiment=args.experiment,
                          parent_run_id=tracker.run_id if tracker else None, sweep_name=args.name)
     trainable = tune.with_resources(tune.with_parameters(train_trial, sweep=sweep),
@@ -211,11 +240,17 @@ def run_sweep(args: SweepArgs):
                 failure_config=tune.FailureConfig(max_failures=args.max_failures),
                 checkpoint_config=tune.CheckpointConfig(num_to_keep=2, checkpoint_score_attribute=args.metric,
                                                         checkpoint_score_order="min"),
-                callbacks=[tracker.callback()] if tracker else None),
+                callbacks=[counter]),
         )
+    if args.resume:
+        # Tuner.restore brings back the callbacks pickled by the first driver; use this
+        # session's (its counts, its MLflow client). Tune has no public setter for this.
+        tuner._local_tuner.get_run_config().callbacks = [counter]
     results = tuner.fit()
+    counts = counter.counts()
+    print(f"sweep {args.name}: trials " + ", ".join(f"{k} {v}" for k, v in counts.items()), flush=True)
     if tracker is not None:
-        tracker.summarise(results, args, sweep)
+        tracker.summarise(results, args, sweep, counts)
     return results
 
 

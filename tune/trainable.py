@@ -9,18 +9,23 @@ from __future__ import annotations
 
 import shutil
 import tempfile
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import ray
 from ray import tune
 
 from plasticity.config import preset
-from plasticity.tracking.mlflow import MlflowTracker, check_tracking
+from plasticity.errors import TrackingError
+from plasticity.tracking.mlflow import MlflowTracker, check_tracking, experiment_id
 from plasticity.train import train
 from tune.spaces import SWITCH_PREFIX
 
 RUN_ID_FILE = "mlflow_run_id"
+# How long a trial waits for the tracking server (a restart) before going on without it.
+TRACKING_WAIT_S = 300.0
 
 
 @dataclass
@@ -47,13 +52,33 @@ def trial_config(sweep: SweepContext, params: dict[str, Any], out: str):
 
 
 def _open_tracker(sweep: SweepContext, cfg, run_id: str | None, trial_id: str, trial_name: str):
+    """The trial's MLflow run: the one named in its checkpoint, else the one an earlier
+    attempt of this trial created (it failed before its first checkpoint), else a new one."""
     if sweep.tracking_uri is None:
         return None
+    client = check_tracking(sweep.tracking_uri)
+    if not run_id:
+        runs = client.search_runs([experiment_id(client, sweep.experiment)],
+                                  f"tags.sweep = '{sweep.sweep_name}' and tags.trial_id = '{trial_id}'", max_results=1)
+        run_id = runs[0].info.run_id if runs else None
     if run_id:
-        return MlflowTracker(check_tracking(sweep.tracking_uri), run_id, sweep.tracking_uri)
+        return MlflowTracker(client, run_id, sweep.tracking_uri)
     return MlflowTracker.open(sweep.tracking_uri, sweep.experiment, trial_name, cfg.to_dict(),
                               tags={"trial_id": trial_id, "sweep": sweep.sweep_name, "task": cfg.task},
                               parent_run_id=sweep.parent_run_id)
+
+
+def open_tracker(sweep: SweepContext, cfg, run_id: str | None, trial_id: str, trial_name: str):
+    """`_open_tracker`, waiting up to TRACKING_WAIT_S for a tracking server that is down
+    (restarting): the trial must not fail because of it. Wrong credentials fail at once."""
+    deadline = time.monotonic() + TRACKING_WAIT_S
+    while True:
+        try:
+            return _open_tracker(sweep, cfg, run_id, trial_id, trial_name)
+        except TrackingError as e:
+            if "credentials refused" in str(e) or time.monotonic() >= deadline:
+                raise
+            time.sleep(2.0)
 
 
 def train_trial(config: dict[str, Any], sweep: SweepContext) -> None:
@@ -68,11 +93,16 @@ def train_trial(config: dict[str, Any], sweep: SweepContext) -> None:
             resume = shutil.copy(Path(d) / "checkpoint.pt", run_dir / "checkpoint.pt")
             id_file = Path(d) / RUN_ID_FILE
             run_id = id_file.read_text().strip() if id_file.is_file() else None
-    tracker = _open_tracker(sweep, cfg, run_id, ctx.get_trial_id(), ctx.get_trial_name())
+    tracker = open_tracker(sweep, cfg, run_id, ctx.get_trial_id(), ctx.get_trial_name())
+    if tracker is not None:
+        # Which node ran (the latest attempt of) this trial: shown in MLflow, used by tests.
+        tracker.attempt(tracker.client.set_tag, tracker.run_id, "ray_node_id", ray.get_runtime_context().get_node_id())
 
     def report(step: int, metrics: dict[str, float], files: dict[str, Path]) -> None:
         if tracker is not None:
             tracker(step, metrics, files)
+            # Tune may stop this process at this report (ASHA): leave nothing buffered.
+            tracker.deliver(TRACKING_WAIT_S)
         metrics = {**metrics, "episodes": step}
         if "checkpoint" not in files:
             tune.report(metrics)

@@ -8,6 +8,7 @@ from plasticity.nn.plastic import (
     ALPHA_MODES,
     ETA_MODES,
     INPUT_MODES,
+    MODULATIONS,
     PlasticLinear,
     PlasticRNN,
     PlasticState,
@@ -15,5 +16,5 @@ from plasticity.nn.plastic import (
     drive_neurons,
 )
 
-__all__ = ["ALPHA_MODES", "ETA_MODES", "INPUT_MODES", "LSTMNet", "PlasticLinear", "PlasticRNN",
+__all__ = ["ALPHA_MODES", "ETA_MODES", "INPUT_MODES", "MODULATIONS", "LSTMNet", "PlasticLinear", "PlasticRNN",
            "PlasticState", "PlasticWeights", "RecurrentNet", "drive_neurons"]

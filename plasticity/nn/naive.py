@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from plasticity.rules.naive import NAIVE_STEPS
+from plasticity.rules.naive import NAIVE_MODULATED_STEPS, NAIVE_STEPS
 
 
 def plastic_rnn_naive(w: Tensor, alpha: Tensor, eta: Tensor, rule: str, inputs: Tensor, *,
@@ -60,3 +60,35 @@ def plastic_linear_naive(w: Tensor, alpha: Tensor, eta: Tensor, bias: Tensor | N
         hebb = step(hebb, x[t], y, eta, clip)
         ys.append(y)
     return torch.stack(ys), hebb
+
+
+def modulated_rnn_naive(w: Tensor, alpha: Tensor, eta: Tensor, rule: str, inputs: Tensor, w_mod: Tensor,
+                        b_mod: Tensor, *, input_mode: str = "add", clip: float | None = 1.0,
+                        initial_state: tuple[Tensor, tuple[Tensor, ...]] | None = None):
+    """One episode of the neuromodulated recurrent network (Backpropamine).
+
+    As `plastic_rnn_naive`, plus the modulatory read-out `M(t) = tanh(y(t) @ w_mod + b_mod)`,
+    w_mod `[N, 1]` (one M for the network) or `[N, N]` (one per neuron). State is
+    `(y [N], traces)` with traces `(hebb,)` or `(hebb, eligibility)`, each `[N, N]`.
+    Returns (activities `[T, N]`, final `(y, traces)`).
+    """
+    step = NAIVE_MODULATED_STEPS[rule]
+    n = w.shape[0]
+    if initial_state is None:
+        n_traces = 2 if rule == "retroactive" else 1
+        y, traces = torch.zeros(n, dtype=w.dtype), tuple(torch.zeros(n, n, dtype=w.dtype) for _ in range(n_traces))
+    else:
+        y, traces = initial_state
+    ys = []
+    for t in range(inputs.shape[0]):
+        x = inputs[t]
+        recurrent = y @ (w + alpha * traces[0])
+        if input_mode == "add":
+            new_y = torch.tanh(recurrent + x)
+        else:
+            new_y = torch.where(x != 0, x, torch.tanh(recurrent))
+        m = torch.tanh(new_y @ w_mod + b_mod)
+        traces = step(traces, y, new_y, eta, m.squeeze(0) if m.numel() == 1 else m, clip)
+        y = new_y
+        ys.append(y)
+    return torch.stack(ys), (y, traces)

@@ -19,12 +19,13 @@ import torch
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
-from plasticity.errors import ShapeError, check_choice, check_eta, check_positive
+from plasticity.errors import ConfigError, ShapeError, check_choice, check_eta, check_positive
 from plasticity.rules import Traces, get_rule
 
 ALPHA_MODES = ("free", "yoked")
 ETA_MODES = ("scalar", "per-connection")
 INPUT_MODES = ("add", "clamp")
+MODULATIONS = ("none", "network", "neuron")
 
 
 class PlasticState(NamedTuple):
@@ -195,15 +196,30 @@ class PlasticRNN(nn.Module):
         checkpoint_every: if > 0, recompute the forward pass in segments of this many
             steps during backward instead of storing every step's N^2 intermediates
             (memory falls from O(T) to O(T / k + k) Hebb-sized tensors per episode).
+        modulation: for neuromodulated rules (`neuromod`, `retroactive`), the network
+            emits `M(t) = tanh(y(t) @ w_m + b_m)` (`modulator`, a learned read-out) that
+            drives the update: `network` (one M per episode) or `neuron` (one per
+            postsynaptic neuron); `none` for the other rules.
         **plastic: the arguments of `PlasticWeights` (rule, eta, alpha_mode, ...).
     """
 
-    def __init__(self, n: int, *, input_mode: str = "add", checkpoint_every: int = 0, **plastic):
+    def __init__(self, n: int, *, input_mode: str = "add", checkpoint_every: int = 0, modulation: str = "none",
+                 **plastic):
         super().__init__()
         check_choice("input mode", input_mode, INPUT_MODES)
+        check_choice("modulation", modulation, MODULATIONS)
         check_positive("checkpoint_every", checkpoint_every, allow_zero=True)
         self.n, self.input_mode, self.checkpoint_every = n, input_mode, checkpoint_every
         self.plastic = PlasticWeights(n, n, **plastic)
+        if self.plastic.rule.modulated != (modulation != "none"):
+            raise ConfigError(f"rule {self.plastic.rule.name!r} with modulation {modulation!r}: neuromodulated "
+                              "rules (neuromod, retroactive) need modulation 'network' or 'neuron', the others 'none'")
+        self.modulation = modulation
+        self.modulator = None if modulation == "none" else nn.Linear(n, 1 if modulation == "network" else n)
+
+    def modulate(self, y: Tensor) -> Tensor | None:
+        """`M(t) = tanh(y(t) @ w_m + b_m)`: `[B, 1]` or `[B, N]`; None without modulation."""
+        return None if self.modulator is None else torch.tanh(self.modulator(y))
 
     def initial_state(self, batch: int, *, device=None, dtype=None) -> PlasticState:
         """Zero activity and zero traces: the state at the start of an episode."""
@@ -250,7 +266,7 @@ class PlasticRNN(nn.Module):
             if keep is not None:
                 y, traces = y * keep, _mask_traces(traces, keep)
             post = drive_neurons(self.plastic.project(y, traces[0]), inputs[:, t], self.input_mode)
-            traces = self.plastic.update(traces, y, post)
+            traces = self.plastic.update(traces, y, post, self.modulate(post))
             y = post
             outputs.append(y)
         return (torch.stack(outputs, 1), y, *traces)

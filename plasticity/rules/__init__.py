@@ -9,7 +9,9 @@ The maths is in `README.md` beside this file; `naive.py` holds the references.
 
 from plasticity.rules.base import RULES, Rule, Traces, get_rule, outer, register
 from plasticity.rules.hebb import HEBB, hebb_update
+from plasticity.rules.neuromod import NEUROMOD, RETROACTIVE, neuromod_update, retroactive_update
 from plasticity.rules.oja import OJA, oja_update
 
 __all__ = ["RULES", "Rule", "Traces", "get_rule", "register", "outer",
-           "HEBB", "OJA", "hebb_update", "oja_update"]
+           "HEBB", "OJA", "hebb_update", "oja_update",
+           "NEUROMOD", "RETROACTIVE", "neuromod_update", "retroactive_update"]

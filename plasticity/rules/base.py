@@ -49,7 +49,8 @@ def register(rule: Rule) -> Rule:
 
 def get_rule(name: str) -> Rule:
     """Look a rule up by name, with a one-line error listing the known rules."""
-    check_choice("plasticity rule", name, RULES)
+    # The plain rules first, then the neuromodulated ones (registration order within each).
+    check_choice("plasticity rule", name, sorted(RULES, key=lambda n: RULES[n].modulated))
     return RULES[name]
 
 

@@ -33,3 +33,28 @@ def oja_step_naive(hebb: Tensor, pre: Tensor, post: Tensor, eta: Tensor,
 
 
 NAIVE_STEPS = {"hebb": hebb_step_naive, "oja": oja_step_naive}
+
+
+def _mod_naive(mod: Tensor) -> Tensor:
+    """One value for the episode, or one per postsynaptic neuron (a `[1, N_out]` row)."""
+    return mod.reshape(1, -1) if mod.dim() == 1 else mod
+
+
+def neuromod_step_naive(traces: tuple[Tensor, ...], pre: Tensor, post: Tensor, eta: Tensor, mod: Tensor,
+                        clip: float | None = 1.0) -> tuple[Tensor, ...]:
+    """Hebb_ij(t+1) = clip(Hebb_ij(t) + M_j(t) * pre_i * post_j); eta is not used."""
+    (hebb,) = traces
+    return (_clip(hebb + _mod_naive(mod) * torch.outer(pre, post), clip),)
+
+
+def retroactive_step_naive(traces: tuple[Tensor, ...], pre: Tensor, post: Tensor, eta: Tensor, mod: Tensor,
+                           clip: float | None = 1.0) -> tuple[Tensor, ...]:
+    """Hebb_ij(t+1) = clip(Hebb_ij(t) + M_j(t) * E_ij(t));
+    E_ij(t+1) = (1 - eta) * E_ij(t) + eta * pre_i * post_j."""
+    hebb, elig = traces
+    new_hebb = _clip(hebb + _mod_naive(mod) * elig, clip)
+    return new_hebb, (1 - eta) * elig + eta * torch.outer(pre, post)
+
+
+NAIVE_MODULATED_STEPS = {"neuromod": neuromod_step_naive, "retroactive": retroactive_step_naive}
+"""Steps of the neuromodulated rules: `(traces, pre, post, eta, mod [] or [N_out], clip) -> traces`."""

@@ -1,9 +1,12 @@
 """Tasks keyed by name: each builds batches of episodes and scores outputs."""
 
 from plasticity.tasks.base import TASKS, EpisodicTask, register_task
+from plasticity.tasks.images import ImageEpisode, ImageTask
+from plasticity.tasks.omniglot import OmniglotEpisode, OmniglotTask
 from plasticity.tasks.patterns import PatternEpisode, PatternTask
 
-__all__ = ["TASKS", "EpisodicTask", "PatternEpisode", "PatternTask", "make_task", "register_task"]
+__all__ = ["TASKS", "EpisodicTask", "ImageEpisode", "ImageTask", "OmniglotEpisode", "OmniglotTask", "PatternEpisode",
+           "PatternTask", "make_task", "register_task"]
 
 
 def make_task(cfg):

@@ -51,6 +51,12 @@ def _short(e: BaseException) -> str:
     return (text[0] if text else type(e).__name__)[:200]
 
 
+def refused(e: BaseException) -> bool:
+    """An MLflow error saying the server wants (other) credentials: HTTP 401 or 403."""
+    return any(f"error code {code} " in str(e) for code in (401, 403)) or \
+        getattr(e, "error_code", "") in ("UNAUTHENTICATED", "PERMISSION_DENIED")
+
+
 def check_tracking(uri: str):
     """Return an `MlflowClient` for `uri`, or raise `TrackingError` naming the fix."""
     from mlflow.tracking import MlflowClient
@@ -60,6 +66,9 @@ def check_tracking(uri: str):
             client = MlflowClient(tracking_uri=uri)
             client.search_experiments(max_results=1)
     except Exception as e:  # noqa: BLE001 - any failure here means "cannot use this store"
+        if refused(e):
+            raise TrackingError(f"MLflow at {uri}: credentials refused: set MLFLOW_TRACKING_USERNAME/PASSWORD "
+                                "to a user of this server") from None
         raise TrackingError(
             f"cannot use MLflow tracking store {uri} ({type(e).__name__}: {_short(e)}): start the server "
             "(`mlflow server --port 5000`), fix --tracking-uri / MLFLOW_TRACKING_URI, or pass --no-tracking"
@@ -125,6 +134,17 @@ class MlflowTracker:
             if not self.attempt(self.client.log_batch, self.run_id, metrics=batch[i:i + 1000]):
                 return False
         self.pending = []
+        return True
+
+    def deliver(self, timeout_s: float, wait_s: float = 2.0) -> bool:
+        """Send buffered metrics, trying again for up to `timeout_s` (a server restart).
+        Called before the trainer hands control away (a sweep's checkpoint, where the
+        process may be stopped), so that the buffer is empty when it could be lost."""
+        deadline = time.monotonic() + timeout_s
+        while not self.flush():
+            if time.monotonic() >= deadline:
+                return False
+            time.sleep(wait_s)
         return True
 
     def attempt(self, fn, *args, **kwargs) -> bool:

@@ -1,8 +1,44 @@
-"""Training loops that report through a callable: `train(cfg, report)`."""
+"""Training loops that report through a callable: `train(cfg, report)`.
+
+Each task's config names its loop (`type(cfg).trainer`): `episodic` (supervised
+episodes, `plasticity.train.episodic`) or another registered in `TRAINERS`. Every loop
+module provides `train(cfg, report, *, resume, progress, run_dir) -> TrainResult`,
+`model_from_checkpoint(path, config_cls, device)`, `preflight(cfg)` and
+`evaluate_checkpoint(path, config_cls, *, episodes, seed, figure, device)`.
+"""
+
+from importlib import import_module
+from types import ModuleType
 
 from plasticity.train.checkpoint import load_checkpoint, save_checkpoint
 from plasticity.train.common import Report, TrainingDiverged, seed_everything
-from plasticity.train.episodic import TrainResult, evaluate, model_from_checkpoint, train
+from plasticity.train.episodic import TrainResult, evaluate
 
-__all__ = ["Report", "TrainResult", "TrainingDiverged", "evaluate", "load_checkpoint",
-           "model_from_checkpoint", "save_checkpoint", "seed_everything", "train"]
+TRAINERS: dict[str, str] = {"episodic": "plasticity.train.episodic", "a2c": "plasticity.train.a2c"}
+"""Trainer name -> module implementing it (imported when first used)."""
+
+
+def trainer_module(cfg_or_cls) -> ModuleType:
+    """The training-loop module for a config (instance or class)."""
+    cls = cfg_or_cls if isinstance(cfg_or_cls, type) else type(cfg_or_cls)
+    return import_module(TRAINERS[cls.trainer])
+
+
+def preflight(cfg) -> None:
+    """Fail fast, with one `PlasticityError`, on what would stop training at its start (a
+    missing or corrupt data file, an impossible maze): call before opening a tracking run."""
+    trainer_module(cfg).preflight(cfg)
+
+
+def train(cfg, report: Report | None = None, **kwargs) -> TrainResult:
+    """Train the model described by `cfg` with its task's loop; see `plasticity.train.episodic`."""
+    return trainer_module(cfg).train(cfg, report, **kwargs)
+
+
+def model_from_checkpoint(path, config_cls, device: str = "cpu"):
+    """(model, cfg, checkpoint) rebuilt from a checkpoint of a `config_cls` run."""
+    return trainer_module(config_cls).model_from_checkpoint(path, config_cls, device=device)
+
+
+__all__ = ["TRAINERS", "Report", "TrainResult", "TrainingDiverged", "evaluate", "load_checkpoint",
+           "model_from_checkpoint", "preflight", "save_checkpoint", "seed_everything", "train", "trainer_module"]

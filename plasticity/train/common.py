@@ -25,6 +25,13 @@ class TrainingDiverged(PlasticityError):
     """The loss became NaN or infinite; the last finite state was checkpointed."""
 
 
+def to_device(x, device):
+    """Move a tensor, or a tuple/list of tensors (a task's model input), to `device`."""
+    if isinstance(x, (tuple, list)):
+        return type(x)(to_device(v, device) for v in x)
+    return x.to(device)
+
+
 def seed_everything(seed: int) -> None:
     """Seed `random`, `numpy` and `torch` (all devices) in one place."""
     random.seed(seed)

@@ -23,11 +23,18 @@ import torch
 from tqdm.auto import tqdm
 
 from plasticity.config import ModelConfig, validate
-from plasticity.models import SequenceModel, build_model, count_parameters
+from plasticity.models import SequenceModel, count_parameters, make_model
 from plasticity.plots import curves_figure, save_figure
 from plasticity.tasks import make_task
 from plasticity.train.checkpoint import load_checkpoint, save_checkpoint
-from plasticity.train.common import Report, TrainingDiverged, make_run_dir, resolve_device, seed_everything
+from plasticity.train.common import (
+    Report,
+    TrainingDiverged,
+    make_run_dir,
+    resolve_device,
+    seed_everything,
+    to_device,
+)
 
 EVAL_SEED_OFFSET = 1_000_003
 """The held-out episodes are drawn from `seed + EVAL_SEED_OFFSET`, never used for training."""
@@ -53,7 +60,7 @@ class TrainResult:
 
 def plastic_summary(model: SequenceModel) -> dict[str, float]:
     """Learned plasticity parameters worth watching (plastic model only)."""
-    plastic = getattr(model.core, "plastic", None)
+    plastic = getattr(getattr(model, "core", model), "plastic", None)
     if plastic is None:
         return {}
     return {"plastic/eta_mean": float(plastic.eta.detach().mean()),
@@ -67,7 +74,7 @@ def evaluate(model: SequenceModel, task, episodes, device, batch_size: int = 64)
     totals: dict[str, float] = {}
     count = 0
     for ep in episodes:
-        outputs, _ = model(task.inputs(ep).to(device))
+        outputs, _ = model(to_device(task.inputs(ep), device))
         n = outputs.shape[0]
         for k, v in task.metrics(outputs, ep).items():
             totals[k] = totals.get(k, 0.0) + v * n
@@ -83,9 +90,24 @@ def eval_chunk(n_neurons: int, cap: int = 256) -> int:
     return max(1, min(cap, (1 << 22) // (n_neurons * n_neurons)))
 
 
+def task_state(task) -> dict:
+    """What a task stores with the checkpoint (e.g. Omniglot's character split)."""
+    return task.state() if hasattr(task, "state") else {}
+
+
+def check_task_state(task, ckpt: dict, source) -> None:
+    if hasattr(task, "check_state"):
+        task.check_state(ckpt.get("task_state"), str(source))
+
+
+def task_eval_chunk(task, cfg) -> int:
+    """Evaluation batch size: the task's own choice, else sized by the Hebb tensor."""
+    return getattr(task, "eval_chunk", None) or eval_chunk(task.n_io + cfg.extra_neurons)
+
+
 def heldout_episodes(task, cfg, chunk: int | None = None) -> list:
     """The fixed held-out episodes, drawn from `seed + EVAL_SEED_OFFSET`, in batches."""
-    chunk = chunk or eval_chunk(task.n_io + cfg.extra_neurons)
+    chunk = chunk or task_eval_chunk(task, cfg)
     g = torch.Generator().manual_seed(cfg.seed + EVAL_SEED_OFFSET)
     sizes = [min(chunk, cfg.eval_episodes - i) for i in range(0, cfg.eval_episodes, chunk)]
     return [task.sample(n, g) for n in sizes]
@@ -99,6 +121,11 @@ def _restore(cfg, resume: str | Path):
     return cfg, ckpt
 
 
+def preflight(cfg) -> None:
+    """Build the task once: reads (and caches) its data, so a missing file fails here."""
+    make_task(cfg)
+
+
 def train(cfg, report: Report | None = None, *, resume: str | Path | None = None,
           progress: bool = True, run_dir: str | Path | None = None) -> TrainResult:
     """Train the model described by `cfg`; see the module docstring."""
@@ -109,11 +136,12 @@ def train(cfg, report: Report | None = None, *, resume: str | Path | None = None
     device = resolve_device(cfg.device)
     seed_everything(cfg.seed)
     task = make_task(cfg)
-    model = build_model(cfg, task.n_io).to(device)
+    model = make_model(cfg, task).to(device)
     optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=cfg.lr)
     generator = torch.Generator().manual_seed(cfg.seed)
     episode, history = 0, []
     if ckpt is not None:
+        check_task_state(task, ckpt, resume)
         model.load_state_dict(ckpt["model"])
         optimizer.load_state_dict(ckpt["optimizer"])
         for group in optimizer.param_groups:
@@ -124,14 +152,15 @@ def train(cfg, report: Report | None = None, *, resume: str | Path | None = None
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "config.json").write_text(json.dumps(cfg.to_dict(), indent=2))
     ckpt_path = run_dir / "checkpoint.pt"
-    heldout = heldout_episodes(task, cfg)
+    heldout = heldout_episodes(task.heldout() if hasattr(task, "heldout") else task, cfg)
 
     saved_at = [None]
 
     def checkpoint() -> Path:
         if saved_at[0] != episode:
             save_checkpoint(ckpt_path, model=model, optimizer=optimizer, config=cfg.to_dict(), episode=episode,
-                            extra={"generator": generator.get_state(), "history": history})
+                            extra={"generator": generator.get_state(), "history": history,
+                                   "task_state": task_state(task)})
             saved_at[0] = episode
         return ckpt_path
 
@@ -146,7 +175,7 @@ def train(cfg, report: Report | None = None, *, resume: str | Path | None = None
     try:
         while episode < cfg.episodes:
             batch = task.sample(cfg.batch_size, generator)
-            outputs, _ = model(task.inputs(batch).to(device))
+            outputs, _ = model(to_device(task.inputs(batch), device))
             loss = task.loss(outputs, batch)
             if not torch.isfinite(loss):
                 checkpoint()
@@ -201,10 +230,11 @@ def _crossed(previous: int, now: int, every: int, total: int, stop: bool = False
     return stop or now // every > previous // every or now >= total
 
 
-def _completion_png(model, task, episode, device, run_dir: Path) -> Path:
+def _completion_png(model, task, episode, device, run_dir: Path, name: str = "completion.png") -> Path:
+    """The task's figure of the first episode of `episode` and the model's answer."""
     with torch.no_grad():
-        outputs, _ = model(task.inputs(episode)[:1].to(device))
-    path = run_dir / "completion.png"
+        outputs, _ = model(to_device(task.inputs(episode), device))
+    path = run_dir / name
     save_figure(task.figure(outputs, episode), path)
     return path
 
@@ -226,7 +256,8 @@ def model_from_checkpoint(path: str | Path, config_cls, device: str = "cpu"):
     ckpt = load_checkpoint(path, map_location=device)
     cfg = config_cls.from_dict(ckpt["config"])
     task = make_task(cfg)
-    model = build_model(cfg, task.n_io)
+    check_task_state(task, ckpt, path)
+    model = make_model(cfg, task)
     try:
         model.load_state_dict(ckpt["model"])
     except RuntimeError as e:
@@ -239,3 +270,29 @@ def model_from_checkpoint(path: str | Path, config_cls, device: str = "cpu"):
 
 
 __all__ = ["ModelConfig", "TrainResult", "evaluate", "model_from_checkpoint", "train"]
+
+
+def evaluate_checkpoint(path: str | Path, config_cls, *, episodes: int, seed: int, figure: Path,
+                        device: str = "cpu", split: str = "test") -> dict:
+    """Score a checkpoint on `episodes` fresh episodes drawn from `seed` (from the data
+    split `split` for tasks with data); write its figure. Accuracies get a 95% interval.
+
+    Returns `{"config", "episode", "metrics", "figure"}`."""
+    from plasticity.errors import check_positive
+
+    check_positive("episodes", episodes)
+    dev = resolve_device(device)
+    model, cfg, ckpt = model_from_checkpoint(path, config_cls, device=str(dev))
+    task = make_task(cfg)
+    if hasattr(task, "for_split"):
+        task = task.for_split(split)
+    g = torch.Generator().manual_seed(seed)
+    chunk = task_eval_chunk(task, cfg)
+    batches = [task.sample(min(chunk, episodes - i), g) for i in range(0, episodes, chunk)]
+    metrics = evaluate(model, task, batches, dev)
+    if "accuracy" in metrics:
+        # Normal approximation of the binomial 95% interval over the episodes.
+        acc = metrics["accuracy"]
+        metrics["accuracy_ci95"] = 1.96 * (acc * (1 - acc) / episodes) ** 0.5
+    _completion_png(model, task, batches[0], dev, figure.parent, figure.name)
+    return {"config": cfg, "episode": ckpt["episode"], "metrics": metrics, "figure": figure}

@@ -1,0 +1,115 @@
+"""docker-compose.yml as the one source of the cluster's settings: read it, interpolate
+`${VAR}`, `${VAR:-default}`, `${VAR:?error}` like Compose does (environment first, then
+the env file), and give each service's command and environment.
+
+The local launcher (`cluster/local.py`) runs these same commands with these same
+environments as processes, with the service names resolved to 127.0.0.1 and the
+container volumes under its state folder.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from plasticity.errors import ConfigError
+
+REPO = Path(__file__).resolve().parents[1]
+COMPOSE_FILE = REPO / "docker-compose.yml"
+ENV_EXAMPLE = REPO / ".env.example"
+
+_VAR = re.compile(r"\$(?:\$|\{(?P<name>[A-Za-z_][A-Za-z0-9_]*)(?:(?P<op>:?[-?])(?P<arg>[^}]*))?\}"
+                  r"|(?P<bare>[A-Za-z_][A-Za-z0-9_]*))")
+
+
+def read_env_file(path: Path) -> dict[str, str]:
+    """`KEY=value` lines (comments, blank lines and `export ` ignored; quotes stripped)."""
+    env = {}
+    for n, line in enumerate(Path(path).read_text().splitlines(), 1):
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        key, sep, value = line.removeprefix("export ").partition("=")
+        if not sep or not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", key.strip()):
+            raise ConfigError(f"{path}:{n}: expected KEY=value, got {line!r}")
+        value = value.strip()
+        if len(value) >= 2 and value[0] == value[-1] and value[0] in "'\"":
+            value = value[1:-1]
+        env[key.strip()] = value
+    return env
+
+
+def variables(text: str) -> list[tuple[str, str | None, str | None]]:
+    """Every `${VAR...}` in `text`: (name, operator, argument)."""
+    return [(m["name"] or m["bare"], m["op"], m["arg"]) for m in _VAR.finditer(text) if m["name"] or m["bare"]]
+
+
+def interpolate(value: Any, env: dict[str, str]) -> Any:
+    """Compose's interpolation on every string in `value` (`$$` is a literal `$`)."""
+    if isinstance(value, dict):
+        return {k: interpolate(v, env) for k, v in value.items()}
+    if isinstance(value, list):
+        return [interpolate(v, env) for v in value]
+    if not isinstance(value, str):
+        return value
+
+    def one(m: re.Match) -> str:
+        if m.group(0) == "$$":
+            return "$"
+        name, op, arg = m["name"] or m["bare"], m["op"], m["arg"]
+        current = env.get(name)
+        unset_or_empty = not current if op and op.startswith(":") else current is None
+        if op in (":-", "-"):
+            return arg if unset_or_empty else current
+        if op in (":?", "?"):
+            if unset_or_empty:
+                raise ConfigError(f"{name} is not set ({arg}): copy .env.example to .env and fill it in")
+            return current
+        return current or ""
+
+    return _VAR.sub(one, value)
+
+
+@dataclass
+class Service:
+    name: str
+    command: list[str]
+    environment: dict[str, str]
+    ports: list[str] = field(default_factory=list)
+    replicas: int = 1
+
+
+def load_compose(path: Path = COMPOSE_FILE) -> dict:
+    return yaml.safe_load(Path(path).read_text())
+
+
+def resolve_env(env_file: Path | str | None = None, environ: dict[str, str] | None = None) -> dict[str, str]:
+    """The variables Compose would see: the env file, overridden by the environment."""
+    env: dict[str, str] = {}
+    path = Path(env_file) if env_file is not None else REPO / ".env"
+    if path.is_file():
+        env.update(read_env_file(path))
+    env.update(os.environ if environ is None else environ)
+    return env
+
+
+def services(env: dict[str, str], path: Path = COMPOSE_FILE) -> dict[str, Service]:
+    """Services of the compose file with their interpolated command and environment."""
+    compose = load_compose(path)
+    out = {}
+    for name, spec in compose["services"].items():
+        spec = interpolate(spec, env)
+        environment = spec.get("environment") or {}
+        if isinstance(environment, list):
+            environment = dict(item.partition("=")[::2] for item in environment)
+        command = spec.get("command") or []
+        command = command.split() if isinstance(command, str) else list(command)
+        replicas = int((spec.get("deploy") or {}).get("replicas", 1))
+        out[name] = Service(name, command, {k: "" if v is None else str(v) for k, v in environment.items()},
+                            [str(p) for p in spec.get("ports") or []], replicas)
+    return out

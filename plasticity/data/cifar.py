@@ -1,0 +1,99 @@
+"""CIFAR-10 in the standard python layout (`data_batch_1..5`, `test_batch`), as grayscale.
+
+Looks for the batches in DIR, DIR/cifar-10-batches-py or DIR/cifar10. Each image is
+converted as in the 2018 reference code: R + G + B, minus its mean, divided by its
+largest absolute value, so pixels lie in [-1, 1]. Batches of any length are accepted
+(the shared test data holds 1017 images per batch, not 10000).
+"""
+
+from __future__ import annotations
+
+import pickle
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from plasticity.data.common import DataError, cache_key, cached_arrays, find_dir, resolve_data_dir
+
+TRAIN_BATCHES = tuple(f"data_batch_{i}" for i in range(1, 6))
+TEST_BATCHES = ("test_batch",)
+SPLITS = {
+    # The reference trains on batches 1-4 and tests on batch 5; the official test batch is separate.
+    "train": TRAIN_BATCHES[:4],
+    "validation": TRAIN_BATCHES[4:],
+    "test": TEST_BATCHES,
+    "all-train": TRAIN_BATCHES,
+}
+FIX = "run `plasticity data download cifar10 --data-dir DIR` (or point --data-dir at the CIFAR-10 python batches)"
+
+
+@dataclass
+class CifarImages:
+    images: np.ndarray
+    """`[N, 32, 32]` float32 grayscale in [-1, 1]."""
+    labels: np.ndarray
+    """`[N]` int64 class labels 0..9."""
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+
+def cifar_dir(data_dir) -> Path:
+    root = resolve_data_dir(data_dir)
+    found = find_dir(root, ("cifar-10-batches-py", "cifar10"),
+                     lambda d: any((d / n).is_file() for n in (*TRAIN_BATCHES, *TEST_BATCHES)))
+    if found is None:
+        raise DataError(f"no CIFAR-10 batches (data_batch_1..5, test_batch) in {root} or its "
+                        f"cifar-10-batches-py/ folder: {FIX}")
+    return found
+
+
+def read_batch(path: Path) -> tuple[np.ndarray, np.ndarray]:
+    """(uint8 `[n, 3072]`, int64 `[n]`) from one pickled batch, with clear errors."""
+    if not path.is_file():
+        raise DataError(f"CIFAR-10 file {path} is missing: {FIX}")
+    try:
+        with open(path, "rb") as f:
+            batch = pickle.load(f, encoding="bytes")
+        data, labels = batch[b"data"], batch[b"labels"]
+    except (pickle.UnpicklingError, EOFError, ValueError, TypeError, KeyError, AttributeError, IndexError) as e:
+        raise DataError(f"CIFAR-10 file {path} is truncated or corrupt ({type(e).__name__}): delete it and "
+                        f"{FIX}") from None
+    data, labels = np.asarray(data), np.asarray(labels, dtype=np.int64)
+    if data.dtype != np.uint8 or data.ndim != 2 or data.shape[1] != 3072 or len(labels) != len(data):
+        raise DataError(f"CIFAR-10 file {path} has data {data.dtype}{list(data.shape)} and {len(labels)} labels, "
+                        f"expected uint8 [n, 3072] and n labels: delete it and {FIX}")
+    if len(labels) and (labels.min() < 0 or labels.max() > 9):
+        raise DataError(f"CIFAR-10 file {path} has labels outside 0..9: delete it and {FIX}")
+    return data, labels
+
+
+def to_grayscale(data: np.ndarray) -> np.ndarray:
+    """uint8 `[n, 3072]` (R, G, B planes) -> float32 `[n, 32, 32]` in [-1, 1], per image."""
+    rgb = data.reshape(-1, 3, 32, 32).astype(np.float32)
+    gray = rgb.sum(1)
+    gray -= gray.mean(axis=(1, 2), keepdims=True)
+    scale = np.abs(gray).max(axis=(1, 2), keepdims=True)
+    return gray / np.where(scale > 0, scale, 1.0)
+
+
+def load_cifar10(data_dir=None, split: str = "train") -> CifarImages:
+    """The grayscale images of `split` (`train` = batches 1-4, `validation` = batch 5,
+    `test` = test_batch, `all-train` = batches 1-5), converted once and cached."""
+    if split not in SPLITS:
+        raise DataError(f"unknown CIFAR-10 split {split!r}: choose one of {', '.join(SPLITS)}")
+    d = cifar_dir(data_dir)
+    paths = [d / name for name in SPLITS[split]]
+    for p in paths:
+        if not p.is_file():
+            raise DataError(f"CIFAR-10 file {p} is missing (needed for the {split} split): {FIX}")
+
+    def build() -> dict[str, np.ndarray]:
+        parts = [read_batch(p) for p in paths]
+        data = np.concatenate([x for x, _ in parts])
+        return {"images": to_grayscale(data),
+                "labels": np.concatenate([y for _, y in parts])}
+
+    arrays = cached_arrays(cache_key("cifar10-gray", paths, split=split), build)
+    return CifarImages(arrays["images"].astype(np.float32), arrays["labels"])

@@ -1,0 +1,56 @@
+"""Neuromodulated plasticity (Backpropamine, Miconi et al. 2019), batched.
+
+    neuromod     Hebb <- clip(Hebb + M(t) * pre post^T)
+    retroactive  Hebb <- clip(Hebb + M(t) * E);  E <- (1 - eta) E + eta * pre post^T
+
+`M(t)` is the network's own modulatory signal (`mod`, `[B]`, `[B, 1]` or `[B, N_out]`:
+one value per episode or one per postsynaptic neuron). It replaces the fixed rate of the
+other rules: in `neuromod` eta is not used; in `retroactive` eta is the decay of the
+eligibility trace E, and M(t) decides how much of E is written into Hebb. Both clip Hebb
+(default 1.0, as in Backpropamine) because nothing else bounds it.
+"""
+
+from __future__ import annotations
+
+from torch import Tensor
+
+from plasticity.errors import ShapeError
+from plasticity.rules.base import Rule, Traces, maybe_clip, outer, register
+
+DEFAULT_CLIP = 1.0
+"""Backpropamine's Hebb clipping for the neuromodulated rules."""
+
+
+def modulation(mod: Tensor | None, post: Tensor, rule: str) -> Tensor:
+    """`mod` `[B]`, `[B, 1]` or `[B, N_out]` as `[B, 1, 1 or N_out]`, to scale `[B, N_in, N_out]`."""
+    if mod is None:
+        raise ShapeError(f"rule {rule!r} needs a modulatory signal mod [B] or [B, N_out]: build the layer "
+                         "with modulation='network' or 'neuron'")
+    batch, n_out = post.shape
+    m = mod.reshape(batch, 1) if mod.dim() == 1 else mod
+    if m.dim() != 2 or m.shape[0] != batch or m.shape[1] not in (1, n_out):
+        raise ShapeError(f"mod must be [B], [B, 1] or [B, N_out] = [{batch}, {n_out}], got {tuple(mod.shape)}")
+    return m.unsqueeze(-2)
+
+
+def neuromod_update(traces: Traces, pre: Tensor, post: Tensor, *, eta: Tensor | None = None,
+                    clip: float | None = DEFAULT_CLIP, mod: Tensor | None = None) -> Traces:
+    """Simple neuromodulation. Shapes: Hebb `[B, N_in, N_out]`, pre `[B, N_in]`, post `[B, N_out]`,
+    mod `[B]` or `[B, N_out]`. `eta` is ignored: M(t) is the rate."""
+    (hebb,) = traces
+    return (maybe_clip(hebb + modulation(mod, post, "neuromod") * outer(pre, post), clip),)
+
+
+def retroactive_update(traces: Traces, pre: Tensor, post: Tensor, *, eta: Tensor,
+                       clip: float | None = DEFAULT_CLIP, mod: Tensor | None = None) -> Traces:
+    """Retroactive neuromodulation. Traces (Hebb, E), each `[B, N_in, N_out]`; eta `[]` or
+    `[N_in, N_out]` is the eligibility trace's rate. Hebb takes E(t) before E is updated."""
+    hebb, elig = traces
+    new_hebb = maybe_clip(hebb + modulation(mod, post, "retroactive") * elig, clip)
+    # Written as a lerp, like the decaying Hebb rule.
+    new_elig = elig + eta * (outer(pre, post) - elig)
+    return new_hebb, new_elig
+
+
+NEUROMOD = register(Rule("neuromod", neuromod_update, modulated=True))
+RETROACTIVE = register(Rule("retroactive", retroactive_update, traces=("hebb", "eligibility"), modulated=True))

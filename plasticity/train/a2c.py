@@ -1,0 +1,320 @@
+"""Advantage actor-critic (A2C) on the maze: `train(cfg, report) -> TrainResult`.
+
+Each optimiser step runs `batch_size` maze episodes at once (`BatchedMaze`) for
+`episode_steps` steps, the recurrent agent starting from a zero state (and zero Hebb)
+in every episode, then backpropagates through the whole episodes:
+
+    R_t = r_t + gamma * R_{t+1}              (discounted return, per episode, no bootstrap)
+    A_t = R_t - V_t                          (each episode's own value baseline)
+    loss = mean_{b,t}( -log pi(a_t) * stop_grad(A_t) + value_weight * A_t^2
+                       - entropy_weight * H(pi_t) )
+
+with Adam and gradient-norm clipping (`grad_clip`). Every `eval_every` episodes the
+agent plays a fixed set of held-out episodes (layouts and action draws from
+`seed + EVAL_SEED_OFFSET`) and `report(step, metrics, files)` is called with metrics
+`charts/episodic_return` (mean training return since the last report), `eval/return`,
+`eval/goals`, `eval/loss` (= -eval/return, what sweeps minimise), `losses/*`, `perf/*`,
+`plastic/*`, and files `trajectory` (figure of one held-out episode), `trajectory_gif`
+and `checkpoint`. The run folder also gets `learning_curve.png` at the end.
+
+    from plasticity.config import preset
+    from plasticity.train import train
+    result = train(preset("maze", "small", model="neuromod"), report=print)
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass
+from functools import partial
+from pathlib import Path
+
+import torch
+from torch import Tensor
+from tqdm.auto import tqdm
+
+from plasticity.agents import ActorCritic, build_agent
+from plasticity.envs.maze import ACTIONS, BatchedMaze, MazeLayout, MazeSpec, draw_layout
+from plasticity.envs.render import Trajectory, save_gif, trajectory_figure
+from plasticity.errors import CheckpointError, check_positive
+from plasticity.models import count_parameters
+from plasticity.plots import curves_figure, save_figure
+from plasticity.train.checkpoint import load_checkpoint, save_checkpoint
+from plasticity.train.common import Report, TrainingDiverged, make_run_dir, resolve_device, seed_everything
+from plasticity.train.episodic import EVAL_SEED_OFFSET, TrainResult, _crossed, _restore, plastic_summary
+
+EVAL_CHUNK = 128
+"""Held-out episodes played at once."""
+
+
+def maze_spec(cfg) -> MazeSpec:
+    return MazeSpec(cfg.maze_size, cfg.view, cfg.episode_steps, cfg.goal_reward, cfg.wall_penalty)
+
+
+def preflight(cfg) -> None:
+    """The maze can be built (sizes checked); the maze reads no data."""
+    maze_spec(cfg)
+
+
+def make_agent(cfg) -> ActorCritic:
+    return build_agent(cfg, maze_spec(cfg).obs_size, len(ACTIONS))
+
+
+@dataclass
+class Rollout:
+    """B episodes played by the agent; every tensor is `[B, T]` (positions `[T, B, 2]`)."""
+
+    log_probs: Tensor
+    entropy: Tensor
+    values: Tensor
+    rewards: Tensor
+    found: Tensor
+    arrived: Tensor | None = None
+    pos: Tensor | None = None
+
+
+def rollout(agent: ActorCritic, env: BatchedMaze, layout: MazeLayout, generator: torch.Generator, *,
+            record: bool = False) -> Rollout:
+    """Play `layout`'s episodes to the end, sampling actions from the policy with `generator`."""
+    obs, state = env.reset(layout), None
+    log_probs, entropy, values, rewards, found, arrived, pos = [], [], [], [], [], [], []
+    for _ in range(env.spec.steps):
+        logits, value, state = agent(obs, state)
+        logp = torch.log_softmax(logits, -1)
+        probs = logp.exp()
+        action = torch.multinomial(probs.detach(), 1, generator=generator)
+        log_probs.append(logp.gather(1, action).squeeze(1))
+        entropy.append(-(probs * logp).sum(-1))
+        values.append(value)
+        goals_before = env.found
+        obs, reward, _ = env.step(action.squeeze(1))
+        rewards.append(reward)
+        found.append(env.found > goals_before)
+        if record:
+            arrived.append(env.arrived.clone())
+            pos.append(env.pos.clone())
+    stack = partial(torch.stack, dim=1)
+    return Rollout(stack(log_probs), stack(entropy), stack(values), stack(rewards), stack(found),
+                   torch.stack(arrived) if record else None, torch.stack(pos) if record else None)
+
+
+def discounted_returns(rewards: Tensor, gamma: float) -> Tensor:
+    """`R_t = r_t + gamma * R_{t+1}` for every episode: rewards `[B, T]` -> returns `[B, T]`."""
+    running = torch.zeros_like(rewards[:, 0])
+    out = []
+    for t in reversed(range(rewards.shape[1])):
+        running = rewards[:, t] + gamma * running
+        out.append(running)
+    return torch.stack(out[::-1], 1)
+
+
+def a2c_loss(log_probs: Tensor, entropy: Tensor, values: Tensor, rewards: Tensor, *, gamma: float,
+             value_weight: float, entropy_weight: float) -> tuple[Tensor, dict[str, float]]:
+    """The A2C loss of the module docstring; all inputs `[B, T]`. Each episode's advantage
+    uses its own values (Backpropamine's code used element 0's baseline for the batch).
+    Returns (loss, `{"policy_loss", "value_loss", "entropy"}` as floats)."""
+    advantage = discounted_returns(rewards, gamma) - values
+    policy_loss = -(log_probs * advantage.detach()).mean()
+    value_loss = advantage.pow(2).mean()
+    mean_entropy = entropy.mean()
+    loss = policy_loss + value_weight * value_loss - entropy_weight * mean_entropy
+    parts = {"policy_loss": policy_loss.item(), "value_loss": value_loss.item(), "entropy": mean_entropy.item()}
+    return loss, parts
+
+
+def heldout_layouts(spec: MazeSpec, episodes: int, seed: int) -> list[MazeLayout]:
+    g = torch.Generator().manual_seed(seed)
+    return [draw_layout(spec, min(EVAL_CHUNK, episodes - i), g) for i in range(0, episodes, EVAL_CHUNK)]
+
+
+@torch.no_grad()
+def evaluate(agent: ActorCritic, spec: MazeSpec, layouts: list[MazeLayout], device, seed: int,
+             ) -> tuple[dict[str, float], Trajectory]:
+    """Mean return (and its spread over episodes), goals found and wall bumps per episode
+    over `layouts`; actions are
+    sampled with a generator reseeded to `seed`, so the result depends on the weights
+    only. Also returns the first episode's trajectory."""
+    agent.eval()
+    g = torch.Generator(device=device).manual_seed(seed)
+    returns, goals, bumps, first = [], [], [], None
+    for layout in layouts:
+        env = BatchedMaze(spec, len(layout.goal), device)
+        roll = rollout(agent, env, layout, g, record=first is None)
+        returns.append(roll.rewards.sum(1).cpu())
+        goals.append(roll.found.sum(1).cpu())
+        bumps.append((roll.rewards < 0).sum(1).cpu())
+        if first is None:
+            first = Trajectory(tuple(env.goal[0].tolist()), roll.arrived[:, 0].cpu().numpy(),
+                               roll.pos[:, 0].cpu().numpy(), roll.found[0].cpu().numpy(),
+                               roll.rewards[0].cpu().numpy())
+    agent.train()
+    returns = torch.cat(returns).double()
+    metrics = {"return": returns.mean().item(), "return_std": returns.std(correction=0).item(),
+               "goals": torch.cat(goals).double().mean().item(), "wall_bumps": torch.cat(bumps).double().mean().item()}
+    metrics["loss"] = -metrics["return"]
+    return metrics, first
+
+
+def _trajectory_files(spec: MazeSpec, traj: Trajectory, folder: Path, title: str,
+                      name: str = "trajectory") -> dict[str, Path]:
+    png, gif = folder / f"{name}.png", folder / f"{name}.gif"
+    save_figure(trajectory_figure(spec, traj, title), png)
+    save_gif(spec, traj, gif)
+    return {"trajectory": png, "trajectory_gif": gif}
+
+
+def _learning_curve_png(history: list[dict], run_dir: Path) -> Path | None:
+    keys = [k for k in ("charts/episodic_return", "eval/return") if history and k in history[0]]
+    if not keys:
+        return None
+    steps = [h["step"] for h in history]
+    fig = curves_figure({k: (steps, [h[k] for h in history]) for k in keys}, xlabel="training episodes",
+                        ylabel="reward per episode", logy=False)
+    path = run_dir / "learning_curve.png"
+    save_figure(fig, path)
+    return path
+
+
+def train(cfg, report: Report | None = None, *, resume: str | Path | None = None,
+          progress: bool = True, run_dir: str | Path | None = None) -> TrainResult:
+    """Train the maze agent described by `cfg`; see the module docstring."""
+    ckpt = None
+    if resume is not None:
+        cfg, ckpt = _restore(cfg, resume)
+        run_dir = Path(resume).parent if run_dir is None else run_dir
+    device = resolve_device(cfg.device)
+    seed_everything(cfg.seed)
+    spec = maze_spec(cfg)
+    agent = make_agent(cfg).to(device)
+    optimizer = torch.optim.Adam([p for p in agent.parameters() if p.requires_grad], lr=cfg.lr)
+    # Layouts are drawn on the CPU, actions where the agent runs; both are in the checkpoint.
+    layouts = torch.Generator().manual_seed(cfg.seed)
+    actions = torch.Generator(device=device).manual_seed(cfg.seed + 1)
+    episode, history = 0, []
+    if ckpt is not None:
+        agent.load_state_dict(ckpt["model"])
+        optimizer.load_state_dict(ckpt["optimizer"])
+        for group in optimizer.param_groups:
+            group["lr"] = cfg.lr
+        layouts.set_state(ckpt["generator"])
+        actions.set_state(ckpt["action_generator"].to(actions.get_state().device))
+        episode, history = ckpt["episode"], list(ckpt.get("history", []))
+    run_dir = Path(run_dir) if run_dir is not None else make_run_dir(cfg)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / "config.json").write_text(json.dumps(cfg.to_dict(), indent=2))
+    ckpt_path = run_dir / "checkpoint.pt"
+    heldout = heldout_layouts(spec, cfg.eval_episodes, cfg.seed + EVAL_SEED_OFFSET)
+    env = BatchedMaze(spec, cfg.batch_size, device)
+
+    saved_at = [None]
+
+    def checkpoint() -> Path:
+        if saved_at[0] != episode:
+            save_checkpoint(ckpt_path, model=agent, optimizer=optimizer, config=cfg.to_dict(), episode=episode,
+                            extra={"generator": layouts.get_state(), "action_generator": actions.get_state().cpu(),
+                                   "history": history})
+            saved_at[0] = episode
+        return ckpt_path
+
+    bar = tqdm(total=cfg.episodes, initial=episode, unit="ep", disable=not progress, dynamic_ncols=True)
+    n_params = count_parameters(agent)
+    bar.set_description(f"maze/{cfg.model} ({n_params:,} params)")
+    sums, n_sum, t_last, ep_last = {}, 0, time.perf_counter(), episode
+    elapsed_before = history[-1].get("perf/elapsed_s", 0.0) if history else 0.0
+    t_start = time.perf_counter()
+    deadline = None if cfg.max_minutes is None else t_start + 60 * cfg.max_minutes
+    try:
+        while episode < cfg.episodes:
+            roll = rollout(agent, env, draw_layout(spec, cfg.batch_size, layouts), actions)
+            loss, parts = a2c_loss(roll.log_probs, roll.entropy, roll.values, roll.rewards, gamma=cfg.gamma,
+                                   value_weight=cfg.value_weight, entropy_weight=cfg.entropy_weight)
+            if not torch.isfinite(loss):
+                checkpoint()
+                raise TrainingDiverged(f"loss became {loss.item()} at episode {episode}: lower --lr or set "
+                                       f"--grad-clip (last finite state saved to {ckpt_path})")
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            if cfg.grad_clip is not None:
+                torch.nn.utils.clip_grad_norm_(agent.parameters(), cfg.grad_clip)
+            optimizer.step()
+            previous, episode = episode, episode + cfg.batch_size
+            step_stats = {"train/loss": loss.item(), "charts/episodic_return": roll.rewards.sum(1).mean().item(),
+                          "charts/goals": roll.found.sum(1).float().mean().item(),
+                          **{f"losses/{k}": v for k, v in parts.items()}}
+            for k, v in step_stats.items():
+                sums[k] = sums.get(k, 0.0) + v
+            n_sum += 1
+            bar.update(cfg.batch_size)
+            out_of_time = deadline is not None and time.perf_counter() >= deadline
+            crossed = partial(_crossed, previous, episode, total=cfg.episodes, stop=out_of_time)
+            if crossed(cfg.eval_every):
+                now = time.perf_counter()
+                metrics = {k: v / n_sum for k, v in sums.items()}
+                metrics["perf/episodes_per_s"] = (episode - ep_last) / (now - t_last)
+                metrics["perf/elapsed_s"] = elapsed_before + now - t_start
+                scores, traj = evaluate(agent, spec, heldout, device, cfg.seed + EVAL_SEED_OFFSET)
+                metrics.update({f"eval/{k}": v for k, v in scores.items()})
+                metrics.update(plastic_summary(agent))
+                metrics["model/params"] = n_params
+                history.append({"step": episode, **metrics})
+                with open(run_dir / "metrics.jsonl", "a") as f:
+                    f.write(json.dumps(history[-1]) + "\n")
+                files = _trajectory_files(spec, traj, run_dir, f"maze/{cfg.model}, after {episode} episodes")
+                if crossed(cfg.checkpoint_every):
+                    files["checkpoint"] = checkpoint()
+                bar.set_postfix(ret=f"{metrics['charts/episodic_return']:.1f}", eval=f"{scores['return']:.1f}")
+                if report is not None:
+                    report(episode, metrics, files)
+                sums, n_sum = {}, 0
+                t_last, ep_last = time.perf_counter(), episode
+            elif crossed(cfg.checkpoint_every):
+                checkpoint()
+            if out_of_time:
+                break
+    except KeyboardInterrupt:
+        checkpoint()
+        bar.close()
+        raise
+    bar.close()
+    checkpoint()
+    _learning_curve_png(history, run_dir)
+    return TrainResult(agent, run_dir, ckpt_path, history)
+
+
+def model_from_checkpoint(path: str | Path, config_cls, device: str = "cpu"):
+    """(agent, cfg, checkpoint) rebuilt from a checkpoint: the architecture comes from it."""
+    ckpt = load_checkpoint(path, map_location=device)
+    cfg = config_cls.from_dict(ckpt["config"])
+    agent = make_agent(cfg)
+    try:
+        agent.load_state_dict(ckpt["model"])
+    except RuntimeError as e:
+        first = str(e).splitlines()[0][:120]
+        raise CheckpointError(f"{path}: weights do not match the config stored with them ({first}): "
+                              "the file is damaged; use another checkpoint") from None
+    return agent.to(device), cfg, ckpt
+
+
+def evaluate_checkpoint(path: str | Path, config_cls, *, episodes: int, seed: int, figure: Path,
+                        device: str = "cpu", split: str = "test") -> dict:
+    """Play `episodes` fresh episodes (layouts and actions from `seed`) with a checkpoint's
+    agent; write the first episode's trajectory figure to `figure` and a GIF beside it.
+    `split` is accepted for the common interface: the maze has no data, every episode
+    is drawn fresh.
+
+    Returns `{"config", "episode", "metrics", "figure"}`."""
+    check_positive("episodes", episodes)
+    dev = resolve_device(device)
+    agent, cfg, ckpt = model_from_checkpoint(path, config_cls, device=str(dev))
+    spec = maze_spec(cfg)
+    metrics, traj = evaluate(agent, spec, heldout_layouts(spec, episodes, seed), dev, seed)
+    metrics["return_ci95"] = 1.96 * metrics["return_std"] / episodes ** 0.5
+    figure = Path(figure)
+    save_figure(trajectory_figure(spec, traj, f"maze/{cfg.model}, after {ckpt['episode']} episodes"), figure)
+    save_gif(spec, traj, figure.with_suffix(".gif"))
+    return {"config": cfg, "episode": ckpt["episode"], "metrics": metrics, "figure": figure}
+
+
+__all__ = ["Rollout", "a2c_loss", "discounted_returns", "evaluate", "evaluate_checkpoint", "model_from_checkpoint",
+           "rollout", "train"]
