@@ -44,5 +44,6 @@ def build_agent(cfg, n_obs: int, n_actions: int) -> ActorCritic:
     else:
         modulation = cfg.modulation if cfg.model in ("neuromod", "retroactive") else "none"
         core = PlasticRNN(cfg.hidden, rule=cfg.rule, eta=cfg.eta, eta_mode=cfg.eta_mode, learn_eta=cfg.learn_eta,
-                          alpha_mode=cfg.alpha_mode, clip=cfg.clip, init_std=cfg.init_std, modulation=modulation)
+                          alpha_mode=cfg.alpha_mode, clip=cfg.clip, init_std=cfg.init_std, modulation=modulation,
+                          impl="plain")  # stepped one step at a time: nothing to fuse
     return ActorCritic(core, n_obs, n_actions)

@@ -16,7 +16,7 @@ from dataclasses import asdict, dataclass, fields
 from typing import Any, ClassVar, Literal
 
 from plasticity.errors import ConfigError, check_choice, check_eta, check_positive
-from plasticity.nn import ALPHA_MODES, ETA_MODES
+from plasticity.nn import ALPHA_MODES, ETA_MODES, IMPLS
 from plasticity.rules import RULES
 
 MODELS = ("plastic", "rnn", "lstm")
@@ -46,9 +46,15 @@ class ModelConfig:
     """LSTM units (lstm model only)."""
     init_std: float = 0.01
     """Standard deviation of the normal initialisation of w and alpha."""
+    impl: Literal["fused", "plain"] = "fused"
+    """How the plastic recurrent network runs: `fused` (one pass over Hebb per step; the
+    backward pass rebuilds Hebb by inverting the rule, so memory does not grow with the
+    episode length) or `plain` (step-by-step autograd, the reference). Neuromodulated
+    rules always run plain."""
     recompute_every: int = 0
-    """If > 0, recompute the forward pass in segments of this many steps during backward
-    (segment checkpointing): far less memory for a little more time."""
+    """If > 0: with --impl plain, recompute the forward pass in segments of this many steps
+    during backward (segment checkpointing: far less memory for a little more time); with
+    --impl fused, store an exact Hebb state every this many steps."""
 
 
 @dataclass
@@ -216,6 +222,7 @@ def validate(cfg: TaskConfig) -> TaskConfig:
     check_rule(cfg)
     check_choice("alpha mode", cfg.alpha_mode, ALPHA_MODES)
     check_choice("eta mode", cfg.eta_mode, ETA_MODES)
+    check_choice("implementation", cfg.impl, IMPLS)
     check_eta(cfg.eta)
     for name in ("episodes", "batch_size", "lr", "eval_every", "eval_episodes", "checkpoint_every",
                  "hidden", "init_std", *type(cfg).positive):
@@ -370,6 +377,9 @@ class MazeConfig(TaskConfig):
     rules have nothing else that bounds Hebb); None for no clipping."""
     hidden: int = 100
     """Recurrent neurons of the agent (every model; the same number for the non-plastic baseline)."""
+    impl: Literal["plain"] = "plain"
+    """The agent is stepped one time step at a time (it acts between steps), so its
+    network runs step-by-step autograd (`plain`)."""
     modulation: Literal["network", "neuron"] = "network"
     """Neuromodulated models: one M(t) for the whole network, or one per postsynaptic neuron."""
     maze_size: int = 9

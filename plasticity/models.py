@@ -34,7 +34,7 @@ def build_model(cfg, n_io: int) -> SequenceModel:
     if cfg.model == "plastic":
         core = PlasticRNN(n, rule=cfg.rule, eta=cfg.eta, eta_mode=cfg.eta_mode, learn_eta=cfg.learn_eta,
                           alpha_mode=cfg.alpha_mode, clip=cfg.clip, init_std=cfg.init_std,
-                          checkpoint_every=cfg.recompute_every,
+                          checkpoint_every=cfg.recompute_every, impl=cfg.impl,
                           input_mode=getattr(cfg, "input_mode", "add"))
     elif cfg.model == "rnn":
         core = RecurrentNet(n, init_std=cfg.init_std, input_mode=getattr(cfg, "input_mode", "add"))

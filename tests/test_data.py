@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import os
 import pickle
 import shutil
 import tarfile
@@ -80,12 +81,25 @@ def _cifar_copy(tmp_path, damage=None):
      "data_batch_5 is truncated or corrupt"),
     (lambda d: (d / "data_batch_5").write_bytes(b"not a pickle at all"), "data_batch_5 is truncated or corrupt"),
     (lambda d: (d / "data_batch_5").unlink(), "data_batch_5 is missing"),
-], ids=["truncated", "garbage", "missing"])
+    (lambda d: (d / "data_batch_5").write_bytes(pickle.dumps(_RunsCode(d / "pwned"))),
+     r"data_batch_5 is not a CIFAR-10 batch \(it refers to posix.system"),
+], ids=["truncated", "garbage", "missing", "foreign-pickle"])
 def test_cifar_damaged_files_name_the_file_and_the_fix(tmp_path, damage, message):
     root = _cifar_copy(tmp_path, damage)
     with pytest.raises(DataError, match=message) as e:
         load_cifar10(root, "validation")
     assert "plasticity data download cifar10" in str(e.value) and "\n" not in str(e.value)
+    assert not (root / "cifar-10-batches-py" / "pwned").exists()  # nothing in the file was run
+
+
+class _RunsCode:
+    """Unpickling this runs a shell command: what the batch reader must refuse."""
+
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return os.system, (f"touch {self.marker}",)
 
 
 def test_cifar_missing_directory_error(tmp_path):

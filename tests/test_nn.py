@@ -15,6 +15,10 @@ from tests.conftest import assert_close
 
 RNN_CASES = list(itertools.product(("hebb", "oja"), ("free", "yoked"), ("scalar", "per-connection"),
                                    ("add", "clamp"), (None, 0.5)))
+IMPLS = {"plain": dict(impl="plain"), "fused-cpp": dict(impl="fused", fused_backend="cpp"),
+         "fused-torch": dict(impl="fused", fused_backend="torch")}
+"""Every implementation of `PlasticRNN`: step-by-step autograd, and the fused path with
+its C++ kernels and with its torch-op kernels."""
 
 
 def _rnn(rule, alpha_mode, eta_mode, input_mode, clip, n=6, seed=0, **kw):
@@ -41,11 +45,13 @@ def _grads(loss, net, extra=()):
     return torch.autograd.grad(loss, params)
 
 
+@pytest.mark.parametrize("impl", IMPLS)
 @pytest.mark.parametrize("rule,alpha_mode,eta_mode,input_mode,clip", RNN_CASES,
                          ids=["-".join(map(str, c)) for c in RNN_CASES])
-def test_plastic_rnn_matches_naive_per_episode(rule, alpha_mode, eta_mode, input_mode, clip):
-    """B batched episodes == B separate naive runs, on outputs and on all gradients."""
-    net = _rnn(rule, alpha_mode, eta_mode, input_mode, clip)
+def test_plastic_rnn_matches_naive_per_episode(rule, alpha_mode, eta_mode, input_mode, clip, impl):
+    """B batched episodes == B separate naive runs, on outputs and on all gradients
+    (clip 0.5 clips: the initial Hebb and the updates reach past it)."""
+    net = _rnn(rule, alpha_mode, eta_mode, input_mode, clip, **IMPLS[impl])
     b, t, n = 3, 7, net.n
     x = _inputs(b, t, n, input_mode)
     y0 = (0.5 * torch.randn(b, n, dtype=torch.float64)).requires_grad_()
@@ -70,9 +76,10 @@ def test_plastic_rnn_matches_naive_per_episode(rule, alpha_mode, eta_mode, input
         assert_close(a, c, name=f"grad {name}")
 
 
+@pytest.mark.parametrize("impl", IMPLS)
 @pytest.mark.parametrize("rule", ["hebb", "oja"])
-def test_plastic_rnn_gradcheck(rule):
-    net = _rnn(rule, "free", "scalar", "add", None, n=3)
+def test_plastic_rnn_gradcheck(rule, impl):
+    net = _rnn(rule, "free", "scalar", "add", None, n=3, **IMPLS[impl])
     x = _inputs(2, 4, 3, "add")
     # gradcheck wants a pure function of its inputs: use torch.func.functional_call.
     names, params = zip(*net.named_parameters(), strict=True)
@@ -81,10 +88,11 @@ def test_plastic_rnn_gradcheck(rule):
     assert torch.autograd.gradcheck(f, inputs)
 
 
+@pytest.mark.parametrize("impl", IMPLS)
 @pytest.mark.parametrize("rule", ["hebb", "oja"])
-def test_packed_episodes_with_reset_equal_separate_runs(rule):
+def test_packed_episodes_with_reset_equal_separate_runs(rule, impl):
     """Two episodes run back to back with a reset == each run from a zero state."""
-    net = _rnn(rule, "free", "scalar", "add", None)
+    net = _rnn(rule, "free", "scalar", "add", None, **IMPLS[impl])
     first, second = _inputs(2, 5, net.n, "add", seed=2), _inputs(2, 4, net.n, "add", seed=3)
     packed = torch.cat([first, second], 1)
     reset = torch.zeros(2, 9, dtype=torch.bool)
@@ -101,9 +109,10 @@ def test_packed_episodes_with_reset_equal_separate_runs(rule):
         assert_close(a, c, name=f"grad {name}")
 
 
-def test_reset_per_episode_in_batch():
+@pytest.mark.parametrize("impl", IMPLS)
+def test_reset_per_episode_in_batch(impl):
     """Resets at different steps for different batch elements."""
-    net = _rnn("hebb", "free", "scalar", "add", None)
+    net = _rnn("hebb", "free", "scalar", "add", None, **IMPLS[impl])
     x = _inputs(2, 6, net.n, "add")
     reset = torch.zeros(2, 6, dtype=torch.bool)
     reset[0, 2], reset[1, 4] = True, True
@@ -113,10 +122,12 @@ def test_reset_per_episode_in_batch():
     assert_close(out[1, :4], net(x[1:, :4])[0][0], name="episode 1 before reset")
 
 
+@pytest.mark.parametrize("impl", IMPLS)
 @pytest.mark.parametrize("rule", ["hebb", "oja"])
-def test_segment_recompute_gives_identical_gradients(rule):
-    plain = _rnn(rule, "free", "per-connection", "add", 0.5)
-    chunked = _rnn(rule, "free", "per-connection", "add", 0.5, checkpoint_every=3)
+def test_segment_recompute_gives_identical_gradients(rule, impl):
+    """`checkpoint_every`: plain recomputes segments, fused stores exact Hebb states."""
+    plain = _rnn(rule, "free", "per-connection", "add", 0.5, impl="plain")
+    chunked = _rnn(rule, "free", "per-connection", "add", 0.5, checkpoint_every=3, **IMPLS[impl])
     x = _inputs(2, 8, plain.n, "add")
     out_p, _ = plain(x)
     out_c, _ = chunked(x)

@@ -49,14 +49,33 @@ def cifar_dir(data_dir) -> Path:
     return found
 
 
+class _ForeignObject(pickle.UnpicklingError):
+    pass
+
+
+class _BatchUnpickler(pickle.Unpickler):
+    """Unpickles a CIFAR-10 batch and nothing else: the only globals a batch refers to are
+    numpy's array reconstruction (a foreign pickle could otherwise run code on load)."""
+
+    ALLOWED = {("numpy", "ndarray"), ("numpy", "dtype"), ("numpy.core.multiarray", "_reconstruct"),
+               ("numpy._core.multiarray", "_reconstruct")}
+
+    def find_class(self, module: str, name: str):
+        if (module, name) not in self.ALLOWED:
+            raise _ForeignObject(f"it refers to {module}.{name}, which a CIFAR-10 batch never does")
+        return super().find_class(module, name)
+
+
 def read_batch(path: Path) -> tuple[np.ndarray, np.ndarray]:
     """(uint8 `[n, 3072]`, int64 `[n]`) from one pickled batch, with clear errors."""
     if not path.is_file():
         raise DataError(f"CIFAR-10 file {path} is missing: {FIX}")
     try:
         with open(path, "rb") as f:
-            batch = pickle.load(f, encoding="bytes")
+            batch = _BatchUnpickler(f, encoding="bytes").load()
         data, labels = batch[b"data"], batch[b"labels"]
+    except _ForeignObject as e:
+        raise DataError(f"CIFAR-10 file {path} is not a CIFAR-10 batch ({e}): delete it and {FIX}") from None
     except (pickle.UnpicklingError, EOFError, ValueError, TypeError, KeyError, AttributeError, IndexError) as e:
         raise DataError(f"CIFAR-10 file {path} is truncated or corrupt ({type(e).__name__}): delete it and "
                         f"{FIX}") from None

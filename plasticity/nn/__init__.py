@@ -7,6 +7,7 @@ from plasticity.nn.baselines import LSTMNet, RecurrentNet
 from plasticity.nn.plastic import (
     ALPHA_MODES,
     ETA_MODES,
+    IMPLS,
     INPUT_MODES,
     MODULATIONS,
     PlasticLinear,
@@ -16,5 +17,5 @@ from plasticity.nn.plastic import (
     drive_neurons,
 )
 
-__all__ = ["ALPHA_MODES", "ETA_MODES", "INPUT_MODES", "MODULATIONS", "LSTMNet", "PlasticLinear", "PlasticRNN",
+__all__ = ["ALPHA_MODES", "ETA_MODES", "IMPLS", "INPUT_MODES", "MODULATIONS", "LSTMNet", "PlasticLinear", "PlasticRNN",
            "PlasticState", "PlasticWeights", "RecurrentNet", "drive_neurons"]

@@ -20,12 +20,16 @@ from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
 from plasticity.errors import ConfigError, ShapeError, check_choice, check_eta, check_positive
+from plasticity.nn.fused import BACKENDS as FUSED_BACKENDS
+from plasticity.nn.fused import plastic_rnn_fused
+from plasticity.nn.fused import supports as fused_supports
 from plasticity.rules import Traces, get_rule
 
 ALPHA_MODES = ("free", "yoked")
 ETA_MODES = ("scalar", "per-connection")
 INPUT_MODES = ("add", "clamp")
 MODULATIONS = ("none", "network", "neuron")
+IMPLS = ("fused", "plain")
 
 
 class PlasticState(NamedTuple):
@@ -193,9 +197,18 @@ class PlasticRNN(nn.Module):
     Args:
         n: number of neurons.
         input_mode: `add` or `clamp` (see `drive_neurons`).
-        checkpoint_every: if > 0, recompute the forward pass in segments of this many
-            steps during backward instead of storing every step's N^2 intermediates
-            (memory falls from O(T) to O(T / k + k) Hebb-sized tensors per episode).
+        impl: `fused` (default): the whole sequence as one autograd node (`fused.py`):
+            one pass over Hebb per step, and a backward pass that rebuilds Hebb by
+            inverting the rule, so memory does not grow with steps x N^2. Rules without
+            an inverse (the neuromodulated ones) run `plain` instead. `plain`: step-by-step
+            autograd, the reference.
+        checkpoint_every: if > 0, `plain` recomputes the forward pass in segments of this
+            many steps during backward instead of storing every step's N^2 intermediates
+            (memory falls from O(T) to O(T / k + k) Hebb-sized tensors per episode);
+            `fused` stores an exact Hebb state every this many steps (bounds the
+            rounding error of the inversion further).
+        fused_backend: kernels of the fused path: `auto` (C++ on CPU, torch ops elsewhere),
+            `cpp` or `torch`.
         modulation: for neuromodulated rules (`neuromod`, `retroactive`), the network
             emits `M(t) = tanh(y(t) @ w_m + b_m)` (`modulator`, a learned read-out) that
             drives the update: `network` (one M per episode) or `neuron` (one per
@@ -204,18 +217,22 @@ class PlasticRNN(nn.Module):
     """
 
     def __init__(self, n: int, *, input_mode: str = "add", checkpoint_every: int = 0, modulation: str = "none",
-                 **plastic):
+                 impl: str = "fused", fused_backend: str = "auto", **plastic):
         super().__init__()
         check_choice("input mode", input_mode, INPUT_MODES)
         check_choice("modulation", modulation, MODULATIONS)
+        check_choice("implementation", impl, IMPLS)
+        check_choice("fused backend", fused_backend, FUSED_BACKENDS)
         check_positive("checkpoint_every", checkpoint_every, allow_zero=True)
         self.n, self.input_mode, self.checkpoint_every = n, input_mode, checkpoint_every
+        self.impl, self.fused_backend = impl, fused_backend
         self.plastic = PlasticWeights(n, n, **plastic)
         if self.plastic.rule.modulated != (modulation != "none"):
             raise ConfigError(f"rule {self.plastic.rule.name!r} with modulation {modulation!r}: neuromodulated "
                               "rules (neuromod, retroactive) need modulation 'network' or 'neuron', the others 'none'")
         self.modulation = modulation
         self.modulator = None if modulation == "none" else nn.Linear(n, 1 if modulation == "network" else n)
+        self.fused = impl == "fused" and fused_supports(self.plastic.rule)
 
     def modulate(self, y: Tensor) -> Tensor | None:
         """`M(t) = tanh(y(t) @ w_m + b_m)`: `[B, 1]` or `[B, N]`; None without modulation."""
@@ -236,7 +253,8 @@ class PlasticRNN(nn.Module):
         _check_sequence("inputs", inputs, self.n)
         batch, steps, _ = inputs.shape
         _check_reset(reset, batch, steps)
-        if state is None:
+        fresh = state is None
+        if fresh:
             state = self.initial_state(batch, device=inputs.device, dtype=inputs.dtype)
         if not isinstance(state, tuple) or len(state) != 2:
             raise ShapeError("state must be (y [B, N], traces): pass the state the layer returned or None")
@@ -244,6 +262,8 @@ class PlasticRNN(nn.Module):
         if tuple(state.y.shape) != (batch, self.n):
             raise ShapeError(f"state.y has shape {tuple(state.y.shape)}, expected {(batch, self.n)} [B, N]")
         self.plastic.check_traces(state.traces, batch)
+        if self.fused:
+            return self._fused(inputs, state, reset, fresh)
         seg = self.checkpoint_every if (self.checkpoint_every and torch.is_grad_enabled()) else steps
         outputs = []
         y, traces = state
@@ -258,6 +278,20 @@ class PlasticRNN(nn.Module):
                 out, y, *traces = self._segment(chunk, chunk_reset, y, *traces)
             outputs.append(out)
         return torch.cat(outputs, 1), PlasticState(y, tuple(traces))
+
+    def _fused(self, inputs: Tensor, state: PlasticState, reset: Tensor | None,
+               fresh: bool) -> tuple[Tensor, PlasticState]:
+        p = self.plastic
+        # A fresh episode starts from zero Hebb: None spares the kernels a pass over zeros.
+        hebb0 = None if fresh else state.traces[0]
+        out, (y, hebb) = plastic_rnn_fused(inputs, p.w, p.alpha, p.eta, rule=p.rule.name, input_mode=self.input_mode,
+                                           clip=p.clip, initial_state=(state.y, hebb0), reset=reset,
+                                           checkpoint_every=self.checkpoint_every, backend=self.fused_backend)
+        return out, PlasticState(y, (hebb,))
+
+    def extra_repr(self) -> str:
+        impl = "fused" if self.fused else "plain"
+        return f"n={self.n}, input_mode={self.input_mode}, impl={impl}, modulation={self.modulation}"
 
     def _segment(self, inputs: Tensor, reset: Tensor | None, y: Tensor, *traces: Tensor):
         outputs = []

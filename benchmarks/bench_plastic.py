@@ -1,0 +1,211 @@
+"""Benchmark: training throughput and peak memory of the plastic recurrent network,
+against the memory-traffic floor of this machine.
+
+    python benchmarks/bench_plastic.py                        # the full table (about 15 min on 2 cores)
+    python benchmarks/bench_plastic.py --sizes patterns --batches 1 8
+    python benchmarks/bench_plastic.py --device cuda          # the same table on a GPU
+    python benchmarks/bench_plastic.py --smoke-test           # tiny sizes, seconds (CI)
+
+Sizes: `patterns` = the reference pattern task (N = 1001 neurons, 106 steps per
+episode, input added); `images` = the reference image task (N = 1025, 201 steps,
+input clamped; random pixel values: the timing does not depend on them). One row per
+(size, path, batch); each row runs in a fresh subprocess so that its peak memory is its
+own. A row is one optimiser step over `batch` episodes: forward, backward through all
+steps, Adam. Paths:
+
+  naive    the step-by-step one-episode loop (`plasticity.nn.naive`), plain autograd,
+           like the 2018 code; a batch of B is B episodes one after another
+  plain    `PlasticRNN(impl="plain")`: all B episodes at once, step-by-step autograd
+  fused    `PlasticRNN(impl="fused")` (the default): one pass over Hebb per step and a
+           backward pass that rebuilds Hebb by inverting the rule (`plasticity/nn/fused.py`)
+
+The floor: the fused algorithm must move, per step, its `[B, N, N]` float32 tensors
+6 times (forward: read H_t, write H_t+1; backward: read H_t and dL/dH, write H_t-1 and
+dL/dH) and the `[N, N]` parameters 6 times (alpha read forward and backward; dalpha
+and deta read and written). Floor episodes/s = B / (T x those bytes / bandwidth), the
+bandwidth being this machine's measured copy rate (read + write of a tensor far larger
+than the caches). `% floor` = measured / floor episodes/s: 100% would be a step bound
+by memory traffic alone; above 100% means the tensors stayed in cache.
+
+Rows whose plain-autograd memory, extrapolated from batch 1, would not fit under
+--memory-limit-gib are not run and say so. No assertions: this prints a table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+
+import torch
+
+from plasticity.nn import PlasticRNN
+from plasticity.nn.naive import plastic_rnn_naive
+
+
+@dataclass(frozen=True)
+class Size:
+    n: int
+    steps: int
+    input_mode: str
+
+
+SIZES = {"patterns": Size(1001, 106, "add"), "images": Size(1025, 201, "clamp")}
+SMOKE = {"patterns": Size(51, 11, "add"), "images": Size(65, 13, "clamp")}
+PATHS = ("naive", "plain", "fused")
+
+
+def copy_bandwidth(device: torch.device, mib: int = 512, reps: int = 5) -> float:
+    """Bytes per second moved by `dst.copy_(src)` (each byte read once and written once)."""
+    src = torch.ones(mib * 2**18, device=device)
+    dst = torch.empty_like(src)
+    dst.copy_(src)
+    best = float("inf")
+    for _ in range(reps):
+        sync(device)
+        t0 = time.perf_counter()
+        dst.copy_(src)
+        sync(device)
+        best = min(best, time.perf_counter() - t0)
+    return 2 * src.numel() * 4 / best
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def floor_bytes_per_step(n: int, batch: int, itemsize: int = 4) -> int:
+    return (6 * batch * n * n + 6 * n * n) * itemsize
+
+
+def peak_mib(device: torch.device) -> float:
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def current_mib(device: torch.device) -> float:
+    if device.type == "cuda":
+        return torch.cuda.memory_allocated(device) / 2**20
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+
+
+def episode_inputs(size: Size, batch: int, g: torch.Generator) -> torch.Tensor:
+    """Inputs of the right kind: +-20 on the pattern bits (added), pixel values on half
+    the neurons and zero on the rest (clamped)."""
+    x = torch.randn(batch, size.steps, size.n, generator=g)
+    if size.input_mode == "add":
+        return 20 * torch.sign(x)
+    return x.clamp(-1, 1) * (torch.rand(batch, size.steps, size.n, generator=g) < 0.5)
+
+
+def run_one(size_name: str, path: str, batch: int, reps: int, smoke: bool, device_name: str) -> dict:
+    """Time `reps` optimiser steps after one warm-up step; report episodes/s and memory."""
+    size = (SMOKE if smoke else SIZES)[size_name]
+    device = torch.device(device_name)
+    torch.manual_seed(0)
+    net = PlasticRNN(size.n, input_mode=size.input_mode, impl="plain" if path == "naive" else path).to(device)
+    opt = torch.optim.Adam(net.parameters(), lr=1e-4)
+    g = torch.Generator().manual_seed(0)
+    batches = [episode_inputs(size, batch, g).to(device) for _ in range(reps + 1)]
+    targets = [torch.sign(torch.randn(batch, size.n, generator=g)).to(device) for _ in range(reps + 1)]
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    idle = current_mib(device)
+
+    def step(x, target):
+        opt.zero_grad(set_to_none=True)
+        if path == "naive":
+            p = net.plastic
+            for b in range(batch):
+                out, _ = plastic_rnn_naive(p.w, p.alpha, p.eta, "hebb", x[b], input_mode=size.input_mode)
+                ((out[-1] - target[b]).pow(2).mean() / batch).backward()
+        else:
+            out, _ = net(x)
+            (out[:, -1] - target).pow(2).mean().backward()
+        opt.step()
+
+    step(batches[0], targets[0])  # warm-up (and, first time on a machine, the C++ build)
+    sync(device)
+    t0 = time.perf_counter()
+    for x, target in zip(batches[1:], targets[1:], strict=True):
+        step(x, target)
+    sync(device)
+    seconds = (time.perf_counter() - t0) / reps
+    return {"size": size_name, "path": path, "batch": batch, "episodes_per_s": batch / seconds,
+            "peak_mib": peak_mib(device), "idle_mib": idle}
+
+
+def fmt_row(size: str, path: str, batch: int, rest: str) -> str:
+    return f"{size:<9} {path:<6} {batch:>5} {rest}"
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--sizes", nargs="+", default=list(SIZES), choices=list(SIZES))
+    ap.add_argument("--batches", type=int, nargs="+", default=[1, 8, 32])
+    ap.add_argument("--paths", nargs="+", default=list(PATHS), choices=list(PATHS))
+    ap.add_argument("--naive-batches", type=int, nargs="+", default=[1],
+                    help="batches run on the naive path (it runs episodes one after another)")
+    ap.add_argument("--reps", type=int, default=2, help="timed optimiser steps per row (after 1 warm-up)")
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--memory-limit-gib", type=float, default=20.0)
+    ap.add_argument("--smoke-test", action="store_true", help="tiny sizes, to check the script runs")
+    ap.add_argument("--json", help="also write the rows to this file (one JSON object per line)")
+    ap.add_argument("--one", nargs=3, metavar=("SIZE", "PATH", "BATCH"), help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.one:
+        row = run_one(args.one[0], args.one[1], int(args.one[2]), args.reps, args.smoke_test, args.device)
+        print(json.dumps(row))
+        return
+
+    device = torch.device(args.device)
+    bandwidth = copy_bandwidth(device, 64 if args.smoke_test else 512)
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU, {torch.get_num_threads()} threads"
+    print(f"torch {torch.__version__}, {name}; measured copy bandwidth {bandwidth / 1e9:.1f} GB/s")
+    header = fmt_row("size", "path", "batch", f"{'episodes/s':>11} {'floor ep/s':>11} {'% floor':>8} "
+                                              f"{'peak MiB':>9} {'over idle':>10}")
+    print(header)
+    print("-" * len(header))
+    rows = []
+    for size_name in args.sizes:
+        size = (SMOKE if args.smoke_test else SIZES)[size_name]
+        plain_1 = None
+        for path in args.paths:
+            for batch in (args.naive_batches if path == "naive" else args.batches):
+                floor = batch * bandwidth / (size.steps * floor_bytes_per_step(size.n, batch))
+                if path == "plain" and plain_1 is not None and batch > 1:
+                    need = plain_1["idle_mib"] + (plain_1["peak_mib"] - plain_1["idle_mib"]) * batch
+                    if need > args.memory_limit_gib * 1024:
+                        print(fmt_row(size_name, path, batch, f"not run: needs ~{need / 1024:.0f} GiB "
+                                                              f"(> {args.memory_limit_gib:g} GiB limit)"))
+                        continue
+                cmd = [sys.executable, __file__, "--one", size_name, path, str(batch), "--reps", str(args.reps),
+                       "--device", args.device] + (["--smoke-test"] if args.smoke_test else [])
+                proc = subprocess.run(cmd, capture_output=True, text=True)
+                if proc.returncode != 0:
+                    print(fmt_row(size_name, path, batch, f"failed: {proc.stderr.strip().splitlines()[-1:]}"))
+                    continue
+                row = json.loads(proc.stdout.strip().splitlines()[-1])
+                row.update(floor_episodes_per_s=floor, bandwidth_gbs=bandwidth / 1e9, device=name)
+                rows.append(row)
+                if path == "plain" and batch == 1:
+                    plain_1 = row
+                print(fmt_row(size_name, path, batch,
+                              f"{row['episodes_per_s']:>11.2f} {floor:>11.2f} "
+                              f"{100 * row['episodes_per_s'] / floor:>7.0f}% {row['peak_mib']:>9.0f} "
+                              f"{row['peak_mib'] - row['idle_mib']:>10.0f}"), flush=True)
+    if args.json:
+        with open(args.json, "w") as f:
+            f.writelines(json.dumps(r) + "\n" for r in rows)
+
+
+if __name__ == "__main__":
+    main()

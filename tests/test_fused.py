@@ -1,0 +1,166 @@
+"""The fused path of `PlasticRNN` (`plasticity/nn/fused.py`) beyond the value-and-gradient
+comparisons of test_nn.py: what it stores for the backward pass, its accuracy in
+float32 over a reference-length episode, where it falls back, and its errors."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from plasticity.errors import ConfigError, ShapeError
+from plasticity.nn import PlasticRNN
+from plasticity.nn.fused import plastic_rnn_fused
+from tests.conftest import assert_close
+
+
+def _net(rule="hebb", n=8, eta=0.05, dtype=torch.float64, seed=0, **kw):
+    torch.manual_seed(seed)
+    return PlasticRNN(n, rule=rule, eta=eta, init_std=0.3, **kw).to(dtype)
+
+
+def _x(b, t, n, dtype=torch.float64, seed=1):
+    g = torch.Generator().manual_seed(seed)
+    return 3 * torch.randn(b, t, n, generator=g, dtype=torch.float64).to(dtype)
+
+
+def _stored(out: torch.Tensor) -> int:
+    """Exact Hebb states the fused node keeps for its backward pass (its `ckpts`; the
+    initial state is None when the episode starts from zero Hebb)."""
+    return sum(h is not None for h in out.grad_fn.ckpts.values())
+
+
+def _grads(net, out):
+    weights = torch.randn(out.shape, generator=torch.Generator().manual_seed(7), dtype=torch.float64).to(out)
+    p = net.plastic
+    return torch.autograd.grad((out * weights).sum(), [p.w, p.alpha, p.eta])
+
+
+@pytest.mark.parametrize("rule", ["hebb", "oja"])
+@pytest.mark.parametrize("steps", [20, 200])
+def test_backward_stores_no_hebb_state_per_step(rule, steps):
+    """A small eta is inverted all the way back: nothing of size N^2 is kept per step,
+    whatever the episode length, and the gradients are still those of plain autograd."""
+    fused, plain = _net(rule), _net(rule, impl="plain")
+    x = _x(2, steps, fused.n)
+    out, _ = fused(x)
+    assert _stored(out) == 0
+    for a, b in zip(_grads(fused, out), _grads(plain, plain(x)[0]), strict=True):
+        assert_close(a, b, rtol=1e-9)
+
+
+@pytest.mark.parametrize("rule", ["hebb", "oja"])
+def test_eta_one_cannot_be_inverted_and_every_state_is_stored(rule):
+    """eta = 1 forgets Hebb entirely at each step (decaying Hebb) or makes Oja's
+    inverse blow up: the fused path stores the states instead and stays exact."""
+    fused, plain = _net(rule, eta=1.0), _net(rule, eta=1.0, impl="plain")
+    x = _x(2, 12, fused.n)
+    out, _ = fused(x)
+    if rule == "hebb":
+        assert _stored(out) == 12 - 1  # every state a later step reads, but the first (zero)
+    else:
+        assert _stored(out) >= 1
+    for a, b in zip(_grads(fused, out), _grads(plain, plain(x)[0]), strict=True):
+        assert_close(a, b, rtol=1e-9)
+
+
+def test_checkpoint_every_bounds_the_inversion_run():
+    net = _net(checkpoint_every=5)
+    out, _ = net(_x(1, 31, net.n))
+    assert _stored(out) == len(range(5, 31, 5))
+
+
+def test_clipped_steps_are_stored_not_inverted():
+    net = _net(eta=0.5, clip=0.05)
+    out, _ = net(_x(2, 10, net.n))
+    assert _stored(out) >= 1  # a clamp loses information: those steps cannot be inverted
+
+
+@pytest.mark.parametrize("rule", ["hebb", "oja"])
+@pytest.mark.parametrize("eta", [0.01, 0.3])
+def test_float32_reference_length_episode_is_as_accurate_as_plain_autograd(rule, eta):
+    """106 steps (the reference pattern episode) in float32: the rounding error that the
+    inversion adds stays of the order of plain autograd's own float32 error. (Near
+    eta = 1 the dynamics amplify any rounding difference, the forward's summation order
+    included: there both paths are off by 1e-4..1e-3 and the test would only measure
+    which rounding the chaos picked.)"""
+    ref = _net(rule, n=48, eta=eta, impl="plain")
+    x = torch.sign(_x(2, 106, 48)) * 3
+    exact = _grads(ref, ref(x)[0])
+    errors = {}
+    for impl in ("plain", "fused"):
+        net = _net(rule, n=48, eta=eta, impl=impl, dtype=torch.float32)
+        net.load_state_dict({k: v.float() for k, v in ref.state_dict().items()})
+        got = _grads(net, net(x.float())[0])
+        errors[impl] = max(float((g.double() - e).abs().max() / e.abs().max()) for g, e in zip(got, exact,
+                                                                                              strict=True))
+    assert errors["fused"] < 1e-4
+    assert errors["fused"] < 10 * errors["plain"] + 1e-6, errors
+
+
+def test_no_grad_forward_keeps_nothing():
+    net = _net()
+    with torch.no_grad():
+        out, state = net(_x(2, 6, net.n))
+    assert out.grad_fn is None and state.traces[0].shape == (2, net.n, net.n)
+
+
+def test_neuromodulated_rules_fall_back_to_plain_autograd():
+    net = PlasticRNN(6, rule="neuromod", modulation="network")
+    assert net.impl == "fused" and not net.fused
+    out, _ = net(torch.randn(2, 4, 6))
+    assert "Episode" not in type(out.grad_fn).__name__
+
+
+def test_fused_and_plain_give_the_same_training_gradients():
+    """The pattern task's model built from its config (`--impl`), float32: the same
+    loss gradient for every parameter either way."""
+    from plasticity.config import preset
+    from plasticity.models import build_model
+    from plasticity.tasks import make_task
+
+    grads = {}
+    for impl in ("fused", "plain"):
+        cfg = preset("patterns", "small", impl=impl, batch_size=4)
+        task = make_task(cfg)
+        torch.manual_seed(0)
+        model = build_model(cfg, task.n_io)
+        assert model.core.fused == (impl == "fused")
+        batch = task.sample(4, torch.Generator().manual_seed(3))
+        task.loss(model(task.inputs(batch))[0], batch).backward()
+        grads[impl] = {name: p.grad for name, p in model.named_parameters()}
+    for name, value in grads["plain"].items():
+        assert_close(grads["fused"][name], value, rtol=1e-4, name=name)
+
+
+@pytest.mark.parametrize("call,error,message", [
+    (lambda w: plastic_rnn_fused(torch.zeros(1, 3, 4), w, w, torch.tensor(0.1), rule="neuromod"),
+     ConfigError, "the fused path has no inverse for rule 'neuromod'"),
+    (lambda w: plastic_rnn_fused(torch.zeros(1, 3, 5), w, w, torch.tensor(0.1)),
+     ShapeError, r"inputs must be \[B, T, 4\], got \(1, 3, 5\)"),
+    (lambda w: plastic_rnn_fused(torch.zeros(1, 0, 4), w, w, torch.tensor(0.1)),
+     ShapeError, "at least one step"),
+    (lambda w: plastic_rnn_fused(torch.zeros(1, 3, 4), w, w, torch.tensor(0.1), backend="cuda"),
+     ConfigError, "unknown fused backend 'cuda'"),
+    (lambda w: plastic_rnn_fused(torch.zeros(1, 3, 4, dtype=torch.float16), w.half(), w.half(),
+                                 torch.tensor(0.1).half(), backend="cpp"),
+     ConfigError, "the cpp backend runs float32/float64 on CPU"),
+], ids=["rule", "shape", "empty", "backend", "dtype"])
+def test_bad_input_is_named(call, error, message):
+    with pytest.raises(error, match=message):
+        call(torch.zeros(4, 4))
+    with pytest.raises(ConfigError, match="unknown implementation 'fast'"):
+        PlasticRNN(4, impl="fast")
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("rule", ["hebb", "oja"])
+def test_cuda_fused_path_matches_cpu(rule):
+    cpu = _net(rule, n=32, dtype=torch.float32)
+    gpu = _net(rule, n=32, dtype=torch.float32).cuda()
+    x = _x(4, 30, 32, dtype=torch.float32)
+    out_c, _ = cpu(x)
+    out_g, _ = gpu(x.cuda())
+    assert_close(out_g.cpu().double(), out_c.double(), rtol=1e-4, name="outputs")
+    for a, b in zip(_grads(gpu, out_g), _grads(cpu, out_c), strict=True):
+        assert_close(a.cpu().double(), b.double(), rtol=1e-3)
