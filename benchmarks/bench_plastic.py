@@ -25,7 +25,14 @@ dL/dH) and the `[N, N]` parameters 6 times (alpha read forward and backward; dal
 and deta read and written). Floor episodes/s = B / (T x those bytes / bandwidth), the
 bandwidth being this machine's measured copy rate (read + write of a tensor far larger
 than the caches). `% floor` = measured / floor episodes/s: 100% would be a step bound
-by memory traffic alone; above 100% means the tensors stayed in cache.
+by memory traffic alone; above 100% means the tensors stayed in cache. `% rmw` is the
+same ratio with the in-place read-modify-write rate, the stricter bound for kernels
+that update their tensors in place (as these do): copying pays for each write's line
+being read first, an in-place update does not.
+
+Peak memory is the process's own (CPU: resident-set high-water mark; CUDA: peak
+allocated), so it includes torch itself (`over idle` subtracts what the process held
+before the first step).
 
 Rows whose plain-autograd memory, extrapolated from batch 1, would not fit under
 --memory-limit-gib are not run and say so. No assertions: this prints a table.
@@ -36,7 +43,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
+import statistics
 import subprocess
 import sys
 import time
@@ -60,19 +67,27 @@ SMOKE = {"patterns": Size(51, 11, "add"), "images": Size(65, 13, "clamp")}
 PATHS = ("naive", "plain", "fused")
 
 
-def copy_bandwidth(device: torch.device, mib: int = 512, reps: int = 5) -> float:
-    """Bytes per second moved by `dst.copy_(src)` (each byte read once and written once)."""
+def bandwidths(device: torch.device, mib: int = 512, reps: int = 11) -> tuple[float, float]:
+    """(copy, in-place) bytes per second, each the median of `reps` timed passes over a
+    tensor far larger than the caches, counting each byte read once and written once:
+    `dst.copy_(src)` (STREAM's copy; on CPU the write first reads its line, so memory
+    sees 3 transfers) and `x.mul_(1)` (a read-modify-write of the same lines, the access
+    pattern of the fused kernels)."""
     src = torch.ones(mib * 2**18, device=device)
     dst = torch.empty_like(src)
-    dst.copy_(src)
-    best = float("inf")
-    for _ in range(reps):
-        sync(device)
-        t0 = time.perf_counter()
-        dst.copy_(src)
-        sync(device)
-        best = min(best, time.perf_counter() - t0)
-    return 2 * src.numel() * 4 / best
+
+    def rate(op) -> float:
+        op()
+        times = []
+        for _ in range(reps):
+            sync(device)
+            t0 = time.perf_counter()
+            op()
+            sync(device)
+            times.append(time.perf_counter() - t0)
+        return 2 * src.numel() * 4 / statistics.median(times)
+
+    return rate(lambda: dst.copy_(src)), rate(lambda: src.mul_(1.0))
 
 
 def sync(device: torch.device) -> None:
@@ -85,9 +100,12 @@ def floor_bytes_per_step(n: int, batch: int, itemsize: int = 4) -> int:
 
 
 def peak_mib(device: torch.device) -> float:
+    """Peak memory of this process: CUDA allocations, else the resident set's high-water
+    mark of this program image (VmHWM; ru_maxrss would carry the parent's over exec)."""
     if device.type == "cuda":
         return torch.cuda.max_memory_allocated(device) / 2**20
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    with open("/proc/self/status") as f:
+        return next(int(line.split()[1]) for line in f if line.startswith("VmHWM:")) / 1024
 
 
 def current_mib(device: torch.device) -> float:
@@ -167,10 +185,11 @@ def main() -> None:
         return
 
     device = torch.device(args.device)
-    bandwidth = copy_bandwidth(device, 64 if args.smoke_test else 512)
+    bandwidth, rmw = bandwidths(device, 64 if args.smoke_test else 512)
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU, {torch.get_num_threads()} threads"
-    print(f"torch {torch.__version__}, {name}; measured copy bandwidth {bandwidth / 1e9:.1f} GB/s")
-    header = fmt_row("size", "path", "batch", f"{'episodes/s':>11} {'floor ep/s':>11} {'% floor':>8} "
+    print(f"torch {torch.__version__}, {name}; measured bandwidth: copy {bandwidth / 1e9:.1f} GB/s "
+          f"(the floor), in-place read-modify-write {rmw / 1e9:.1f} GB/s (% rmw)")
+    header = fmt_row("size", "path", "batch", f"{'episodes/s':>11} {'floor ep/s':>11} {'% floor':>8} {'% rmw':>6} "
                                               f"{'peak MiB':>9} {'over idle':>10}")
     print(header)
     print("-" * len(header))
@@ -194,13 +213,16 @@ def main() -> None:
                     print(fmt_row(size_name, path, batch, f"failed: {proc.stderr.strip().splitlines()[-1:]}"))
                     continue
                 row = json.loads(proc.stdout.strip().splitlines()[-1])
-                row.update(floor_episodes_per_s=floor, bandwidth_gbs=bandwidth / 1e9, device=name)
+                rmw_floor = floor * rmw / bandwidth
+                row.update(floor_episodes_per_s=floor, rmw_floor_episodes_per_s=rmw_floor,
+                           copy_gbs=bandwidth / 1e9, rmw_gbs=rmw / 1e9, device=name)
                 rows.append(row)
                 if path == "plain" and batch == 1:
                     plain_1 = row
                 print(fmt_row(size_name, path, batch,
                               f"{row['episodes_per_s']:>11.2f} {floor:>11.2f} "
-                              f"{100 * row['episodes_per_s'] / floor:>7.0f}% {row['peak_mib']:>9.0f} "
+                              f"{100 * row['episodes_per_s'] / floor:>7.0f}% "
+                              f"{100 * row['episodes_per_s'] / rmw_floor:>5.0f}% {row['peak_mib']:>9.0f} "
                               f"{row['peak_mib'] - row['idle_mib']:>10.0f}"), flush=True)
     if args.json:
         with open(args.json, "w") as f:

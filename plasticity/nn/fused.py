@@ -10,7 +10,9 @@ Same signature idea as the naive reference (`naive.py`) and the plain autograd l
 `z_t = y_{t-1} @ (alpha * H_t)`. The Hebb update of step t and the plastic product of
 step t+1 read the same tensor, so one pass over `H_t` writes `H_{t+1} = rule(H_t,
 y_{t-1}, y_t)` and sums `z_{t+1} = y_t @ (alpha * H_{t+1})` (`forward_step`). Nothing
-of size N^2 is kept per step: the pass writes into the buffer freed by the step before.
+of size N^2 is kept per step: the pass overwrites `H_t` in place, or, where `H_t` must
+be kept (stored, see below; or with clipping, which decides that only after the step),
+writes into the buffer freed by the step before.
 
 **Backward.** Only the activities `y` `[B, T, N]`, the final Hebb and a few exact Hebb
 states are stored. Walking time backwards, one pass per step (`backward_stage`)
@@ -70,6 +72,9 @@ DEFAULT_MAX_AMPLIFICATION = {torch.float64: 1e6, torch.float32: 10.0}
 float32 at 10: a 106-step episode with eta 0.01 stores no state, with eta 0.1 four."""
 
 SOURCE = Path(__file__).with_name("fused_cpu.cpp")
+# -fopenmp: ATen's parallel_for is an inline `#pragma omp parallel` (torch's OpenMP
+# backend); without it the kernels run on one thread. -march=native: see cpp_kernels.
+CFLAGS = ["-O3", "-march=native", "-fopenmp"]
 
 
 # ------------------------------------------------------------------------- kernels
@@ -192,13 +197,14 @@ def cpp_kernels() -> CppKernels | None:
         cpu = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else platform.processor()
         flags = next((line for line in cpu.splitlines() if line.startswith("flags")), cpu)
         # -march=native: the build is specific to this CPU, so its name is too.
-        key = hashlib.sha1(SOURCE.read_bytes() + flags.encode() + torch.__version__.encode()).hexdigest()[:12]
+        key = hashlib.sha1(SOURCE.read_bytes() + flags.encode() + torch.__version__.encode()
+                           + " ".join(CFLAGS).encode()).hexdigest()[:12]
         name = f"plasticity_fused_{key}"
         if not _built(cpp_extension, name):
             print("plasticity: building the fused C++ kernels (first use on this machine, about a minute)",
                   file=sys.stderr, flush=True)
         module = cpp_extension.load(name=name, sources=[str(SOURCE)],
-                                    extra_cflags=["-O3", "-march=native", "-fopenmp-simd"], verbose=False)
+                                    extra_cflags=CFLAGS, extra_ldflags=["-fopenmp"], verbose=False)
     except Exception as exc:  # noqa: BLE001 -- any build failure means: use the torch kernels
         first = (str(exc).strip().splitlines() or [type(exc).__name__])[-1][:200]
         warnings.warn(f"plasticity: C++ kernels unavailable ({first}); using the slower torch-op kernels "
@@ -288,16 +294,26 @@ class _Episode(torch.autograd.Function):
             post = _activation(torch.addmm(z, y, w), inputs[:, t], spec.clamp_input)
             out[t] = post
             last = t == steps - 1
-            h_next = spare if spare is not None else torch.empty(b, n, n, dtype=inputs.dtype, device=inputs.device)
-            spare = None
+            reset_next = resets is not None and not last and resets[t + 1]
+            # Whether H_t must outlive this step: H_0 is the caller's (or None); a stored
+            # state is decided before the update, except for clipping (known only after).
+            amp = amplification(post) if save and t > 0 else 1.0
+            keep_h = t == 0 or (save and (reset_next or (spec.every and t % spec.every == 0)
+                                          or growth * amp > spec.max_amp))
+            in_place = not keep_h and not spec.clip
+            if in_place:
+                h_next = hcur
+            else:
+                h_next = spare if spare is not None else torch.empty(b, n, n, dtype=inputs.dtype,
+                                                                     device=inputs.device)
+                spare = None
             clipped, z = k.forward_step(hcur, h_next, y, post, alpha, eta, spec.clip, spec.oja, not last)
-            if t > 0:
-                amp = amplification(post) if save else 1.0
-                if save and (clipped or (resets is not None and not last and resets[t + 1])
-                             or (spec.every and t % spec.every == 0) or growth * amp > spec.max_amp):
-                    ckpts[t], growth = hcur, 1.0
-                else:
-                    growth, spare = growth * amp, hcur
+            if t > 0 and save and (keep_h or clipped):
+                ckpts[t], growth = hcur, 1.0
+            elif t > 0:
+                growth = growth * amp
+                if not in_place:
+                    spare = hcur
             hcur, y = h_next, post
             if resets is not None and not last and resets[t + 1]:
                 kk = keep[:, t + 1]

@@ -49,7 +49,31 @@ void check_vec(const at::Tensor& t, int64_t b, int64_t n, const char* name) {
 // ---------------------------------------------------------------------------------------
 // Forward: h_next = clip(rule(h, pre, post)); z[b, j] = sum_i post[b, i] * alpha_ij * h_next[b, i, j]
 // (the plastic part of the next step's pre-activation). Returns whether any value was clipped.
+// The update of one row i of episode b; `h` and `out` may be the same row (IN_PLACE).
 template <typename T, bool OJA, bool CLIP, bool WANT_Z>
+inline int forward_row(const T* h, T* out, const T* __restrict__ a, const T* __restrict__ e,
+                       const T* __restrict__ q, T* __restrict__ z, T p, T y, T clip, int64_t N) {
+  int any = 0;
+#pragma omp simd reduction(| : any)
+  for (int64_t j = 0; j < N; ++j) {
+    const T hv = h[j];
+    T v = OJA ? hv + e[j] * q[j] * (p - q[j] * hv) : hv + e[j] * (p * q[j] - hv);
+    if (CLIP) {
+      any |= (v > clip) | (v < -clip);
+      v = std::min(std::max(v, -clip), clip);
+    }
+    out[j] = v;
+    if (WANT_Z) z[j] += y * a[j] * v;
+  }
+  return any;
+}
+
+// Episodes outermost: each thread streams its rows of one episode's [N, N] slab at a
+// time (long contiguous runs), and that episode's z row stays in L1. Written in place
+// (h_next == h) where the caller does not keep H_t: a read-modify-write of the same
+// lines moves 2 bytes per byte of Hebb where writing elsewhere moves 3 (the write
+// allocates its line first).
+template <typename T, bool OJA, bool CLIP, bool WANT_Z, bool IN_PLACE>
 bool forward_impl(Rows hr, T* hn, const T* pre, const T* post, const T* alpha, int64_t a_rs,
                   const T* eta, int64_t e_rs, T clip, T* zpart, int64_t B, int64_t N) {
   const int64_t nthreads = at::get_num_threads();
@@ -58,27 +82,14 @@ bool forward_impl(Rows hr, T* hn, const T* pre, const T* post, const T* alpha, i
     const int tid = at::get_thread_num();
     T* zp = zpart + tid * B * N;
     int any = 0;
-    for (int64_t blk = i0; blk < i1; blk += kRowBlock)
     for (int64_t b = 0; b < B; ++b) {
-      for (int64_t i = blk; i < std::min(blk + kRowBlock, i1); ++i) {
-        const T* __restrict__ a = alpha + i * a_rs;
-        const T* __restrict__ e = eta + i * e_rs;
-        const T* __restrict__ h = row<T>(hr, b, i);
-        T* __restrict__ out = hn + (b * N + i) * N;
-        const T* __restrict__ q = post + b * N;
-        T* __restrict__ z = zp + b * N;
-        const T p = pre[b * N + i];
-        const T y = post[b * N + i];
-#pragma omp simd reduction(| : any)
-        for (int64_t j = 0; j < N; ++j) {
-          T v = OJA ? h[j] + e[j] * q[j] * (p - q[j] * h[j]) : h[j] + e[j] * (p * q[j] - h[j]);
-          if (CLIP) {
-            any |= (v > clip) | (v < -clip);
-            v = std::min(std::max(v, -clip), clip);
-          }
-          out[j] = v;
-          if (WANT_Z) z[j] += y * a[j] * v;
-        }
+      const T* __restrict__ q = post + b * N;
+      T* __restrict__ z = zp + b * N;
+      for (int64_t i = i0; i < i1; ++i) {
+        T* out = hn + (b * N + i) * N;
+        const T* h = IN_PLACE ? out : row<T>(hr, b, i);
+        any |= forward_row<T, OJA, CLIP, WANT_Z>(h, out, alpha + i * a_rs, eta + i * e_rs, q, z, pre[b * N + i],
+                                                 post[b * N + i], clip, N);
       }
     }
     clipped[tid] |= any;
@@ -87,13 +98,17 @@ bool forward_impl(Rows hr, T* hn, const T* pre, const T* post, const T* alpha, i
 }
 
 template <typename T, bool OJA, bool CLIP>
-bool forward_want(bool want_z, Rows hr, T* hn, const T* pre, const T* post, const T* alpha, int64_t a_rs,
-                  const T* eta, int64_t e_rs, T clip, T* zpart, int64_t B, int64_t N) {
-  return want_z ? forward_impl<T, OJA, CLIP, true>(hr, hn, pre, post, alpha, a_rs, eta, e_rs, clip, zpart, B, N)
-                : forward_impl<T, OJA, CLIP, false>(hr, hn, pre, post, alpha, a_rs, eta, e_rs, clip, zpart, B, N);
+bool forward_want(bool want_z, bool in_place, Rows hr, T* hn, const T* pre, const T* post, const T* alpha,
+                  int64_t a_rs, const T* eta, int64_t e_rs, T clip, T* zpart, int64_t B, int64_t N) {
+#define PLASTIC_FWD(Z, P) \
+  forward_impl<T, OJA, CLIP, Z, P>(hr, hn, pre, post, alpha, a_rs, eta, e_rs, clip, zpart, B, N)
+  if (in_place) return want_z ? PLASTIC_FWD(true, true) : PLASTIC_FWD(false, true);
+  return want_z ? PLASTIC_FWD(true, false) : PLASTIC_FWD(false, false);
+#undef PLASTIC_FWD
 }
 
-// h: [B, N, N] or None (zeros). Writes h_next; returns (clipped, z or empty).
+// h: [B, N, N] or None (zeros); h_next may be h itself (updated in place). Writes h_next;
+// returns (clipped, z or empty).
 std::tuple<bool, at::Tensor> forward_step(const c10::optional<at::Tensor>& h, at::Tensor h_next, at::Tensor pre,
                                           at::Tensor post, at::Tensor alpha, int64_t alpha_rs, at::Tensor eta,
                                           int64_t eta_rs, double clip, bool oja, bool want_z) {
@@ -103,13 +118,14 @@ std::tuple<bool, at::Tensor> forward_step(const c10::optional<at::Tensor>& h, at
   TORCH_CHECK(h_next.is_contiguous() && h_next.numel() == B * N * N, "fused kernel: h_next must be [B, N, N]");
   const at::Tensor zero_row = at::zeros({N}, pre.options());
   const Rows hr = rows_of(h, zero_row);
+  const bool in_place = h.has_value() && h->defined() && h->data_ptr() == h_next.data_ptr();
   const int64_t nthreads = at::get_num_threads();
   at::Tensor zpart = want_z ? at::zeros({nthreads, B, N}, pre.options()) : at::Tensor();
   bool clipped = false;
   AT_DISPATCH_FLOATING_TYPES(pre.scalar_type(), "plastic_forward_step", [&] {
     using T = scalar_t;
     T* zp = want_z ? zpart.data_ptr<T>() : nullptr;
-    auto args = std::make_tuple(hr, h_next.data_ptr<T>(), pre.data_ptr<T>(), post.data_ptr<T>(),
+    auto args = std::make_tuple(in_place, hr, h_next.data_ptr<T>(), pre.data_ptr<T>(), post.data_ptr<T>(),
                                 alpha.data_ptr<T>(), alpha_rs, eta.data_ptr<T>(), eta_rs, static_cast<T>(clip), zp,
                                 B, N);
     const bool has_clip = clip > 0;
@@ -133,12 +149,20 @@ std::tuple<bool, at::Tensor> forward_step(const c10::optional<at::Tensor>& h, at
 //          step t-1's rule gradients: d post_{t-1} (column sums) and deta.
 enum Prev { kNone = 0, kInvert = 1, kCkpt = 2 };
 
-template <typename T, bool OJA, int PREV, bool CLIP, bool STAGE>
+// ETA_ROW: eta per connection (a row of N values per i). Otherwise eta is one value:
+// no eta row to stream, deta summed in registers, and Hebb's inverse a multiplication.
+template <typename T, bool OJA, int PREV, bool CLIP, bool STAGE, bool ETA_ROW>
 void backward_impl(T* hbuf, T* gbuf, Rows ck, const T* pre, const T* post, const T* ga, const T* keep,
                    const T* pre_p, const T* post_p, const T* alpha, int64_t a_rs, const T* eta, int64_t e_rs, T clip,
                    T* dpre, T* dalpha, T* deta, T* colpart, int64_t B, int64_t N) {
+  const int64_t nthreads = at::get_num_threads();
+  std::vector<T> deta_part(nthreads, T(0));
+  const T E = eta[0];
+  const T inv_hebb = T(1) / (T(1) - E);
   at::parallel_for(0, N, kGrain, [&](int64_t i0, int64_t i1) {
-    T* col = colpart + at::get_thread_num() * B * N;
+    const int tid = at::get_thread_num();
+    T* col = colpart + tid * B * N;
+    T de_thread = 0;
     for (int64_t blk = i0; blk < i1; blk += kRowBlock)
     for (int64_t b = 0; b < B; ++b) {
       for (int64_t i = blk; i < std::min(blk + kRowBlock, i1); ++i) {
@@ -156,55 +180,74 @@ void backward_impl(T* hbuf, T* gbuf, Rows ck, const T* pre, const T* post, const
         const T p = STAGE ? pre[b * N + i] : T(0);
         const T k = STAGE ? keep[b] : T(1);
         const T pp = PREV ? pre_p[b * N + i] : T(0);
-        T dp = 0;
-#pragma omp simd reduction(+ : dp)
+        T dp = 0, de = 0;
+#pragma omp simd reduction(+ : dp, de)
         for (int64_t j = 0; j < N; ++j) {
+          const T ej = ETA_ROW ? e[j] : E;
           const T hv = h[j];
           T gh = g[j];
           if (STAGE) {
-            const T f = OJA ? T(1) - e[j] * q[j] * q[j] : T(1) - e[j];
+            const T f = OJA ? T(1) - ej * q[j] * q[j] : T(1) - ej;
             const T ah = a[j] * gav[j];
-            dp += gh * e[j] * q[j] + ah * hv;
+            dp += gh * ej * q[j] + ah * hv;
             dal[j] += p * hv * gav[j];
             gh = (gh * f + ah * p) * k;
           }
           if (PREV) {
             T hp;
             if (PREV == kInvert) {
-              hp = OJA ? (hv - e[j] * qp[j] * pp) / (T(1) - e[j] * qp[j] * qp[j])
-                       : (hv - e[j] * pp * qp[j]) / (T(1) - e[j]);
+              if (OJA) {
+                hp = (hv - ej * qp[j] * pp) / (T(1) - ej * qp[j] * qp[j]);
+              } else {
+                hp = ETA_ROW ? (hv - ej * pp * qp[j]) / (T(1) - ej) : (hv - ej * pp * qp[j]) * inv_hebb;
+              }
             } else {
               hp = c[j];
             }
             if (CLIP) {
-              const T raw = OJA ? hp + e[j] * qp[j] * (pp - qp[j] * hp) : hp + e[j] * (pp * qp[j] - hp);
+              const T raw = OJA ? hp + ej * qp[j] * (pp - qp[j] * hp) : hp + ej * (pp * qp[j] - hp);
               gh = (raw > clip || raw < -clip) ? T(0) : gh;
             }
-            cl[j] += OJA ? gh * e[j] * (pp - T(2) * qp[j] * hp) : gh * e[j] * pp;
-            det[j] += OJA ? gh * qp[j] * (pp - qp[j] * hp) : gh * (pp * qp[j] - hp);
+            cl[j] += OJA ? gh * ej * (pp - T(2) * qp[j] * hp) : gh * ej * pp;
+            const T dej = OJA ? gh * qp[j] * (pp - qp[j] * hp) : gh * (pp * qp[j] - hp);
+            if (ETA_ROW) {
+              det[j] += dej;
+            } else {
+              de += dej;
+            }
             h[j] = hp;
           }
           g[j] = gh;
         }
         if (STAGE) dpre[b * N + i] = dp;
+        de_thread += de;
       }
     }
+    deta_part[tid] += de_thread;
   });
+  if (!ETA_ROW && PREV) {
+    // deta is summed to one value by the caller: its first element carries the total.
+    for (const T v : deta_part) deta[0] += v;
+  }
 }
 
 template <typename T, bool OJA, int PREV>
-void backward_flags(bool clip_on, bool stage, T* hbuf, T* gbuf, Rows ck, const T* pre, const T* post, const T* ga,
-                    const T* keep, const T* pre_p, const T* post_p, const T* alpha, int64_t a_rs, const T* eta,
-                    int64_t e_rs, T clip, T* dpre, T* dalpha, T* deta, T* colpart, int64_t B, int64_t N) {
-#define PLASTIC_CALL(C, S)                                                                                       \
-  backward_impl<T, OJA, PREV, C, S>(hbuf, gbuf, ck, pre, post, ga, keep, pre_p, post_p, alpha, a_rs, eta, e_rs, \
-                                    clip, dpre, dalpha, deta, colpart, B, N)
+void backward_flags(bool clip_on, bool stage, bool eta_row, T* hbuf, T* gbuf, Rows ck, const T* pre, const T* post,
+                    const T* ga, const T* keep, const T* pre_p, const T* post_p, const T* alpha, int64_t a_rs,
+                    const T* eta, int64_t e_rs, T clip, T* dpre, T* dalpha, T* deta, T* colpart, int64_t B,
+                    int64_t N) {
+#define PLASTIC_CALL(C, S, R)                                                                                       \
+  backward_impl<T, OJA, PREV, C, S, R>(hbuf, gbuf, ck, pre, post, ga, keep, pre_p, post_p, alpha, a_rs, eta, e_rs, \
+                                       clip, dpre, dalpha, deta, colpart, B, N)
+#define PLASTIC_ROWS(C, S) \
+  if (eta_row) PLASTIC_CALL(C, S, true); else PLASTIC_CALL(C, S, false)
   // Clipping is only undone where the state was stored (a clipped step is never inverted).
   const bool c = clip_on && PREV == kCkpt;
-  if (c && stage) PLASTIC_CALL(true, true);
-  else if (c) PLASTIC_CALL(true, false);
-  else if (stage) PLASTIC_CALL(false, true);
-  else PLASTIC_CALL(false, false);
+  if (c && stage) { PLASTIC_ROWS(true, true); }
+  else if (c) { PLASTIC_ROWS(true, false); }
+  else if (stage) { PLASTIC_ROWS(false, true); }
+  else { PLASTIC_ROWS(false, false); }
+#undef PLASTIC_ROWS
 #undef PLASTIC_CALL
 }
 
@@ -231,7 +274,7 @@ at::Tensor backward_stage(at::Tensor h, at::Tensor g, const c10::optional<at::Te
     T* hp = h.data_ptr<T>();
     T* gp = g.data_ptr<T>();
     auto go = [&](auto fn) {
-      fn(clip_on, stage, hp, gp, ck, pre.data_ptr<T>(), post.data_ptr<T>(), ga.data_ptr<T>(), keep.data_ptr<T>(),
+      fn(clip_on, stage, eta_rs != 0, hp, gp, ck, pre.data_ptr<T>(), post.data_ptr<T>(), ga.data_ptr<T>(), keep.data_ptr<T>(),
          pre_p.data_ptr<T>(), post_p.data_ptr<T>(), alpha.data_ptr<T>(), alpha_rs, eta.data_ptr<T>(), eta_rs,
          static_cast<T>(clip), dpre.data_ptr<T>(), dalpha.data_ptr<T>(), deta.data_ptr<T>(), colpart.data_ptr<T>(),
          B, N);
