@@ -68,6 +68,7 @@ def check_sweep_in_mlflow(uri: str, experiment: str, trials: int, model_name: st
         assert child.info.status in ("FINISHED", "FAILED")
         params = child.data.params
         assert {"eta", "rule", "alpha_mode", "eta_mode", "extra_neurons", "lr"} <= set(params)
+        assert params["impl"] == "fused"  # trials run the fast path by default
         history = client.get_metric_history(child.info.run_id, "eval/loss")
         assert history and history[0].step > 0
     arts = {a.path for a in client.list_artifacts(parent.info.run_id, "summary")}

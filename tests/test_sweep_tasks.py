@@ -35,3 +35,6 @@ def test_fixed_values_are_checked_before_any_trial(tmp_path):
     assert "image_size must be 32, 16 or 8" in one_error_line(proc)
     proc = sweep(["--task", "images", "--fixed", "nonsense"], tmp_path, timeout=120)
     assert "--fixed takes KEY=VALUE" in one_error_line(proc)
+    # Trials run the fused path unless --fixed impl=plain selects the reference.
+    proc = sweep(["--task", "patterns", "--fixed", "impl=fast"], tmp_path, timeout=120)
+    assert "unknown implementation 'fast': choose one of fused, plain" in one_error_line(proc)
