@@ -37,11 +37,19 @@ from tqdm.auto import tqdm
 from plasticity.agents import ActorCritic, build_agent
 from plasticity.envs.maze import ACTIONS, BatchedMaze, MazeLayout, MazeSpec, draw_layout
 from plasticity.envs.render import Trajectory, save_gif, trajectory_figure
-from plasticity.errors import CheckpointError, check_positive
+from plasticity.errors import check_positive
 from plasticity.models import count_parameters
 from plasticity.plots import curves_figure, save_figure
 from plasticity.train.checkpoint import load_checkpoint, save_checkpoint
-from plasticity.train.common import Report, TrainingDiverged, make_run_dir, resolve_device, seed_everything
+from plasticity.train.common import (
+    Report,
+    TrainingDiverged,
+    load_weights,
+    make_run_dir,
+    record,
+    resolve_device,
+    seed_everything,
+)
 from plasticity.train.episodic import EVAL_SEED_OFFSET, TrainResult, _crossed, _restore, plastic_summary
 
 EVAL_CHUNK = 128
@@ -257,9 +265,7 @@ def train(cfg, report: Report | None = None, *, resume: str | Path | None = None
                 metrics.update({f"eval/{k}": v for k, v in scores.items()})
                 metrics.update(plastic_summary(agent))
                 metrics["model/params"] = n_params
-                history.append({"step": episode, **metrics})
-                with open(run_dir / "metrics.jsonl", "a") as f:
-                    f.write(json.dumps(history[-1]) + "\n")
+                record(history, run_dir, episode, metrics)
                 files = _trajectory_files(spec, traj, run_dir, f"maze/{cfg.model}, after {episode} episodes")
                 if crossed(cfg.checkpoint_every):
                     files["checkpoint"] = checkpoint()
@@ -286,13 +292,7 @@ def model_from_checkpoint(path: str | Path, config_cls, device: str = "cpu"):
     """(agent, cfg, checkpoint) rebuilt from a checkpoint: the architecture comes from it."""
     ckpt = load_checkpoint(path, map_location=device)
     cfg = config_cls.from_dict(ckpt["config"])
-    agent = make_agent(cfg)
-    try:
-        agent.load_state_dict(ckpt["model"])
-    except RuntimeError as e:
-        first = str(e).splitlines()[0][:120]
-        raise CheckpointError(f"{path}: weights do not match the config stored with them ({first}): "
-                              "the file is damaged; use another checkpoint") from None
+    agent = load_weights(make_agent(cfg), ckpt, path)
     return agent.to(device), cfg, ckpt
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import random
 import time
 from pathlib import Path
@@ -10,7 +11,7 @@ from typing import Protocol
 import numpy as np
 import torch
 
-from plasticity.errors import ConfigError, PlasticityError
+from plasticity.errors import CheckpointError, ConfigError, PlasticityError
 
 
 class Report(Protocol):
@@ -64,3 +65,22 @@ def make_run_dir(cfg) -> Path:
         path, n = Path(f"{base}-{n}"), n + 1
     path.mkdir(parents=True)
     return path
+
+
+def load_weights(model: torch.nn.Module, ckpt: dict, path) -> torch.nn.Module:
+    """Load a checkpoint's weights into the model its config built, with a one-line error
+    if they do not fit (a damaged or edited file)."""
+    try:
+        model.load_state_dict(ckpt["model"])
+    except RuntimeError as e:
+        first = str(e).splitlines()[0][:120]
+        raise CheckpointError(f"{path}: weights do not match the config stored with them ({first}): "
+                              "the file is damaged; use another checkpoint") from None
+    return model
+
+
+def record(history: list[dict], run_dir: Path, step: int, metrics: dict[str, float]) -> None:
+    """Append one evaluation to the run's history and to its `metrics.jsonl`."""
+    history.append({"step": step, **metrics})
+    with open(run_dir / "metrics.jsonl", "a") as f:
+        f.write(json.dumps(history[-1]) + "\n")

@@ -30,7 +30,9 @@ from plasticity.train.checkpoint import load_checkpoint, save_checkpoint
 from plasticity.train.common import (
     Report,
     TrainingDiverged,
+    load_weights,
     make_run_dir,
+    record,
     resolve_device,
     seed_everything,
     to_device,
@@ -199,9 +201,7 @@ def train(cfg, report: Report | None = None, *, resume: str | Path | None = None
                 metrics.update({f"eval/{k}": v for k, v in evaluate(model, task, heldout, device).items()})
                 metrics.update(plastic_summary(model))
                 metrics["model/params"] = n_params
-                history.append({"step": episode, **metrics})
-                with open(run_dir / "metrics.jsonl", "a") as f:
-                    f.write(json.dumps(history[-1]) + "\n")
+                record(history, run_dir, episode, metrics)
                 files = {"completion": _completion_png(model, task, heldout[0], device, run_dir)}
                 if crossed(cfg.checkpoint_every):
                     files["checkpoint"] = checkpoint()
@@ -257,15 +257,7 @@ def model_from_checkpoint(path: str | Path, config_cls, device: str = "cpu"):
     cfg = config_cls.from_dict(ckpt["config"])
     task = make_task(cfg)
     check_task_state(task, ckpt, path)
-    model = make_model(cfg, task)
-    try:
-        model.load_state_dict(ckpt["model"])
-    except RuntimeError as e:
-        from plasticity.errors import CheckpointError
-
-        first = str(e).splitlines()[0][:120]
-        raise CheckpointError(f"{path}: weights do not match the config stored with them ({first}): "
-                              "the file is damaged; use another checkpoint") from None
+    model = load_weights(make_model(cfg, task), ckpt, path)
     return model.to(device), cfg, ckpt
 
 
