@@ -146,3 +146,18 @@ def test_train_against_a_real_mlflow_server(tmp_path):
         assert not (tmp_path / "mlruns.db").exists()
     finally:
         stop(server)
+
+
+def test_two_processes_opening_a_fresh_sqlite_store_at_once(tmp_path):
+    """MLflow creates a SQLite store's tables on first use; two processes doing that at
+    once (two runs started together in a fresh folder) used to fail with "duplicate
+    column name". Each round: a fresh store, two processes opening it together."""
+    code = ("import sys; from plasticity.tracking.mlflow import check_tracking, experiment_id; "
+            "c = check_tracking(sys.argv[1]); experiment_id(c, 'plasticity'); print('ok')")
+    for i in range(3):
+        uri = f"sqlite:///{tmp_path / f'round{i}.db'}"
+        procs = [subprocess.Popen([sys.executable, "-c", code, uri], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                  text=True) for _ in range(2)]
+        for proc in procs:
+            out, err = proc.communicate(timeout=120)
+            assert proc.returncode == 0 and out.strip() == "ok", err[-2000:]

@@ -57,12 +57,34 @@ def refused(e: BaseException) -> bool:
         getattr(e, "error_code", "") in ("UNAUTHENTICATED", "PERMISSION_DENIED")
 
 
+@contextlib.contextmanager
+def _sqlite_first_use_lock(uri: str):
+    """Hold an exclusive lock on `<db>.lock` while MLflow opens a SQLite store: the first
+    opening creates and migrates its tables, and two processes doing that at once (two
+    `plasticity train` started together in a fresh folder) fail with "duplicate column"."""
+    prefix = "sqlite:///"
+    path = Path(uri[len(prefix):]) if uri.startswith(prefix) else None
+    try:
+        import fcntl
+    except ImportError:  # not POSIX: no lock, as MLflow itself
+        fcntl = None
+    if path is None or fcntl is None or not path.parent.is_dir():
+        yield
+        return
+    with open(f"{path}.lock", "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+
+
 def check_tracking(uri: str):
     """Return an `MlflowClient` for `uri`, or raise `TrackingError` naming the fix."""
     from mlflow.tracking import MlflowClient
 
     try:
-        with _quick_http():
+        with _quick_http(), _sqlite_first_use_lock(uri):
             client = MlflowClient(tracking_uri=uri)
             client.search_experiments(max_results=1)
     except Exception as e:  # noqa: BLE001 - any failure here means "cannot use this store"
