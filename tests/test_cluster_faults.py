@@ -176,8 +176,11 @@ def test_ray_job_submit_sweep_on_the_two_node_cluster(cluster, client_env):
 def test_worker_node_killed_mid_sweep_loses_no_trial(cluster, client_env):
     name = "nodekill"
     results = Path(client_env["PLASTICITY_STORAGE_PATH"]) / name
-    job = submit(client_env, [*SWEEP, "--num-samples", "3", "--max-episodes", "1536", "--eval-every", "128",
-                              "--name", name], wait=False)
+    # 24 reports per trial: the kill after the 3rd lands in the middle of the worker's
+    # trial however fast training runs (the fused path made 12-report trials too short).
+    episodes, every = 6144, 256
+    job = submit(client_env, [*SWEEP, "--num-samples", "3", "--max-episodes", str(episodes), "--eval-every",
+                              str(every), "--name", name], wait=False)
     try:
         wait_rows(results, trials=2, each=3)
         cluster.stop("ray-worker-1", kill=True)  # the whole node: raylet, agents and its trial
@@ -196,11 +199,11 @@ def test_worker_node_killed_mid_sweep_loses_no_trial(cluster, client_env):
     lost = 0
     for trial_id, trial_rows in tune_rows.items():
         run = runs[trial_id]
-        assert run.info.status == "FINISHED" and trial_rows[-1]["episodes"] == 1536
+        assert run.info.status == "FINISHED" and trial_rows[-1]["episodes"] == episodes
         restarts = [i for i, r in enumerate(trial_rows) if r["iterations_since_restore"] == 1 and i > 0]
         if restarts:
             # Retried from its last checkpoint, not from episode 0.
-            assert trial_rows[restarts[0]]["episodes"] > 128 and int(run.data.tags.get("retries", 0)) >= 1
+            assert trial_rows[restarts[0]]["episodes"] > every and int(run.data.tags.get("retries", 0)) >= 1
         lost += metrics_lost(run, trial_rows)
     assert lost == 0
     record("worker node SIGKILLed", started=c["started"], finished=c["finished"], retried=c["retried"],
@@ -242,7 +245,8 @@ def test_mlflow_restart_mid_sweep_loses_no_metric(cluster, client_env):
 def test_killed_driver_resumes_on_the_cluster_without_rerunning_finished_trials(cluster, client_env):
     name = "driverkill"
     results = Path(client_env["PLASTICITY_STORAGE_PATH"]) / name
-    args = [*SWEEP, "--num-samples", "4", "--max-episodes", "384", "--eval-every", "128", "--name", name]
+    # 6 reports per trial: time to kill the driver after 2 trials ended and before all 4 did.
+    args = [*SWEEP, "--num-samples", "4", "--max-episodes", "768", "--eval-every", "128", "--name", name]
     env = {**os.environ, **client_env, "PYTHONPATH": str(REPO), "PYTHONUNBUFFERED": "1"}
     env["RAY_ADDRESS"] = f"127.0.0.1:{cluster.plan(0)['ray-head'][1]['RAY_GCS_PORT']}"
     driver = subprocess.Popen([sys.executable, "-m", "tune.sweep", *args], cwd=REPO, env=env,

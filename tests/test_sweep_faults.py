@@ -46,7 +46,7 @@ def test_killed_driver_resumes_without_rerunning_finished_trials(tmp_path):
     results = tmp_path / "ray_results" / "crash"
     deadline = time.time() + 300
     while time.time() < deadline and len(_terminated(results)) < 2:
-        time.sleep(0.5)
+        time.sleep(0.2)
     os.killpg(driver.pid, signal.SIGKILL)
     driver.wait(timeout=60)
     done_before = _terminated(results)
