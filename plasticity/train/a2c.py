@@ -24,7 +24,6 @@ and `checkpoint`. The run folder also gets `learning_curve.png` at the end.
 
 from __future__ import annotations
 
-import json
 import time
 from dataclasses import dataclass
 from functools import partial
@@ -42,15 +41,20 @@ from plasticity.models import count_parameters
 from plasticity.plots import curves_figure, save_figure
 from plasticity.train.checkpoint import load_checkpoint, save_checkpoint
 from plasticity.train.common import (
+    EVAL_SEED_OFFSET,
     Report,
-    TrainingDiverged,
+    crossed,
     load_weights,
-    make_run_dir,
+    open_run_dir,
+    optimizer_step,
+    plastic_summary,
     record,
     resolve_device,
+    restore_config,
+    restore_state,
     seed_everything,
 )
-from plasticity.train.episodic import EVAL_SEED_OFFSET, TrainResult, _crossed, _restore, plastic_summary
+from plasticity.train.episodic import TrainResult
 
 EVAL_CHUNK = 128
 """Held-out episodes played at once."""
@@ -189,7 +193,7 @@ def train(cfg, report: Report | None = None, *, resume: str | Path | None = None
     """Train the maze agent described by `cfg`; see the module docstring."""
     ckpt = None
     if resume is not None:
-        cfg, ckpt = _restore(cfg, resume)
+        cfg, ckpt = restore_config(cfg, resume)
         run_dir = Path(resume).parent if run_dir is None else run_dir
     device = resolve_device(cfg.device)
     seed_everything(cfg.seed)
@@ -201,17 +205,10 @@ def train(cfg, report: Report | None = None, *, resume: str | Path | None = None
     actions = torch.Generator(device=device).manual_seed(cfg.seed + 1)
     episode, history = 0, []
     if ckpt is not None:
-        agent.load_state_dict(ckpt["model"])
-        optimizer.load_state_dict(ckpt["optimizer"])
-        for group in optimizer.param_groups:
-            group["lr"] = cfg.lr
+        episode, history = restore_state(agent, optimizer, ckpt, cfg.lr)
         layouts.set_state(ckpt["generator"])
         actions.set_state(ckpt["action_generator"].to(actions.get_state().device))
-        episode, history = ckpt["episode"], list(ckpt.get("history", []))
-    run_dir = Path(run_dir) if run_dir is not None else make_run_dir(cfg)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / "config.json").write_text(json.dumps(cfg.to_dict(), indent=2))
-    ckpt_path = run_dir / "checkpoint.pt"
+    run_dir, ckpt_path = open_run_dir(cfg, run_dir)
     heldout = heldout_layouts(spec, cfg.eval_episodes, cfg.seed + EVAL_SEED_OFFSET)
     env = BatchedMaze(spec, cfg.batch_size, device)
 
@@ -237,15 +234,7 @@ def train(cfg, report: Report | None = None, *, resume: str | Path | None = None
             roll = rollout(agent, env, draw_layout(spec, cfg.batch_size, layouts), actions)
             loss, parts = a2c_loss(roll.log_probs, roll.entropy, roll.values, roll.rewards, gamma=cfg.gamma,
                                    value_weight=cfg.value_weight, entropy_weight=cfg.entropy_weight)
-            if not torch.isfinite(loss):
-                checkpoint()
-                raise TrainingDiverged(f"loss became {loss.item()} at episode {episode}: lower --lr or set "
-                                       f"--grad-clip (last finite state saved to {ckpt_path})")
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            if cfg.grad_clip is not None:
-                torch.nn.utils.clip_grad_norm_(agent.parameters(), cfg.grad_clip)
-            optimizer.step()
+            optimizer_step(loss, agent, optimizer, cfg.grad_clip, episode, checkpoint)
             previous, episode = episode, episode + cfg.batch_size
             step_stats = {"train/loss": loss.item(), "charts/episodic_return": roll.rewards.sum(1).mean().item(),
                           "charts/goals": roll.found.sum(1).float().mean().item(),
@@ -255,8 +244,8 @@ def train(cfg, report: Report | None = None, *, resume: str | Path | None = None
             n_sum += 1
             bar.update(cfg.batch_size)
             out_of_time = deadline is not None and time.perf_counter() >= deadline
-            crossed = partial(_crossed, previous, episode, total=cfg.episodes, stop=out_of_time)
-            if crossed(cfg.eval_every):
+            crossed_now = partial(crossed, previous, episode, total=cfg.episodes, stop=out_of_time)
+            if crossed_now(cfg.eval_every):
                 now = time.perf_counter()
                 metrics = {k: v / n_sum for k, v in sums.items()}
                 metrics["perf/episodes_per_s"] = (episode - ep_last) / (now - t_last)
@@ -267,14 +256,14 @@ def train(cfg, report: Report | None = None, *, resume: str | Path | None = None
                 metrics["model/params"] = n_params
                 record(history, run_dir, episode, metrics)
                 files = _trajectory_files(spec, traj, run_dir, f"maze/{cfg.model}, after {episode} episodes")
-                if crossed(cfg.checkpoint_every):
+                if crossed_now(cfg.checkpoint_every):
                     files["checkpoint"] = checkpoint()
                 bar.set_postfix(ret=f"{metrics['charts/episodic_return']:.1f}", eval=f"{scores['return']:.1f}")
                 if report is not None:
                     report(episode, metrics, files)
                 sums, n_sum = {}, 0
                 t_last, ep_last = time.perf_counter(), episode
-            elif crossed(cfg.checkpoint_every):
+            elif crossed_now(cfg.checkpoint_every):
                 checkpoint()
             if out_of_time:
                 break

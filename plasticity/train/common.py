@@ -1,10 +1,12 @@
-"""Pieces every training loop shares: seeding, devices, run folders, the report hook."""
+"""Pieces every training loop shares: seeding, devices, run folders, resuming, the
+optimiser step, the evaluation schedule, the report hook."""
 
 from __future__ import annotations
 
 import json
 import random
 import time
+from dataclasses import fields
 from pathlib import Path
 from typing import Protocol
 
@@ -84,3 +86,73 @@ def record(history: list[dict], run_dir: Path, step: int, metrics: dict[str, flo
     history.append({"step": step, **metrics})
     with open(run_dir / "metrics.jsonl", "a") as f:
         f.write(json.dumps(history[-1]) + "\n")
+
+
+EVAL_SEED_OFFSET = 1_000_003
+"""Held-out episodes are drawn from `seed + EVAL_SEED_OFFSET`, never used for training."""
+
+TRAIN_FIELDS = {"episodes", "batch_size", "lr", "grad_clip", "max_minutes", "eval_every", "eval_episodes",
+                "checkpoint_every", "device", "out"}
+"""Fields that a resumed run takes from the new command line; all others (model, task,
+seed) come from the checkpoint."""
+
+
+def restore_config(cfg, resume) -> tuple[object, dict]:
+    """(config, checkpoint) for resuming: the schedule (`TRAIN_FIELDS`) from `cfg`, the
+    rest from the checkpoint."""
+    from plasticity.config import validate
+    from plasticity.train.checkpoint import load_checkpoint
+
+    ckpt = load_checkpoint(resume)
+    saved = type(cfg).from_dict(ckpt["config"])
+    cfg = validate(type(cfg)(**{f.name: getattr(cfg if f.name in TRAIN_FIELDS else saved, f.name)
+                                for f in fields(cfg)}))
+    return cfg, ckpt
+
+
+def restore_state(model: torch.nn.Module, optimizer: torch.optim.Optimizer, ckpt: dict,
+                  lr: float) -> tuple[int, list[dict]]:
+    """Load weights and optimiser state from `ckpt` (the learning rate is this run's);
+    returns (episodes done, history)."""
+    model.load_state_dict(ckpt["model"])
+    optimizer.load_state_dict(ckpt["optimizer"])
+    for group in optimizer.param_groups:
+        group["lr"] = lr
+    return ckpt["episode"], list(ckpt.get("history", []))
+
+
+def open_run_dir(cfg, run_dir) -> tuple[Path, Path]:
+    """The run folder (a new one unless given) with `config.json`; returns (folder, checkpoint path)."""
+    run_dir = Path(run_dir) if run_dir is not None else make_run_dir(cfg)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / "config.json").write_text(json.dumps(cfg.to_dict(), indent=2))
+    return run_dir, run_dir / "checkpoint.pt"
+
+
+def optimizer_step(loss: torch.Tensor, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
+                   grad_clip: float | None, episode: int, save) -> None:
+    """Backpropagate and step; a non-finite loss saves the last finite state (`save()`
+    returns its path) and raises `TrainingDiverged` instead."""
+    if not torch.isfinite(loss):
+        path = save()
+        raise TrainingDiverged(f"loss became {loss.item()} at episode {episode}: lower --lr or set "
+                               f"--grad-clip (last finite state saved to {path})")
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    if grad_clip is not None:
+        torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+    optimizer.step()
+
+
+def crossed(previous: int, now: int, every: int, total: int, stop: bool = False) -> bool:
+    """True when the episode count passed a multiple of `every` (or the end) this step."""
+    return stop or now // every > previous // every or now >= total
+
+
+def plastic_summary(model: torch.nn.Module) -> dict[str, float]:
+    """Learned plasticity parameters worth watching (models with a plastic core)."""
+    plastic = getattr(getattr(model, "core", model), "plastic", None)
+    if plastic is None:
+        return {}
+    return {"plastic/eta_mean": float(plastic.eta.detach().mean()),
+            "plastic/alpha_abs_mean": float(plastic.alpha.detach().abs().mean())}

@@ -13,38 +13,34 @@ holds `checkpoint.pt` (written atomically), `metrics.jsonl` and the figures.
 
 from __future__ import annotations
 
-import json
 import time
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
 
 import torch
 from tqdm.auto import tqdm
 
-from plasticity.config import ModelConfig, validate
+from plasticity.config import ModelConfig
 from plasticity.models import SequenceModel, count_parameters, make_model
 from plasticity.plots import curves_figure, save_figure
 from plasticity.tasks import make_task
 from plasticity.train.checkpoint import load_checkpoint, save_checkpoint
 from plasticity.train.common import (
+    EVAL_SEED_OFFSET,
     Report,
-    TrainingDiverged,
+    crossed,
     load_weights,
-    make_run_dir,
+    open_run_dir,
+    optimizer_step,
+    plastic_summary,
     record,
     resolve_device,
+    restore_config,
+    restore_state,
     seed_everything,
     to_device,
 )
-
-EVAL_SEED_OFFSET = 1_000_003
-"""The held-out episodes are drawn from `seed + EVAL_SEED_OFFSET`, never used for training."""
-
-TRAIN_FIELDS = {"episodes", "batch_size", "lr", "grad_clip", "max_minutes", "eval_every", "eval_episodes",
-                "checkpoint_every", "device", "out"}
-"""Fields that a resumed run takes from the new command line; all others (model, task,
-seed) come from the checkpoint."""
 
 
 @dataclass
@@ -58,15 +54,6 @@ class TrainResult:
     @property
     def final(self) -> dict:
         return self.history[-1] if self.history else {}
-
-
-def plastic_summary(model: SequenceModel) -> dict[str, float]:
-    """Learned plasticity parameters worth watching (plastic model only)."""
-    plastic = getattr(getattr(model, "core", model), "plastic", None)
-    if plastic is None:
-        return {}
-    return {"plastic/eta_mean": float(plastic.eta.detach().mean()),
-            "plastic/alpha_abs_mean": float(plastic.alpha.detach().abs().mean())}
 
 
 @torch.no_grad()
@@ -115,14 +102,6 @@ def heldout_episodes(task, cfg, chunk: int | None = None) -> list:
     return [task.sample(n, g) for n in sizes]
 
 
-def _restore(cfg, resume: str | Path):
-    ckpt = load_checkpoint(resume)
-    saved = type(cfg).from_dict(ckpt["config"])
-    cfg = validate(type(cfg)(**{f.name: getattr(cfg if f.name in TRAIN_FIELDS else saved, f.name)
-                                for f in fields(cfg)}))
-    return cfg, ckpt
-
-
 def preflight(cfg) -> None:
     """Build the task once: reads (and caches) its data, so a missing file fails here."""
     make_task(cfg)
@@ -133,7 +112,7 @@ def train(cfg, report: Report | None = None, *, resume: str | Path | None = None
     """Train the model described by `cfg`; see the module docstring."""
     ckpt = None
     if resume is not None:
-        cfg, ckpt = _restore(cfg, resume)
+        cfg, ckpt = restore_config(cfg, resume)
         run_dir = Path(resume).parent if run_dir is None else run_dir
     device = resolve_device(cfg.device)
     seed_everything(cfg.seed)
@@ -144,16 +123,9 @@ def train(cfg, report: Report | None = None, *, resume: str | Path | None = None
     episode, history = 0, []
     if ckpt is not None:
         check_task_state(task, ckpt, resume)
-        model.load_state_dict(ckpt["model"])
-        optimizer.load_state_dict(ckpt["optimizer"])
-        for group in optimizer.param_groups:
-            group["lr"] = cfg.lr
+        episode, history = restore_state(model, optimizer, ckpt, cfg.lr)
         generator.set_state(ckpt["generator"])
-        episode, history = ckpt["episode"], list(ckpt.get("history", []))
-    run_dir = Path(run_dir) if run_dir is not None else make_run_dir(cfg)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / "config.json").write_text(json.dumps(cfg.to_dict(), indent=2))
-    ckpt_path = run_dir / "checkpoint.pt"
+    run_dir, ckpt_path = open_run_dir(cfg, run_dir)
     heldout = heldout_episodes(task.heldout() if hasattr(task, "heldout") else task, cfg)
 
     saved_at = [None]
@@ -179,21 +151,13 @@ def train(cfg, report: Report | None = None, *, resume: str | Path | None = None
             batch = task.sample(cfg.batch_size, generator)
             outputs, _ = model(to_device(task.inputs(batch), device))
             loss = task.loss(outputs, batch)
-            if not torch.isfinite(loss):
-                checkpoint()
-                raise TrainingDiverged(f"loss became {loss.item()} at episode {episode}: lower --lr or set "
-                                       f"--grad-clip (last finite state saved to {ckpt_path})")
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            if cfg.grad_clip is not None:
-                torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-            optimizer.step()
+            optimizer_step(loss, model, optimizer, cfg.grad_clip, episode, checkpoint)
             previous, episode = episode, episode + cfg.batch_size
             train_loss, train_n = train_loss + loss.item() * cfg.batch_size, train_n + cfg.batch_size
             bar.update(cfg.batch_size)
             out_of_time = deadline is not None and time.perf_counter() >= deadline
-            crossed = partial(_crossed, previous, episode, total=cfg.episodes, stop=out_of_time)
-            if crossed(cfg.eval_every):
+            crossed_now = partial(crossed, previous, episode, total=cfg.episodes, stop=out_of_time)
+            if crossed_now(cfg.eval_every):
                 now = time.perf_counter()
                 metrics = {"train/loss": train_loss / train_n,
                            "perf/episodes_per_s": (episode - ep_last) / (now - t_last)}
@@ -203,7 +167,7 @@ def train(cfg, report: Report | None = None, *, resume: str | Path | None = None
                 metrics["model/params"] = n_params
                 record(history, run_dir, episode, metrics)
                 files = {"completion": _completion_png(model, task, heldout[0], device, run_dir)}
-                if crossed(cfg.checkpoint_every):
+                if crossed_now(cfg.checkpoint_every):
                     files["checkpoint"] = checkpoint()
                 bar.set_postfix(loss=f"{metrics['train/loss']:.4f}",
                                 err=f"{metrics.get('eval/bit_error', float('nan')):.4f}")
@@ -211,7 +175,7 @@ def train(cfg, report: Report | None = None, *, resume: str | Path | None = None
                     report(episode, metrics, files)
                 train_loss, train_n = 0.0, 0
                 t_last, ep_last = time.perf_counter(), episode
-            elif crossed(cfg.checkpoint_every):
+            elif crossed_now(cfg.checkpoint_every):
                 checkpoint()
             if out_of_time:
                 break
@@ -223,11 +187,6 @@ def train(cfg, report: Report | None = None, *, resume: str | Path | None = None
     checkpoint()
     _learning_curve_png(history, run_dir)
     return TrainResult(model, run_dir, ckpt_path, history)
-
-
-def _crossed(previous: int, now: int, every: int, total: int, stop: bool = False) -> bool:
-    """True when the episode count passed a multiple of `every` (or the end) this step."""
-    return stop or now // every > previous // every or now >= total
 
 
 def _completion_png(model, task, episode, device, run_dir: Path, name: str = "completion.png") -> Path:
