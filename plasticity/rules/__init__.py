@@ -7,11 +7,11 @@
 The maths is in `README.md` beside this file; `naive.py` holds the references.
 """
 
-from plasticity.rules.base import RULES, Rule, Traces, get_rule, outer, register
+from plasticity.rules.base import RULES, Elementwise, Rule, Traces, get_rule, outer, register
 from plasticity.rules.hebb import HEBB, hebb_update
 from plasticity.rules.neuromod import NEUROMOD, RETROACTIVE, neuromod_update, retroactive_update
 from plasticity.rules.oja import OJA, oja_update
 
-__all__ = ["RULES", "Rule", "Traces", "get_rule", "register", "outer",
+__all__ = ["RULES", "Elementwise", "Rule", "Traces", "get_rule", "register", "outer",
            "HEBB", "OJA", "hebb_update", "oja_update",
            "NEUROMOD", "RETROACTIVE", "neuromod_update", "retroactive_update"]

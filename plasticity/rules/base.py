@@ -21,6 +21,31 @@ UpdateFn = Callable[..., Traces]
 
 
 @dataclass(frozen=True)
+class Elementwise:
+    """A rule's update of one Hebb element, written once, from which every fast path is
+    derived (the batched torch rule, the fused torch-op / C++ / Triton kernels).
+
+    Each field is a *module-level* function `f(h, pre, post, eta)` whose body is a single
+    `return` of plain arithmetic (`+ - * /`, unary `-`, float literals) on its arguments,
+    so the same function runs on broadcast torch tensors, compiles as a Triton
+    `@triton.jit` function and translates to a C++ expression. `h` is Hebb_ij(t), `pre`
+    is pre_i, `post` is post_j, `eta` the rate (one value or eta_ij)."""
+
+    update: Callable
+    """Hebb_ij(t+1) before clipping."""
+    inverse: Callable
+    """Hebb_ij(t) rebuilt from Hebb_ij(t+1) (first argument) and the same pre, post, eta."""
+    d_h: Callable
+    """d Hebb(t+1) / d Hebb(t)."""
+    d_pre: Callable
+    """d Hebb(t+1) / d pre."""
+    d_post: Callable
+    """d Hebb(t+1) / d post."""
+    d_eta: Callable
+    """d Hebb(t+1) / d eta."""
+
+
+@dataclass(frozen=True)
 class Rule:
     """A registered plasticity rule."""
 
@@ -32,8 +57,13 @@ class Rule:
     """Names of the state tensors the rule carries; the first is always Hebb."""
     modulated: bool = False
     """True if the rule needs a modulatory signal `mod` from the network."""
-    invertible: bool = False
-    """True if `traces(t)` can be recomputed exactly from `traces(t+1)`."""
+    elementwise: Elementwise | None = None
+    """The rule's elementwise form (single-trace, unmodulated rules); None: no fast path."""
+
+    @property
+    def invertible(self) -> bool:
+        """True if `traces(t)` can be rebuilt from `traces(t+1)` (the fused path's backward)."""
+        return self.elementwise is not None
 
 
 RULES: dict[str, Rule] = {}
@@ -52,6 +82,12 @@ def get_rule(name: str) -> Rule:
     # The plain rules first, then the neuromodulated ones (registration order within each).
     check_choice("plasticity rule", name, sorted(RULES, key=lambda n: RULES[n].modulated))
     return RULES[name]
+
+
+def apply_elementwise(fn: Callable, hebb: Tensor, pre: Tensor, post: Tensor, eta: Tensor) -> Tensor:
+    """Apply an elementwise rule function to a batch: hebb `[B, N_in, N_out]`, pre `[B, N_in]`,
+    post `[B, N_out]`, eta `[]` or `[N_in, N_out]` -> `[B, N_in, N_out]`."""
+    return fn(hebb, pre.unsqueeze(-1), post.unsqueeze(-2), eta)
 
 
 def outer(pre: Tensor, post: Tensor) -> Tensor:

@@ -1,19 +1,48 @@
-"""Oja's rule: `Hebb_ij <- Hebb_ij + eta * post_j * (pre_i - post_j * Hebb_ij)` (batched)."""
+"""Oja's rule: `Hebb_ij <- Hebb_ij + eta * post_j * (pre_i - post_j * Hebb_ij)` (batched).
+
+The elementwise functions below are the rule's single definition: the batched update
+and every fused kernel are derived from them (see `Elementwise`).
+"""
 
 from __future__ import annotations
 
 from torch import Tensor
 
-from plasticity.rules.base import Rule, Traces, maybe_clip, register
+from plasticity.rules.base import Elementwise, Rule, Traces, apply_elementwise, maybe_clip, register
+
+
+def update(h, pre, post, eta):
+    return h + eta * post * (pre - post * h)
+
+
+def inverse(h_next, pre, post, eta):
+    return (h_next - eta * post * pre) / (1.0 - eta * post * post)
+
+
+def d_h(h, pre, post, eta):
+    return 1.0 - eta * post * post
+
+
+def d_pre(h, pre, post, eta):
+    return eta * post
+
+
+def d_post(h, pre, post, eta):
+    return eta * (pre - 2.0 * post * h)
+
+
+def d_eta(h, pre, post, eta):
+    return post * (pre - post * h)
+
+
+ELEMENTWISE = Elementwise(update=update, inverse=inverse, d_h=d_h, d_pre=d_pre, d_post=d_post, d_eta=d_eta)
 
 
 def oja_update(traces: Traces, pre: Tensor, post: Tensor, *, eta: Tensor,
                clip: float | None = None, mod: Tensor | None = None) -> Traces:
     """Shapes as in `hebb_update`. `mod` is ignored (the rule is not modulated)."""
     (hebb,) = traces
-    post_ = post.unsqueeze(-2)  # [B, 1, N_out]
-    new = hebb + eta * post_ * (pre.unsqueeze(-1) - post_ * hebb)
-    return (maybe_clip(new, clip),)
+    return (maybe_clip(apply_elementwise(update, hebb, pre, post, eta), clip),)
 
 
-OJA = register(Rule("oja", oja_update))
+OJA = register(Rule("oja", oja_update, elementwise=ELEMENTWISE))
