@@ -13,7 +13,9 @@ input print one line and exit with status 2.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
+import io
 import sys
 from dataclasses import dataclass, fields
 from pathlib import Path
@@ -42,24 +44,67 @@ class RunOptions:
     tracking: bool = True
     """Log params, metrics, figures and the model to MLflow (--no-tracking to turn off)."""
     tracking_uri: str | None = None
-    """MLflow tracking URI; default $MLFLOW_TRACKING_URI, else sqlite:///mlruns.db here."""
+    """MLflow tracking URI; when unset, $MLFLOW_TRACKING_URI or sqlite:///mlruns.db here."""
     experiment: str = "plasticity"
     """MLflow experiment name."""
     resume: str | None = None
-    """Continue from this checkpoint.pt: the model, task and seed come from it; the
-    schedule (--episodes, --lr, ...) from this command line."""
+    """Continue the run of this checkpoint.pt, in its run folder: everything comes from the
+    checkpoint except the flags given again (the schedule: --episodes, --lr, ...)."""
     progress: bool = True
     """Show a progress bar."""
 
 
-def fail(message: str) -> None:
+def fail(message: str, code: int = 2) -> None:
     print(f"plasticity: error: {message}", file=sys.stderr)
-    raise SystemExit(2)
+    raise SystemExit(code)
+
+
+def _tyro_message(text: str) -> str:
+    """The message of one of tyro's error boxes (title, rule, message lines, rule, ...)."""
+    lines = [line.strip(" │╭╮╰╯") for line in text.splitlines()]
+    lines = [line.strip() for line in lines if line.strip()]
+    rule = [i for i, line in enumerate(lines) if set(line) <= set("-─")]
+    if len(rule) >= 2:
+        return " ".join(lines[rule[0] + 1:rule[1]])
+    return lines[0] if lines else "could not parse the arguments"
+
+
+def parse_args(cls, argv: list[str], prog: str, **kwargs):
+    """`tyro.cli(cls)`, with a parse error printed as one line (`--help` stays tyro's)."""
+    if any(a in ("-h", "--help") for a in argv):
+        return tyro.cli(cls, args=argv, prog=prog, **kwargs)
+    captured = io.StringIO()
+    try:
+        with contextlib.redirect_stderr(captured), contextlib.redirect_stdout(captured):
+            return tyro.cli(cls, args=argv, prog=prog, **kwargs)
+    except SystemExit as e:
+        if e.code in (0, None):
+            print(captured.getvalue(), end="")
+            raise
+        fail(f"{_tyro_message(captured.getvalue())} (see {prog} --help)")
+
+
+def given_fields(argv: list[str], cls) -> set[str]:
+    """Names of the fields of dataclass `cls` whose flags appear in `argv`
+    (`--batch-size 8`, `--batch-size=8`, `--no-learn-eta`)."""
+    names = {f.name for f in fields(cls)}
+    given = set()
+    for arg in argv:
+        if not arg.startswith("--"):
+            continue
+        name = arg[2:].split("=", 1)[0].replace("-", "_")
+        if name not in names and name.startswith("no_") and name[3:] in names:
+            name = name[3:]
+        if name in names:
+            given.add(name)
+    return given
 
 
 def _command_class(task: str):
     config_cls = CONFIGS[task]
-    return dataclasses.make_dataclass(f"Train{task.title()}", [], bases=(RunOptions, config_cls))
+    # `task` is the subcommand itself: not a flag.
+    hidden = [("task", Annotated[str, tyro.conf.Suppress], dataclasses.field(default=task))]
+    return dataclasses.make_dataclass(f"Train{task.title()}", hidden, bases=(RunOptions, config_cls))
 
 
 def parse_train(task: str, argv: list[str]):
@@ -70,13 +115,16 @@ def parse_train(task: str, argv: list[str]):
     cmd_cls = _command_class(task)
     base = preset(task, known.preset)
     default = cmd_cls(**dataclasses.asdict(base))
-    cmd = tyro.cli(cmd_cls, args=argv, default=default, prog=f"plasticity train {task}",
-                   description=f"{CONFIGS[task].__doc__}\n\nPresets: {', '.join(PRESETS[task])} "
-                               f"(flags after --preset override it).")
+    cmd = parse_args(cmd_cls, argv, prog=f"plasticity train {task}", default=default,
+                     description=f"{CONFIGS[task].__doc__}\n\nPresets: {', '.join(PRESETS[task])} "
+                                 f"(flags after --preset override it).")
     config_fields = {f.name for f in fields(CONFIGS[task])}
-    cfg = validate(CONFIGS[task](**{k: getattr(cmd, k) for k in config_fields}))
+    cfg = CONFIGS[task](**{k: getattr(cmd, k) for k in config_fields})
     opts = RunOptions(**{f.name: getattr(cmd, f.name) for f in fields(RunOptions)})
-    return cfg, opts
+    given = given_fields(argv, CONFIGS[task])
+    if opts.resume is None:
+        cfg = validate(cfg)
+    return cfg, opts, given
 
 
 def cmd_train(argv: list[str]) -> int:
@@ -88,28 +136,35 @@ def cmd_train(argv: list[str]) -> int:
     task, argv = argv[0], argv[1:]
     if task not in CONFIGS:
         fail(f"unknown task {task!r}: choose one of {', '.join(CONFIGS)}")
-    cfg, opts = parse_train(task, argv)
+    cfg, opts, given = parse_train(task, argv)
     from plasticity.train import preflight, train
-    from plasticity.train.common import run_name
+    from plasticity.train.common import start_run
+    from plasticity.train.loop import Interrupted
 
-    if opts.resume is None:
-        # Data problems fail here, before an MLflow run is opened for nothing.
-        preflight(cfg)
-
+    # Resolve the run first (config from the checkpoint, run folder), and check the data,
+    # before an MLflow run is opened for nothing.
+    cfg, ckpt, run_dir = start_run(cfg, opts.resume, None, given, announce=True, check=preflight)
     tracker = None
     if opts.tracking:
-        from plasticity.tracking.mlflow import MlflowTracker
-
-        tracker = MlflowTracker.open(opts.tracking_uri, opts.experiment, run_name(cfg), cfg.to_dict(),
-                                     tags={"task": cfg.task, "model": cfg.model})
+        tracker = _open_tracker(opts, cfg, run_dir, resumed=ckpt is not None)
         print(f"MLflow run {tracker.run_id} at {tracker.uri}", file=sys.stderr)
     status = "FAILED"
     try:
-        result = train(cfg, report=tracker, resume=opts.resume, progress=opts.progress)
+        result = train(cfg, report=tracker, resume=opts.resume, progress=opts.progress, run_dir=run_dir,
+                       given=given)
         status = "FINISHED"
+    except Interrupted as e:
+        status = "KILLED"
+        again = f"plasticity train {cfg.task} --resume {e.checkpoint}"
+        if tracker is not None:
+            tracker.attempt(tracker.client.set_tag, tracker.run_id, "resumable", again)
+        print(f"plasticity: stopped at episode {e.episode}; checkpoint saved: continue with `{again}`",
+              file=sys.stderr)
+        return e.exit_code
     except KeyboardInterrupt:
         status = "KILLED"
-        print("plasticity: interrupted; the checkpoint was saved, continue with --resume", file=sys.stderr)
+        print("plasticity: stopped at once; continue from the last checkpoint with "
+              f"`plasticity train {cfg.task} --resume {run_dir / 'checkpoint.pt'}`", file=sys.stderr)
         return 130
     finally:
         if tracker is not None and status != "FINISHED":
@@ -120,6 +175,27 @@ def cmd_train(argv: list[str]) -> int:
     summary = ", ".join(f"{k}={v:.4g}" for k, v in final.items() if k.startswith("eval/"))
     print(f"done: {result.run_dir} ({summary})")
     return 0
+
+
+TRACKING_RUN_FILE = "mlflow_run_id"
+"""Holds the MLflow run id in a run folder, so that a resumed run continues its MLflow run."""
+
+
+def _open_tracker(opts: RunOptions, cfg, run_dir: Path, resumed: bool):
+    """The MLflow run of this training run: the one recorded in its folder when resuming
+    (marked running again), else a new one, recorded there."""
+    from plasticity.tracking.mlflow import MlflowTracker
+    from plasticity.train.common import run_name
+
+    id_file = run_dir / TRACKING_RUN_FILE
+    if resumed and id_file.is_file():
+        tracker = MlflowTracker.reopen(opts.tracking_uri, id_file.read_text().strip())
+        if tracker is not None:
+            return tracker
+    tracker = MlflowTracker.open(opts.tracking_uri, opts.experiment, run_name(cfg), cfg.to_dict(),
+                                 tags={"task": cfg.task, "model": cfg.model})
+    id_file.write_text(tracker.run_id)
+    return tracker
 
 
 @dataclass
@@ -142,7 +218,7 @@ class EvaluateArgs:
 
 
 def cmd_evaluate(argv: list[str]) -> int:
-    args = tyro.cli(EvaluateArgs, args=argv, prog="plasticity evaluate")
+    args = parse_args(EvaluateArgs, argv, prog="plasticity evaluate")
     from plasticity.train import trainer_module
 
     # The architecture comes from the checkpoint's own config.
@@ -194,7 +270,7 @@ def cmd_data(argv: list[str]) -> int:
         return 0 if argv else 2
     action, argv = argv[0], argv[1:]
     if action == "download":
-        args = tyro.cli(DownloadArgs, args=argv, prog="plasticity data download")
+        args = parse_args(DownloadArgs, argv, prog="plasticity data download")
         from plasticity.data.download import download
 
         paths = download(args.dataset, args.data_dir, mirror=args.mirror, progress=args.progress,
@@ -254,7 +330,16 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return COMMANDS[argv[0]](argv[1:])
     except PlasticityError as e:
-        fail(str(e))
+        fail(str(e), e.exit_code)
+    except KeyboardInterrupt:
+        print("plasticity: interrupted", file=sys.stderr)
+        return 130
+    except OSError as e:
+        # Backstop for a file that cannot be read or written where no check named it.
+        where = f" ({e.filename})" if e.filename else ""
+        fail(f"{e.strerror or e}{where}: check the path, its permissions and the free disk space", 1)
+    except MemoryError:
+        fail("out of memory: lower the model sizes or --batch-size", 1)
     return 0
 
 

@@ -12,6 +12,8 @@ task's published settings; any field can be overridden after choosing a preset.
 from __future__ import annotations
 
 import dataclasses
+import math
+import os
 from dataclasses import asdict, dataclass, fields
 from typing import Any, ClassVar, Literal
 
@@ -80,6 +82,9 @@ class TrainConfig:
     """Held-out episodes (fixed, never trained on) used for each evaluation."""
     checkpoint_every: int = 500
     """Write the checkpoint every this many training episodes (and at the end)."""
+    checkpoint_minutes: float | None = 10.0
+    """Also write it when this much wall time has passed since the last one, so that a
+    run killed without warning (SIGKILL) loses at most this much; None: episodes only."""
     device: str = "auto"
     """`auto` (CUDA if available), `cpu`, `cuda` or `cuda:N`."""
     out: str = "runs"
@@ -126,6 +131,11 @@ class TaskConfig(TrainConfig, ModelConfig):
     def check(self) -> None:
         """Task-specific checks; raise `ConfigError` naming the field and the fix."""
 
+    def neurons(self) -> int:
+        """Side N of the largest N x N matrix the model holds (plastic weights, Hebb per
+        episode), used to refuse sizes that cannot fit before anything is allocated."""
+        return self.extra_neurons + (2 * self.hidden if self.model == "lstm" else 0)
+
 
 @dataclass
 class PatternsConfig(TaskConfig):
@@ -160,6 +170,9 @@ class PatternsConfig(TaskConfig):
     """The input is multiplied by this before being added to the pre-activation."""
     bias_neuron: bool = True
     """Add one neuron whose input is always 1 (times --input-gain)."""
+
+    def neurons(self) -> int:
+        return super().neurons() + self.pattern_size + int(self.bias_neuron)
 
     def check(self) -> None:
         if not 0.0 < self.erase_fraction < 1.0:
@@ -216,8 +229,46 @@ def check_rule(cfg: TaskConfig) -> None:
     check_choice("plasticity rule", cfg.rule, choices)
 
 
+MAX_INT = 2**62
+"""Largest integer any field takes (seeds and counts stay clear of 64-bit overflow)."""
+
+
+def check_numbers(cfg: TaskConfig) -> None:
+    """Every float field finite, every integer field within +-MAX_INT."""
+    for f in fields(cfg):
+        value, flag = getattr(cfg, f.name), "--" + f.name.replace("_", "-")
+        if isinstance(value, float) and not math.isfinite(value):
+            example = f.default if isinstance(f.default, float) else 1.0
+            raise ConfigError(f"{flag} must be a finite number, got {value}: pass a number such as {example}")
+        if isinstance(value, int) and not isinstance(value, bool) and abs(value) > MAX_INT:
+            raise ConfigError(f"{flag} is too large ({value}): pass a value below 2**62")
+    if cfg.seed < 0:
+        raise ConfigError(f"--seed must be >= 0, got {cfg.seed}: pass e.g. --seed 0")
+
+
+def physical_memory() -> int:
+    """Bytes of RAM on this machine (0 if unknown)."""
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        return 0
+
+
+def check_memory(cfg: TaskConfig) -> None:
+    """Refuse sizes whose weights and per-episode Hebb matrices cannot fit in this machine's
+    memory (a rough lower bound: float32 weights with Adam's two moments, and a few
+    N x N tensors per episode of a batch), before anything is allocated."""
+    n = cfg.neurons()
+    need = 4 * n * n * (3 * 3 + 4 * cfg.batch_size)
+    have = physical_memory()
+    if have and need > have:
+        raise ConfigError(f"this model needs at least {need / 2**30:.0f} GiB ({n} neurons, batch {cfg.batch_size}) "
+                          f"and this machine has {have / 2**30:.0f} GiB: lower the sizes or --batch-size")
+
+
 def validate(cfg: TaskConfig) -> TaskConfig:
     """Check every field; raise one `ConfigError` naming the first bad value and the fix."""
+    check_numbers(cfg)
     check_choice("model", cfg.model, type(cfg).models)
     check_rule(cfg)
     check_choice("alpha mode", cfg.alpha_mode, ALPHA_MODES)
@@ -229,10 +280,11 @@ def validate(cfg: TaskConfig) -> TaskConfig:
         check_positive(name, getattr(cfg, name))
     for name in ("extra_neurons", "recompute_every", *type(cfg).non_negative):
         check_positive(name, getattr(cfg, name), allow_zero=True)
-    for name in ("clip", "grad_clip", "max_minutes"):
+    for name in ("clip", "grad_clip", "max_minutes", "checkpoint_minutes"):
         if getattr(cfg, name) is not None:
             check_positive(name, getattr(cfg, name))
     cfg.check()
+    check_memory(cfg)
     return cfg
 
 
@@ -270,6 +322,9 @@ class ImagesConfig(TaskConfig):
 
     positive: ClassVar[tuple[str, ...]] = ("image_size", "num_images", "num_cycles", "present_steps", "test_steps")
     non_negative: ClassVar[tuple[str, ...]] = ("gap_steps",)
+
+    def neurons(self) -> int:
+        return super().neurons() + self.image_size ** 2 + int(self.bias_neuron)
 
     def check(self) -> None:
         if self.image_size not in (8, 16, 32):
@@ -328,6 +383,10 @@ class OmniglotConfig(TaskConfig):
 
     models: ClassVar[tuple[str, ...]] = ("plastic",)
     positive: ClassVar[tuple[str, ...]] = ("n_way", "channels", "label_gain")
+
+    def neurons(self) -> int:
+        # The conv layers' 3x3 x channels x channels kernels dominate.
+        return 3 * self.channels + self.n_way
 
     def check(self) -> None:
         for name in ("val_fraction", "test_fraction"):
@@ -402,6 +461,9 @@ class MazeConfig(TaskConfig):
     def __post_init__(self):
         if self.model in ("neuromod", "retroactive"):
             self.rule = self.model
+
+    def neurons(self) -> int:
+        return self.hidden + self.view ** 2 + 8
 
     def check(self) -> None:
         from plasticity.envs.maze import MazeSpec

@@ -11,6 +11,9 @@ from __future__ import annotations
 class PlasticityError(ValueError):
     """A problem with the user's input, with a hint on how to fix it."""
 
+    exit_code = 2
+    """What the CLI exits with: 2 for bad input (usage), 1 for a failure at run time."""
+
 
 class ConfigError(PlasticityError):
     """An invalid configuration value (unknown rule, eta out of range, bad size...)."""
@@ -22,6 +25,12 @@ class ShapeError(PlasticityError):
 
 class CheckpointError(PlasticityError):
     """A checkpoint file is missing, truncated, corrupt or not ours."""
+
+
+class StorageError(PlasticityError):
+    """A file or folder cannot be written (permissions, a full disk); nothing was lost."""
+
+    exit_code = 1
 
 
 class TrackingError(PlasticityError):

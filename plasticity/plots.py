@@ -10,6 +10,8 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 from torch import Tensor  # noqa: E402
 
+from plasticity.errors import StorageError  # noqa: E402
+
 
 def _grid_shape(size: int) -> tuple[int, int]:
     """The most square `rows x cols == size` layout (1 x size for primes)."""
@@ -80,5 +82,11 @@ def curves_figure(curves: dict[str, tuple[list[float], list[float]]], *, xlabel:
 
 
 def save_figure(fig, path) -> None:
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    """Write `fig` to `path` (PNG) and close it; a failed write is a one-line `StorageError`."""
+    try:
+        fig.savefig(path, dpi=100)
+    except OSError as e:
+        raise StorageError(f"cannot write the figure {path} ({e.strerror or e}): free disk space or pass --out "
+                           "with a writable folder") from None
+    finally:
+        plt.close(fig)

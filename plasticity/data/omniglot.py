@@ -88,9 +88,10 @@ def _members(source: Path) -> Iterator[tuple[str, bytes]]:
     try:
         with zipfile.ZipFile(source) as z:
             for info in sorted(z.infolist(), key=lambda i: i.filename):
-                if info.filename.endswith(".png"):
-                    # Drop the zip's top folder (`images_background/`).
-                    yield info.filename.split("/", 1)[1], z.read(info)
+                top, _, rel = info.filename.partition("/")
+                # Drop the zip's top folder (`images_background/`); files beside it are not drawings.
+                if rel.endswith(".png"):
+                    yield rel, z.read(info)
     except (zipfile.BadZipFile, EOFError, zipfile.LargeZipFile, OSError) as e:
         raise DataError(f"Omniglot file {source} is truncated or corrupt ({e}): delete it and {FIX}") from None
 

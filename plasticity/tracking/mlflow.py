@@ -129,6 +129,20 @@ class MlflowTracker:
         tracker.log_params(params)
         return tracker
 
+    @classmethod
+    def reopen(cls, uri: str | None, run_id: str) -> MlflowTracker | None:
+        """Continue an existing run (a resumed training run), marked running again;
+        None if this store does not hold it (another tracking URI)."""
+        uri = uri or default_tracking_uri()
+        client = check_tracking(uri)
+        try:
+            client.get_run(run_id)
+        except Exception:  # noqa: BLE001 - not in this store
+            return None
+        client.update_run(run_id, status="RUNNING")
+        client.set_tag(run_id, "resumed", "true")
+        return cls(client, run_id, uri)
+
     def log_params(self, params: dict[str, Any]) -> None:
         from mlflow.entities import Param
 

@@ -24,14 +24,12 @@ and `checkpoint`. The run folder also gets `learning_curve.png` at the end.
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 
 import torch
 from torch import Tensor
-from tqdm.auto import tqdm
 
 from plasticity.agents import ActorCritic, build_agent
 from plasticity.envs.maze import ACTIONS, BatchedMaze, MazeLayout, MazeSpec, draw_layout
@@ -39,22 +37,20 @@ from plasticity.envs.render import Trajectory, save_gif, trajectory_figure
 from plasticity.errors import check_positive
 from plasticity.models import count_parameters
 from plasticity.plots import curves_figure, save_figure
-from plasticity.train.checkpoint import load_checkpoint, save_checkpoint
+from plasticity.train.checkpoint import load_checkpoint
 from plasticity.train.common import (
     EVAL_SEED_OFFSET,
     Report,
-    crossed,
+    check_no_split,
     load_weights,
-    open_run_dir,
-    optimizer_step,
     plastic_summary,
-    record,
     resolve_device,
-    restore_config,
     restore_state,
     seed_everything,
+    start_run,
 )
 from plasticity.train.episodic import TrainResult
+from plasticity.train.loop import run_loop
 
 EVAL_CHUNK = 128
 """Held-out episodes played at once."""
@@ -188,93 +184,65 @@ def _learning_curve_png(history: list[dict], run_dir: Path) -> Path | None:
     return path
 
 
+class A2CAlgorithm:
+    """A2C on the maze for the shared loop (`plasticity.train.loop.Algorithm`)."""
+
+    def __init__(self, cfg, agent: ActorCritic, device: torch.device):
+        self.cfg, self.model, self.device = cfg, agent, device
+        self.spec = maze_spec(cfg)
+        # Layouts are drawn on the CPU, actions where the agent runs; both are in the checkpoint.
+        self.layouts = torch.Generator().manual_seed(cfg.seed)
+        self.actions = torch.Generator(device=device).manual_seed(cfg.seed + 1)
+        self.heldout = heldout_layouts(self.spec, cfg.eval_episodes, cfg.seed + EVAL_SEED_OFFSET)
+        self.envs: dict[int, BatchedMaze] = {}
+
+    def step(self, episodes: int):
+        env = self.envs.get(episodes) or self.envs.setdefault(episodes, BatchedMaze(self.spec, episodes, self.device))
+        roll = rollout(self.model, env, draw_layout(self.spec, episodes, self.layouts), self.actions)
+        cfg = self.cfg
+        loss, parts = a2c_loss(roll.log_probs, roll.entropy, roll.values, roll.rewards, gamma=cfg.gamma,
+                               value_weight=cfg.value_weight, entropy_weight=cfg.entropy_weight)
+        stats = {"train/loss": loss.item(), "charts/episodic_return": roll.rewards.sum(1).mean().item(),
+                 "charts/goals": roll.found.sum(1).float().mean().item(),
+                 **{f"losses/{k}": v for k, v in parts.items()}}
+        return loss, stats
+
+    def evaluate(self, episode: int, run_dir: Path):
+        scores, traj = evaluate(self.model, self.spec, self.heldout, self.device, self.cfg.seed + EVAL_SEED_OFFSET)
+        metrics = {f"eval/{k}": v for k, v in scores.items()}
+        metrics.update(plastic_summary(self.model))
+        metrics["model/params"] = count_parameters(self.model)
+        files = _trajectory_files(self.spec, traj, run_dir, f"maze/{self.cfg.model}, after {episode} episodes")
+        return metrics, files
+
+    def generators(self) -> dict[str, torch.Generator]:
+        return {"generator": self.layouts, "action_generator": self.actions}
+
+    def checkpoint_extra(self) -> dict:
+        return {}
+
+    def postfix(self, metrics: dict[str, float]) -> dict[str, str]:
+        return {"ret": f"{metrics.get('charts/episodic_return', float('nan')):.1f}",
+                "eval": f"{metrics['eval/return']:.1f}"}
+
+    def finish(self, history: list[dict], run_dir: Path) -> None:
+        _learning_curve_png(history, run_dir)
+
+
 def train(cfg, report: Report | None = None, *, resume: str | Path | None = None,
-          progress: bool = True, run_dir: str | Path | None = None) -> TrainResult:
-    """Train the maze agent described by `cfg`; see the module docstring."""
-    ckpt = None
-    if resume is not None:
-        cfg, ckpt = restore_config(cfg, resume)
-        run_dir = Path(resume).parent if run_dir is None else run_dir
+          progress: bool = True, run_dir: str | Path | None = None, given: set[str] | None = None) -> TrainResult:
+    """Train the maze agent described by `cfg`; see the module docstring and `plasticity.train.loop`."""
+    cfg, ckpt, run_dir = start_run(cfg, resume, run_dir, given, progress)
     device = resolve_device(cfg.device)
     seed_everything(cfg.seed)
-    spec = maze_spec(cfg)
     agent = make_agent(cfg).to(device)
     optimizer = torch.optim.Adam([p for p in agent.parameters() if p.requires_grad], lr=cfg.lr)
-    # Layouts are drawn on the CPU, actions where the agent runs; both are in the checkpoint.
-    layouts = torch.Generator().manual_seed(cfg.seed)
-    actions = torch.Generator(device=device).manual_seed(cfg.seed + 1)
-    episode, history = 0, []
     if ckpt is not None:
-        episode, history = restore_state(agent, optimizer, ckpt, cfg.lr)
-        layouts.set_state(ckpt["generator"])
-        actions.set_state(ckpt["action_generator"].to(actions.get_state().device))
-    run_dir, ckpt_path = open_run_dir(cfg, run_dir)
-    heldout = heldout_layouts(spec, cfg.eval_episodes, cfg.seed + EVAL_SEED_OFFSET)
-    env = BatchedMaze(spec, cfg.batch_size, device)
-
-    saved_at = [None]
-
-    def checkpoint() -> Path:
-        if saved_at[0] != episode:
-            save_checkpoint(ckpt_path, model=agent, optimizer=optimizer, config=cfg.to_dict(), episode=episode,
-                            extra={"generator": layouts.get_state(), "action_generator": actions.get_state().cpu(),
-                                   "history": history})
-            saved_at[0] = episode
-        return ckpt_path
-
-    bar = tqdm(total=cfg.episodes, initial=episode, unit="ep", disable=not progress, dynamic_ncols=True)
-    n_params = count_parameters(agent)
-    bar.set_description(f"maze/{cfg.model} ({n_params:,} params)")
-    sums, n_sum, t_last, ep_last = {}, 0, time.perf_counter(), episode
-    elapsed_before = history[-1].get("perf/elapsed_s", 0.0) if history else 0.0
-    t_start = time.perf_counter()
-    deadline = None if cfg.max_minutes is None else t_start + 60 * cfg.max_minutes
-    try:
-        while episode < cfg.episodes:
-            roll = rollout(agent, env, draw_layout(spec, cfg.batch_size, layouts), actions)
-            loss, parts = a2c_loss(roll.log_probs, roll.entropy, roll.values, roll.rewards, gamma=cfg.gamma,
-                                   value_weight=cfg.value_weight, entropy_weight=cfg.entropy_weight)
-            optimizer_step(loss, agent, optimizer, cfg.grad_clip, episode, checkpoint)
-            previous, episode = episode, episode + cfg.batch_size
-            step_stats = {"train/loss": loss.item(), "charts/episodic_return": roll.rewards.sum(1).mean().item(),
-                          "charts/goals": roll.found.sum(1).float().mean().item(),
-                          **{f"losses/{k}": v for k, v in parts.items()}}
-            for k, v in step_stats.items():
-                sums[k] = sums.get(k, 0.0) + v
-            n_sum += 1
-            bar.update(cfg.batch_size)
-            out_of_time = deadline is not None and time.perf_counter() >= deadline
-            crossed_now = partial(crossed, previous, episode, total=cfg.episodes, stop=out_of_time)
-            if crossed_now(cfg.eval_every):
-                now = time.perf_counter()
-                metrics = {k: v / n_sum for k, v in sums.items()}
-                metrics["perf/episodes_per_s"] = (episode - ep_last) / (now - t_last)
-                metrics["perf/elapsed_s"] = elapsed_before + now - t_start
-                scores, traj = evaluate(agent, spec, heldout, device, cfg.seed + EVAL_SEED_OFFSET)
-                metrics.update({f"eval/{k}": v for k, v in scores.items()})
-                metrics.update(plastic_summary(agent))
-                metrics["model/params"] = n_params
-                record(history, run_dir, episode, metrics)
-                files = _trajectory_files(spec, traj, run_dir, f"maze/{cfg.model}, after {episode} episodes")
-                if crossed_now(cfg.checkpoint_every):
-                    files["checkpoint"] = checkpoint()
-                bar.set_postfix(ret=f"{metrics['charts/episodic_return']:.1f}", eval=f"{scores['return']:.1f}")
-                if report is not None:
-                    report(episode, metrics, files)
-                sums, n_sum = {}, 0
-                t_last, ep_last = time.perf_counter(), episode
-            elif crossed_now(cfg.checkpoint_every):
-                checkpoint()
-            if out_of_time:
-                break
-    except KeyboardInterrupt:
-        checkpoint()
-        bar.close()
-        raise
-    bar.close()
-    checkpoint()
-    _learning_curve_png(history, run_dir)
-    return TrainResult(agent, run_dir, ckpt_path, history)
+        restore_state(agent, optimizer, ckpt, cfg.lr)
+    algo = A2CAlgorithm(cfg, agent, device)
+    result = run_loop(cfg, algo, optimizer, run_dir=run_dir, report=report, ckpt=ckpt, progress=progress,
+                      description=f"maze/{cfg.model} ({count_parameters(agent):,} params)")
+    return TrainResult(agent, run_dir, result.checkpoint, result.history)
 
 
 def model_from_checkpoint(path: str | Path, config_cls, device: str = "cpu"):
@@ -289,13 +257,13 @@ def evaluate_checkpoint(path: str | Path, config_cls, *, episodes: int, seed: in
                         device: str = "cpu", split: str = "test") -> dict:
     """Play `episodes` fresh episodes (layouts and actions from `seed`) with a checkpoint's
     agent; write the first episode's trajectory figure to `figure` and a GIF beside it.
-    `split` is accepted for the common interface: the maze has no data, every episode
-    is drawn fresh.
+    The maze has no data: every episode is drawn fresh, so `split` must be `test`.
 
     Returns `{"config", "episode", "metrics", "figure"}`."""
     check_positive("episodes", episodes)
     dev = resolve_device(device)
     agent, cfg, ckpt = model_from_checkpoint(path, config_cls, device=str(dev))
+    check_no_split(cfg.task, split)
     spec = maze_spec(cfg)
     metrics, traj = evaluate(agent, spec, heldout_layouts(spec, episodes, seed), dev, seed)
     metrics["return_ci95"] = 1.96 * metrics["return_std"] / episodes ** 0.5

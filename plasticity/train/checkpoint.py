@@ -8,6 +8,7 @@ only, and loading never unpickles arbitrary objects.
 
 from __future__ import annotations
 
+import io
 import os
 import pickle
 import tempfile
@@ -18,7 +19,7 @@ from typing import Any
 import torch
 
 from plasticity import __version__
-from plasticity.errors import CheckpointError
+from plasticity.errors import CheckpointError, StorageError
 
 FORMAT = "plasticity-checkpoint"
 FORMAT_VERSION = 1
@@ -29,7 +30,6 @@ def save_checkpoint(path: str | Path, *, model: torch.nn.Module, config: dict[st
                     extra: dict[str, Any] | None = None) -> Path:
     """Write the checkpoint to `path` atomically and return the path."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     payload = {
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
@@ -40,15 +40,30 @@ def save_checkpoint(path: str | Path, *, model: torch.nn.Module, config: dict[st
         "optimizer": None if optimizer is None else optimizer.state_dict(),
         **(extra or {}),
     }
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    # Serialised in memory first, so that a failed write is an OSError of our own write.
+    buffer = io.BytesIO()
+    torch.save(payload, buffer)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        # Temporary files of saves that were killed (SIGKILL, power loss) are removed here.
+        for stale in path.parent.glob(f".{path.name}.*.tmp"):
+            stale.unlink(missing_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    except OSError as e:
+        raise StorageError(f"cannot write the checkpoint {path} ({e.strerror or e}): make its folder writable "
+                           "or pass --out with another folder") from None
     try:
         with os.fdopen(fd, "wb") as f:
-            torch.save(payload, f)
+            f.write(buffer.getbuffer())
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as e:
         Path(tmp).unlink(missing_ok=True)
+        if isinstance(e, OSError):
+            kept = "the previous checkpoint is intact" if path.exists() else "no earlier checkpoint exists"
+            raise StorageError(f"could not write the checkpoint {path} ({e.strerror or e}); {kept}: free disk "
+                               f"space, then resume with --resume {path}") from None
         raise
     return path
 

@@ -5,15 +5,15 @@ from __future__ import annotations
 
 import json
 import random
+import sys
 import time
-from dataclasses import fields
 from pathlib import Path
 from typing import Protocol
 
 import numpy as np
 import torch
 
-from plasticity.errors import CheckpointError, ConfigError, PlasticityError
+from plasticity.errors import CheckpointError, ConfigError, PlasticityError, StorageError
 
 
 class Report(Protocol):
@@ -26,6 +26,8 @@ class Report(Protocol):
 
 class TrainingDiverged(PlasticityError):
     """The loss became NaN or infinite; the last finite state was checkpointed."""
+
+    exit_code = 1
 
 
 def to_device(x, device):
@@ -91,42 +93,56 @@ def record(history: list[dict], run_dir: Path, step: int, metrics: dict[str, flo
 EVAL_SEED_OFFSET = 1_000_003
 """Held-out episodes are drawn from `seed + EVAL_SEED_OFFSET`, never used for training."""
 
-TRAIN_FIELDS = {"episodes", "batch_size", "lr", "grad_clip", "max_minutes", "eval_every", "eval_episodes",
-                "checkpoint_every", "device", "out"}
-"""Fields that a resumed run takes from the new command line; all others (model, task,
-seed) come from the checkpoint."""
+def is_run_dir(folder: Path) -> bool:
+    """A folder `plasticity train` made (it holds the run's config.json)."""
+    return (folder / "config.json").is_file()
 
 
-def restore_config(cfg, resume) -> tuple[object, dict]:
-    """(config, checkpoint) for resuming: the schedule (`TRAIN_FIELDS`) from `cfg`, the
-    rest from the checkpoint."""
-    from plasticity.config import validate
-    from plasticity.train.checkpoint import load_checkpoint
+def open_run_dir(cfg, run_dir=None) -> Path:
+    """The run folder (a new one under `cfg.out` unless given) with `config.json` written;
+    an unwritable place is a `StorageError` naming the folder."""
+    try:
+        run_dir = Path(run_dir) if run_dir is not None else make_run_dir(cfg)
+        run_dir.mkdir(parents=True, exist_ok=True)
+        (run_dir / "config.json").write_text(json.dumps(cfg.to_dict(), indent=2))
+    except OSError as e:
+        where = run_dir if run_dir is not None else cfg.out
+        raise StorageError(f"cannot write the run folder under {where} ({e.strerror or e}): pass --out with a "
+                           "writable folder") from None
+    return run_dir
 
-    ckpt = load_checkpoint(resume)
-    saved = type(cfg).from_dict(ckpt["config"])
-    cfg = validate(type(cfg)(**{f.name: getattr(cfg if f.name in TRAIN_FIELDS else saved, f.name)
-                                for f in fields(cfg)}))
-    return cfg, ckpt
+
+def start_run(cfg, resume, run_dir, given: set[str] | None, announce: bool = False, check=None):
+    """(config, checkpoint or None, run folder) for a new or resumed run. A resumed run
+    takes its config from the checkpoint (`plasticity.train.loop.resume_config`) and
+    continues in the checkpoint's run folder, unless `run_dir` is given or `--out` was
+    changed, or the checkpoint does not sit in a run folder: then in a new one.
+    `check(cfg)` runs on the final config before any folder is made (e.g. data checks)."""
+    from plasticity.train.loop import restore_checkpoint, resume_summary
+
+    if resume is None:
+        if check is not None:
+            check(cfg)
+        return cfg, None, open_run_dir(cfg, run_dir)
+    cfg, ckpt, changes = restore_checkpoint(resume, type(cfg), cfg, given)
+    if check is not None:
+        check(cfg)
+    folder = Path(resume).parent
+    if run_dir is None and "out" not in changes and is_run_dir(folder) and Path(resume).name == "checkpoint.pt":
+        run_dir = folder
+    run_dir = open_run_dir(cfg, run_dir)
+    if announce:
+        where = "" if run_dir == folder else f", in the new run folder {run_dir}"
+        print(f"plasticity: {resume_summary(ckpt, cfg, changes)}{where}", file=sys.stderr)
+    return cfg, ckpt, run_dir
 
 
-def restore_state(model: torch.nn.Module, optimizer: torch.optim.Optimizer, ckpt: dict,
-                  lr: float) -> tuple[int, list[dict]]:
-    """Load weights and optimiser state from `ckpt` (the learning rate is this run's);
-    returns (episodes done, history)."""
+def restore_state(model: torch.nn.Module, optimizer: torch.optim.Optimizer, ckpt: dict, lr: float) -> None:
+    """Load weights and optimiser state from `ckpt`; the learning rate is this run's."""
     model.load_state_dict(ckpt["model"])
     optimizer.load_state_dict(ckpt["optimizer"])
     for group in optimizer.param_groups:
         group["lr"] = lr
-    return ckpt["episode"], list(ckpt.get("history", []))
-
-
-def open_run_dir(cfg, run_dir) -> tuple[Path, Path]:
-    """The run folder (a new one unless given) with `config.json`; returns (folder, checkpoint path)."""
-    run_dir = Path(run_dir) if run_dir is not None else make_run_dir(cfg)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / "config.json").write_text(json.dumps(cfg.to_dict(), indent=2))
-    return run_dir, run_dir / "checkpoint.pt"
 
 
 def optimizer_step(loss: torch.Tensor, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
@@ -144,9 +160,10 @@ def optimizer_step(loss: torch.Tensor, model: torch.nn.Module, optimizer: torch.
     optimizer.step()
 
 
-def crossed(previous: int, now: int, every: int, total: int, stop: bool = False) -> bool:
-    """True when the episode count passed a multiple of `every` (or the end) this step."""
-    return stop or now // every > previous // every or now >= total
+def check_no_split(task: str, split: str) -> None:
+    """Tasks without data draw fresh episodes: `--split` can only be its default, `test`."""
+    if split != "test":
+        raise ConfigError(f"the {task} task has no data splits (every episode is drawn fresh): drop --split {split}")
 
 
 def plastic_summary(model: torch.nn.Module) -> dict[str, float]:

@@ -13,34 +13,29 @@ holds `checkpoint.pt` (written atomically), `metrics.jsonl` and the figures.
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass, field
-from functools import partial
 from pathlib import Path
 
 import torch
-from tqdm.auto import tqdm
 
 from plasticity.config import ModelConfig
 from plasticity.models import SequenceModel, count_parameters, make_model
 from plasticity.plots import curves_figure, save_figure
 from plasticity.tasks import make_task
-from plasticity.train.checkpoint import load_checkpoint, save_checkpoint
+from plasticity.train.checkpoint import load_checkpoint
 from plasticity.train.common import (
     EVAL_SEED_OFFSET,
     Report,
-    crossed,
+    check_no_split,
     load_weights,
-    open_run_dir,
-    optimizer_step,
     plastic_summary,
-    record,
     resolve_device,
-    restore_config,
     restore_state,
     seed_everything,
+    start_run,
     to_device,
 )
+from plasticity.train.loop import run_loop
 
 
 @dataclass
@@ -107,86 +102,58 @@ def preflight(cfg) -> None:
     make_task(cfg)
 
 
+class EpisodicAlgorithm:
+    """Supervised episodes for the shared loop (`plasticity.train.loop.Algorithm`)."""
+
+    def __init__(self, cfg, task, model: SequenceModel, device: torch.device):
+        self.cfg, self.task, self.model, self.device = cfg, task, model, device
+        self.generator = torch.Generator().manual_seed(cfg.seed)
+        self.heldout = heldout_episodes(task.heldout() if hasattr(task, "heldout") else task, cfg)
+
+    def step(self, episodes: int):
+        batch = self.task.sample(episodes, self.generator)
+        outputs, _ = self.model(to_device(self.task.inputs(batch), self.device))
+        loss = self.task.loss(outputs, batch)
+        return loss, {"train/loss": loss.item()}
+
+    def evaluate(self, episode: int, run_dir: Path):
+        metrics = {f"eval/{k}": v for k, v in evaluate(self.model, self.task, self.heldout, self.device).items()}
+        metrics.update(plastic_summary(self.model))
+        metrics["model/params"] = count_parameters(self.model)
+        return metrics, {"completion": _completion_png(self.model, self.task, self.heldout[0], self.device, run_dir)}
+
+    def generators(self) -> dict[str, torch.Generator]:
+        return {"generator": self.generator}
+
+    def checkpoint_extra(self) -> dict:
+        return {"task_state": task_state(self.task)}
+
+    def postfix(self, metrics: dict[str, float]) -> dict[str, str]:
+        return {"loss": f"{metrics.get('train/loss', float('nan')):.4f}",
+                "err": f"{metrics.get('eval/bit_error', float('nan')):.4f}"}
+
+    def finish(self, history: list[dict], run_dir: Path) -> None:
+        _learning_curve_png(history, run_dir)
+
+
 def train(cfg, report: Report | None = None, *, resume: str | Path | None = None,
-          progress: bool = True, run_dir: str | Path | None = None) -> TrainResult:
-    """Train the model described by `cfg`; see the module docstring."""
-    ckpt = None
-    if resume is not None:
-        cfg, ckpt = restore_config(cfg, resume)
-        run_dir = Path(resume).parent if run_dir is None else run_dir
+          progress: bool = True, run_dir: str | Path | None = None, given: set[str] | None = None) -> TrainResult:
+    """Train the model described by `cfg`; see the module docstring and `plasticity.train.loop`
+    (resuming: `given` names the fields the user asked to change; None: the schedule's)."""
+    cfg, ckpt, run_dir = start_run(cfg, resume, run_dir, given, progress)
     device = resolve_device(cfg.device)
     seed_everything(cfg.seed)
     task = make_task(cfg)
     model = make_model(cfg, task).to(device)
     optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=cfg.lr)
-    generator = torch.Generator().manual_seed(cfg.seed)
-    episode, history = 0, []
     if ckpt is not None:
         check_task_state(task, ckpt, resume)
-        episode, history = restore_state(model, optimizer, ckpt, cfg.lr)
-        generator.set_state(ckpt["generator"])
-    run_dir, ckpt_path = open_run_dir(cfg, run_dir)
-    heldout = heldout_episodes(task.heldout() if hasattr(task, "heldout") else task, cfg)
-
-    saved_at = [None]
-
-    def checkpoint() -> Path:
-        if saved_at[0] != episode:
-            save_checkpoint(ckpt_path, model=model, optimizer=optimizer, config=cfg.to_dict(), episode=episode,
-                            extra={"generator": generator.get_state(), "history": history,
-                                   "task_state": task_state(task)})
-            saved_at[0] = episode
-        return ckpt_path
-
-    bar = tqdm(total=cfg.episodes, initial=episode, unit="ep", disable=not progress, dynamic_ncols=True)
+        restore_state(model, optimizer, ckpt, cfg.lr)
+    algo = EpisodicAlgorithm(cfg, task, model, device)
     n_params = count_parameters(model)
-    bar.set_description(f"{cfg.task}/{cfg.model} ({n_params:,} params)")
-    train_loss, train_n, t_last, ep_last = 0.0, 0, time.perf_counter(), episode
-    # Wall time spent training (including evaluations), carried across resumes.
-    elapsed_before = history[-1].get("perf/elapsed_s", 0.0) if history else 0.0
-    t_start = time.perf_counter()
-    deadline = None if cfg.max_minutes is None else t_start + 60 * cfg.max_minutes
-    try:
-        while episode < cfg.episodes:
-            batch = task.sample(cfg.batch_size, generator)
-            outputs, _ = model(to_device(task.inputs(batch), device))
-            loss = task.loss(outputs, batch)
-            optimizer_step(loss, model, optimizer, cfg.grad_clip, episode, checkpoint)
-            previous, episode = episode, episode + cfg.batch_size
-            train_loss, train_n = train_loss + loss.item() * cfg.batch_size, train_n + cfg.batch_size
-            bar.update(cfg.batch_size)
-            out_of_time = deadline is not None and time.perf_counter() >= deadline
-            crossed_now = partial(crossed, previous, episode, total=cfg.episodes, stop=out_of_time)
-            if crossed_now(cfg.eval_every):
-                now = time.perf_counter()
-                metrics = {"train/loss": train_loss / train_n,
-                           "perf/episodes_per_s": (episode - ep_last) / (now - t_last)}
-                metrics["perf/elapsed_s"] = elapsed_before + now - t_start
-                metrics.update({f"eval/{k}": v for k, v in evaluate(model, task, heldout, device).items()})
-                metrics.update(plastic_summary(model))
-                metrics["model/params"] = n_params
-                record(history, run_dir, episode, metrics)
-                files = {"completion": _completion_png(model, task, heldout[0], device, run_dir)}
-                if crossed_now(cfg.checkpoint_every):
-                    files["checkpoint"] = checkpoint()
-                bar.set_postfix(loss=f"{metrics['train/loss']:.4f}",
-                                err=f"{metrics.get('eval/bit_error', float('nan')):.4f}")
-                if report is not None:
-                    report(episode, metrics, files)
-                train_loss, train_n = 0.0, 0
-                t_last, ep_last = time.perf_counter(), episode
-            elif crossed_now(cfg.checkpoint_every):
-                checkpoint()
-            if out_of_time:
-                break
-    except KeyboardInterrupt:
-        checkpoint()
-        bar.close()
-        raise
-    bar.close()
-    checkpoint()
-    _learning_curve_png(history, run_dir)
-    return TrainResult(model, run_dir, ckpt_path, history)
+    result = run_loop(cfg, algo, optimizer, run_dir=run_dir, report=report, ckpt=ckpt, progress=progress,
+                      description=f"{cfg.task}/{cfg.model} ({n_params:,} params)")
+    return TrainResult(model, run_dir, result.checkpoint, result.history)
 
 
 def _completion_png(model, task, episode, device, run_dir: Path, name: str = "completion.png") -> Path:
@@ -237,6 +204,8 @@ def evaluate_checkpoint(path: str | Path, config_cls, *, episodes: int, seed: in
     task = make_task(cfg)
     if hasattr(task, "for_split"):
         task = task.for_split(split)
+    else:
+        check_no_split(cfg.task, split)
     g = torch.Generator().manual_seed(seed)
     chunk = task_eval_chunk(task, cfg)
     batches = [task.sample(min(chunk, episodes - i), g) for i in range(0, episodes, chunk)]
