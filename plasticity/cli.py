@@ -23,6 +23,7 @@ import tyro
 
 from plasticity.config import CONFIGS, PRESETS, preset, validate
 from plasticity.errors import PlasticityError
+from plasticity.redact import redact
 
 USAGE = """usage: plasticity COMMAND ...
 
@@ -102,7 +103,7 @@ def cmd_train(argv: list[str]) -> int:
 
         tracker = MlflowTracker.open(opts.tracking_uri, opts.experiment, run_name(cfg), cfg.to_dict(),
                                      tags={"task": cfg.task, "model": cfg.model})
-        print(f"MLflow run {tracker.run_id} at {tracker.uri}", file=sys.stderr)
+        print(f"MLflow run {tracker.run_id} at {redact(tracker.uri)}", file=sys.stderr)
     status = "FAILED"
     try:
         result = train(cfg, report=tracker, resume=opts.resume, progress=opts.progress)
