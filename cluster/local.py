@@ -198,8 +198,8 @@ class Cluster:
         if role == "ray-head":
             # Ray's fixed defaults (44217, 44227) would collide between clusters on one host.
             env["AUTOSCALER_METRIC_PORT"], env["DASHBOARD_METRIC_PORT"] = str(free_port()), str(free_port())
-        if role == "ray-worker":
-            # Several nodes on one host: each gets its own agent and metrics ports.
+        if role.startswith("ray"):
+            # Several nodes (and clusters) on one host: each gets its own agent and metrics ports.
             env["RAY_EXTRA_ARGS"] = " ".join(f"--{flag} {free_port()}" for flag in (
                 "dashboard-agent-listen-port", "dashboard-agent-grpc-port", "runtime-env-agent-port",
                 "metrics-export-port"))
