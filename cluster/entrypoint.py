@@ -166,12 +166,24 @@ def ray_worker_command() -> tuple[list[str], dict[str, str]]:
                        *_ray_common("RAY_WORKER_CPUS", "RAY_WORKER_GPUS")])
 
 
+# `optuna-dashboard STORAGE` would put the storage URL (with its password) on the command
+# line: the server is started through its Python API with the URL from the environment.
+OPTUNA_DASHBOARD_SERVE = ("import os, optuna_dashboard; optuna_dashboard.run_server(os.environ['OPTUNA_STORAGE'], "
+                          "host=os.environ.get('OPTUNA_DASHBOARD_HOST', '0.0.0.0'), "
+                          "port=int(os.environ.get('OPTUNA_DASHBOARD_PORT', '8080')))")
+
+
+def has_module(name: str) -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec(name) is not None
+
+
 def optuna_dashboard_command() -> tuple[list[str], dict[str, str]]:
-    exe = shutil.which("optuna-dashboard")
-    if exe is None:
+    if not has_module("optuna_dashboard"):
         raise ConfigError("optuna-dashboard is not installed: pip install optuna-dashboard (the image has it)")
-    return [exe, need("OPTUNA_STORAGE"), "--host", os.environ.get("OPTUNA_DASHBOARD_HOST", "0.0.0.0"),
-            "--port", os.environ.get("OPTUNA_DASHBOARD_PORT", "8080")], {}
+    need("OPTUNA_STORAGE")
+    return [sys.executable, "-c", OPTUNA_DASHBOARD_SERVE], {}
 
 
 COMMANDS = {"mlflow": mlflow_command, "ray-head": ray_head_command, "ray-worker": ray_worker_command,

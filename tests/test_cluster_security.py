@@ -188,6 +188,28 @@ def test_compose_publishes_ports_on_the_bind_address():
     assert gcs != "6379", "Redis's port"
 
 
+def test_service_commands_carry_no_secret(monkeypatch):
+    """Every role's command line, built from the compose file's environment: no secret
+    (the mlflow role's, on the real PostgreSQL: tests/test_cluster_config.py)."""
+    from cluster import entrypoint
+    from cluster.local import role_of
+    from cluster.settings import services
+
+    secrets = {"POSTGRES_PASSWORD": "PgQuokka1", "MLFLOW_ADMIN_PASSWORD": "AdmQuokka2",
+               "MLFLOW_SECRET_KEY": "KeyQuokka3", "RAY_AUTH_TOKEN": "TokQuokka4" * 6}
+    # optuna-dashboard is in the image, not in the dev environment: only its presence is faked.
+    monkeypatch.setattr(entrypoint, "has_module", lambda name: True)
+    for name, service in services(secrets).items():
+        role = role_of(service)
+        if role in (None, "mlflow"):
+            continue
+        with monkeypatch.context() as m:
+            for key, value in service.environment.items():
+                m.setenv(key, value)
+            cmd, _ = entrypoint.COMMANDS[role]()
+        assert cmd and not [v for v in secrets.values() if any(v in arg for arg in cmd)], (name, cmd)
+
+
 # -- a real cluster ---------------------------------------------------------------------------
 
 def _stat_all() -> dict[int, list[str]]:
