@@ -326,6 +326,17 @@ class Cluster:
         return {name: alive(entry) for name, entry in self.state()["services"].items()}
 
 
+def token_file_warnings(env: dict[str, str], home: Path | None = None) -> list[str]:
+    """Ray token files other users can read. The launcher passes the token in RAY_AUTH_TOKEN
+    and writes none, but `ray get-auth-token --generate` and a bare `ray.init()` with
+    RAY_AUTH_MODE=token write ~/.ray/auth_token, readable by everyone (0644)."""
+    paths = [Path(env["RAY_AUTH_TOKEN_PATH"])] if env.get("RAY_AUTH_TOKEN_PATH") else []
+    paths.append((home or Path.home()) / ".ray" / "auth_token")
+    return [f"cluster.local: warning: the Ray token file {path} can be read by other users "
+            f"(mode {path.stat().st_mode & 0o777:04o}): chmod 600 {path}"
+            for path in paths if path.is_file() and path.stat().st_mode & 0o077]
+
+
 def private_dir(path: Path) -> Path:
     """`path` as a folder only its owner can enter (0700), created if missing."""
     path = Path(path)
@@ -471,6 +482,9 @@ def main(argv: list[str] | None = None) -> int:
             print(f"cluster.local: warning: servers listen on {cluster.bind}: anyone who reaches this address reaches "
                   "Ray's metrics endpoints without a login, and the Ray token and MLflow passwords cross the "
                   "network unencrypted; put a TLS proxy and a firewall in front", file=sys.stderr)
+        if args.command in ("up", "start"):
+            for line in token_file_warnings(cluster.env):
+                print(line, file=sys.stderr)
         if args.command == "up":
             cluster.up(args.workers)
             args.command = "status"

@@ -71,6 +71,22 @@ def test_errors_naming_a_url_hide_its_password(tmp_path):
     assert secret not in str(err.value) and "postgres:***@127.0.0.1:5432" in str(err.value)
 
 
+def test_world_readable_token_files_are_named(tmp_path):
+    from cluster.local import token_file_warnings
+
+    token = tmp_path / "token"
+    token.write_text("x" * 64)
+    token.chmod(0o644)
+    (tmp_path / ".ray").mkdir()
+    (tmp_path / ".ray" / "auth_token").write_text("y" * 64)
+    (tmp_path / ".ray" / "auth_token").chmod(0o600)
+    warnings = token_file_warnings({"RAY_AUTH_TOKEN_PATH": str(token)}, home=tmp_path)
+    assert warnings == [f"cluster.local: warning: the Ray token file {token} can be read by other users "
+                        f"(mode 0644): chmod 600 {token}"]
+    token.chmod(0o600)
+    assert token_file_warnings({"RAY_AUTH_TOKEN_PATH": str(token)}, home=tmp_path) == []
+
+
 # -- ownership ---------------------------------------------------------------------------------
 
 def _sleeper() -> subprocess.Popen:
