@@ -253,9 +253,29 @@ class Cluster:
             else:
                 ready = entrypoint.healthy(role, env, timeout=2)
             if ready:
+                if role == "mlflow":
+                    self._first_request(env, deadline)
                 return
             time.sleep(0.5)
         raise ConfigError(f"{name} did not answer within {timeout:.0f} s (log: {self.state_dir / 'logs'})")
+
+    @staticmethod
+    def _first_request(env: dict[str, str], deadline: float) -> None:
+        """One authenticated API call, given all the time left: /health answers before the
+        server has loaded its handlers and the auth store, and a loaded machine can take
+        longer than a client's quick probe (5 s) over that first real request."""
+        import base64
+
+        user = env.get("MLFLOW_ADMIN_USER", "admin")
+        auth = base64.b64encode(f"{user}:{env.get('MLFLOW_ADMIN_PASSWORD', '')}".encode()).decode()
+        url = (f"http://{connect_host(env.get('MLFLOW_HOST'))}:{env.get('MLFLOW_PORT', '5000')}"
+               "/api/2.0/mlflow/experiments/search?max_results=1")
+        request = urllib.request.Request(url, headers={"Authorization": f"Basic {auth}"})
+        try:
+            with urllib.request.urlopen(request, timeout=max(5.0, deadline - time.time())):
+                pass
+        except (urllib.error.URLError, OSError):
+            pass  # answered with an error or not at all: the client's own check will say so
 
     def running_workers(self) -> int:
         return sum(1 for n, e in self.state()["services"].items() if n.startswith("ray-worker-") and alive(e))
