@@ -52,6 +52,7 @@ LOCAL_ROLES = ("mlflow", "ray-head", "ray-worker")
 # Below the env file and the environment: sizes that suit one machine.
 LOCAL_DEFAULTS = {"RAY_HEAD_CPUS": "1", "RAY_WORKER_CPUS": "1", "MLFLOW_WORKERS": "2", "POSTGRES_DB": "postgres"}
 STATE_FILE = "cluster.json"
+RAY_STARTED = "Ray runtime started."  # `ray start` (2.60) prints it once the node is up
 
 
 def free_port() -> int:
@@ -203,7 +204,7 @@ class Cluster:
             env["RAY_EXTRA_ARGS"] = " ".join(f"--{flag} {free_port()}" for flag in (
                 "dashboard-agent-listen-port", "dashboard-agent-grpc-port", "runtime-env-agent-port",
                 "metrics-export-port"))
-        full_env = {**os.environ, **env, "PYTHONPATH": os.pathsep.join(
+        full_env = {**os.environ, **env, "PYTHONUNBUFFERED": "1", "PYTHONPATH": os.pathsep.join(
             p for p in (str(REPO), os.environ.get("PYTHONPATH", "")) if p)}
         log_path = logs / f"{name}.log"
         cmd = [sys.executable, "-m", "cluster.entrypoint", role]
@@ -212,7 +213,7 @@ class Cluster:
             proc = subprocess.Popen(cmd, env=full_env, cwd=REPO, stdin=subprocess.DEVNULL, stdout=log,
                                     stderr=subprocess.STDOUT, start_new_session=True)
         entry = {"pid": proc.pid, "start_time": start_time(proc.pid), "cmdline": cmd, "role": role,
-                 "log": str(log_path)}
+                 "log": str(log_path), "log_offset": log_path.stat().st_size}
         state = self.state()
         state["services"][name] = entry
         state["bind"] = self.bind
@@ -252,12 +253,23 @@ class Cluster:
                 ready = self.node_count() >= 1 + self.running_workers()
             else:
                 ready = entrypoint.healthy(role, env, timeout=2)
+            if ready and role.startswith("ray"):
+                # The node registers (and the dashboard answers) before `ray start` has
+                # finished: on a loaded machine it can still time out and tear the node
+                # down. Ready once it says so.
+                ready = RAY_STARTED in self._log_since_start(name)
             if ready:
                 if role == "mlflow":
                     self._first_request(env, deadline)
                 return
             time.sleep(0.5)
         raise ConfigError(f"{name} did not answer within {timeout:.0f} s (log: {self.state_dir / 'logs'})")
+
+    def _log_since_start(self, name: str) -> str:
+        entry = self.state()["services"][name]
+        with open(entry["log"], "rb") as f:
+            f.seek(entry.get("log_offset", 0))
+            return f.read().decode(errors="replace")
 
     @staticmethod
     def _first_request(env: dict[str, str], deadline: float) -> None:
