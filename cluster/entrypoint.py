@@ -10,6 +10,11 @@ same command runs in a container and as a local process.
 
 Each role checks its settings and stops with one line naming the missing variable, then
 replaces itself (exec) with the server, so signals reach the server directly.
+
+Secrets never go on a command line (every user of the machine can read those in `ps`):
+the MLflow backend store URL travels in MLFLOW_BACKEND_STORE_URI, the auth database URL
+in a 0600 file, the Ray token in RAY_AUTH_TOKEN. RAY_BIND_ADDRESS (set by the local
+launcher; unset in containers) binds every Ray server of the node to that address.
 """
 
 from __future__ import annotations
@@ -24,6 +29,7 @@ from pathlib import Path
 from urllib.parse import quote
 
 from plasticity.errors import ConfigError
+from plasticity.redact import redact
 
 ROLES = ("mlflow", "ray-head", "ray-worker", "optuna-dashboard")
 
@@ -52,7 +58,7 @@ def ensure_databases(names: list[str]) -> None:
     try:
         conn = psycopg.connect(postgres_url(maintenance, "postgresql"), autocommit=True, connect_timeout=10)
     except psycopg.Error as e:
-        first = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
+        first = (redact(e).strip().splitlines() or [type(e).__name__])[0][:200]
         raise ConfigError(f"cannot connect to PostgreSQL at {os.environ.get('POSTGRES_HOST', '127.0.0.1')}:"
                           f"{os.environ.get('POSTGRES_PORT', '5432')} ({first}): start it or fix POSTGRES_*") from None
     with conn, conn.cursor() as cur:
@@ -66,7 +72,7 @@ def write_auth_config(path: Path) -> Path:
     """basic_auth.ini for `mlflow server --app-name basic-auth`: users in PostgreSQL, no
     access without credentials (default_permission applies to authenticated users only).
     The admin password is not written here: MLflow reads MLFLOW_AUTH_ADMIN_PASSWORD."""
-    path.parent.mkdir(parents=True, exist_ok=True)
+    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
     # Written 0600 from the start: it names the database (with its password).
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "w") as f:
@@ -91,10 +97,12 @@ def mlflow_command() -> tuple[list[str], dict[str, str]]:
     artifacts = need("MLFLOW_ARTIFACTS_DESTINATION")
     if "://" not in artifacts:
         Path(artifacts).mkdir(parents=True, exist_ok=True)
+    # The backend URL holds the database password: `mlflow server` reads it from
+    # MLFLOW_BACKEND_STORE_URI, so it stays out of the command line.
     env = {"MLFLOW_AUTH_CONFIG_PATH": str(config), "MLFLOW_AUTH_ADMIN_USERNAME": os.environ.get(
-        "MLFLOW_ADMIN_USER", "admin"), "MLFLOW_AUTH_ADMIN_PASSWORD": password}
-    cmd = [sys.executable, "-m", "mlflow", "server", "--app-name", "basic-auth",
-           "--backend-store-uri", postgres_url(mlflow_db), "--serve-artifacts",
+        "MLFLOW_ADMIN_USER", "admin"), "MLFLOW_AUTH_ADMIN_PASSWORD": password,
+        "MLFLOW_BACKEND_STORE_URI": postgres_url(mlflow_db)}
+    cmd = [sys.executable, "-m", "mlflow", "server", "--app-name", "basic-auth", "--serve-artifacts",
            "--artifacts-destination", artifacts,
            "--host", os.environ.get("MLFLOW_HOST", "0.0.0.0"), "--port", os.environ.get("MLFLOW_PORT", "5000"),
            "--workers", os.environ.get("MLFLOW_WORKERS", "4"),
@@ -104,6 +112,29 @@ def mlflow_command() -> tuple[list[str], dict[str, str]]:
 
 def _ray() -> str:
     return shutil.which("ray") or str(Path(sys.executable).parent / "ray")
+
+
+LOOPBACK = ("127.0.0.1", "localhost", "::1")
+ANY = ("0.0.0.0", "::", "")
+
+
+def _ray_start(node_args: list[str]) -> tuple[list[str], dict[str, str]]:
+    """`ray start` and its extra environment for RAY_BIND_ADDRESS: loopback -> every Ray
+    server of the node on 127.0.0.1; an address -> that address; unset/0.0.0.0 -> Ray's
+    own choice (all interfaces: containers, where Docker publishes the ports)."""
+    bind = os.environ.get("RAY_BIND_ADDRESS", "")
+    if bind in ANY:
+        return [_ray(), *node_args], {}
+    if bind not in LOOPBACK:
+        return [_ray(), *node_args, "--node-ip-address", bind], {}
+    # Ray binds its gRPC servers, agents and metrics endpoints to localhost only when the
+    # node's IP is 127.0.0.1, but `ray start` replaces 127.0.0.1 by the machine's network
+    # address; cluster.raystart keeps it. Drivers started on the head (ray job submit)
+    # inherit RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0, which makes their ray.init() keep it too;
+    # the worker's own `ray start` needs it on (it refuses to join a cluster otherwise).
+    head = "--head" in node_args
+    return ([sys.executable, "-m", "cluster.raystart", *node_args, "--node-ip-address", "127.0.0.1"],
+            {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0" if head else "1"})
 
 
 def _ray_common(cpus_var: str, gpus_var: str) -> list[str]:
@@ -121,39 +152,55 @@ def _ray_common(cpus_var: str, gpus_var: str) -> list[str]:
 
 
 def ray_head_command() -> tuple[list[str], dict[str, str]]:
-    cmd = [_ray(), "start", "--head", "--port", os.environ.get("RAY_GCS_PORT", "6379"),
-           "--dashboard-host", os.environ.get("RAY_DASHBOARD_HOST", "0.0.0.0"),
-           "--dashboard-port", os.environ.get("RAY_DASHBOARD_PORT", "8265"),
-           "--ray-client-server-port", os.environ.get("RAY_CLIENT_PORT", "10001"),
-           *_ray_common("RAY_HEAD_CPUS", "RAY_HEAD_GPUS")]
-    return cmd, {}
+    return _ray_start(["start", "--head", "--port", os.environ.get("RAY_GCS_PORT", "6380"),
+                       "--dashboard-host", os.environ.get("RAY_DASHBOARD_HOST", "0.0.0.0"),
+                       "--dashboard-port", os.environ.get("RAY_DASHBOARD_PORT", "8265"),
+                       "--ray-client-server-port", os.environ.get("RAY_CLIENT_PORT", "10001"),
+                       *_ray_common("RAY_HEAD_CPUS", "RAY_HEAD_GPUS")])
 
 
 def ray_worker_command() -> tuple[list[str], dict[str, str]]:
     # "plasticity_worker" marks the node (visible in the dashboard and to tests); trials
     # do not require it, so they can move to any node when one is lost.
-    cmd = [_ray(), "start", "--address", need("RAY_HEAD_ADDRESS"), "--resources", '{"plasticity_worker": 1}',
-           *_ray_common("RAY_WORKER_CPUS", "RAY_WORKER_GPUS")]
-    return cmd, {}
+    return _ray_start(["start", "--address", need("RAY_HEAD_ADDRESS"), "--resources", '{"plasticity_worker": 1}',
+                       *_ray_common("RAY_WORKER_CPUS", "RAY_WORKER_GPUS")])
+
+
+# `optuna-dashboard STORAGE` would put the storage URL (with its password) on the command
+# line: the server is started through its Python API with the URL from the environment.
+OPTUNA_DASHBOARD_SERVE = ("import os, optuna_dashboard; optuna_dashboard.run_server(os.environ['OPTUNA_STORAGE'], "
+                          "host=os.environ.get('OPTUNA_DASHBOARD_HOST', '0.0.0.0'), "
+                          "port=int(os.environ.get('OPTUNA_DASHBOARD_PORT', '8080')))")
+
+
+def has_module(name: str) -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec(name) is not None
 
 
 def optuna_dashboard_command() -> tuple[list[str], dict[str, str]]:
-    exe = shutil.which("optuna-dashboard")
-    if exe is None:
+    if not has_module("optuna_dashboard"):
         raise ConfigError("optuna-dashboard is not installed: pip install optuna-dashboard (the image has it)")
-    return [exe, need("OPTUNA_STORAGE"), "--host", os.environ.get("OPTUNA_DASHBOARD_HOST", "0.0.0.0"),
-            "--port", os.environ.get("OPTUNA_DASHBOARD_PORT", "8080")], {}
+    need("OPTUNA_STORAGE")
+    return [sys.executable, "-c", OPTUNA_DASHBOARD_SERVE], {}
 
 
 COMMANDS = {"mlflow": mlflow_command, "ray-head": ray_head_command, "ray-worker": ray_worker_command,
             "optuna-dashboard": optuna_dashboard_command}
 
 
+def connect_host(bind: str | None) -> str:
+    """Where a client on this machine reaches a server bound to `bind`."""
+    return "127.0.0.1" if (bind or "") in ANY + LOOPBACK else bind
+
+
 def health_url(role: str, env: dict[str, str]) -> str | None:
     if role == "mlflow":
-        return f"http://127.0.0.1:{env.get('MLFLOW_PORT', '5000')}/health"
+        return f"http://{connect_host(env.get('MLFLOW_HOST'))}:{env.get('MLFLOW_PORT', '5000')}/health"
     if role == "ray-head":
-        return f"http://127.0.0.1:{env.get('RAY_DASHBOARD_PORT', '8265')}/api/version"
+        host = connect_host(env.get("RAY_DASHBOARD_HOST"))
+        return f"http://{host}:{env.get('RAY_DASHBOARD_PORT', '8265')}/api/version"
     if role == "optuna-dashboard":
         return f"http://127.0.0.1:{env.get('OPTUNA_DASHBOARD_PORT', '8080')}/"
     return None

@@ -25,6 +25,7 @@ import tyro
 
 from plasticity.config import CONFIGS, PRESETS, preset, validate
 from plasticity.errors import PlasticityError
+from plasticity.redact import redact
 
 USAGE = """usage: plasticity COMMAND ...
 
@@ -55,7 +56,7 @@ class RunOptions:
 
 
 def fail(message: str, code: int = 2) -> None:
-    print(f"plasticity: error: {message}", file=sys.stderr)
+    print(f"plasticity: error: {redact(message)}", file=sys.stderr)
     raise SystemExit(code)
 
 
@@ -147,7 +148,7 @@ def cmd_train(argv: list[str]) -> int:
     tracker = None
     if opts.tracking:
         tracker = _open_tracker(opts, cfg, run_dir, resumed=ckpt is not None)
-        print(f"MLflow run {tracker.run_id} at {tracker.uri}", file=sys.stderr)
+        print(f"MLflow run {tracker.run_id} at {redact(tracker.uri)}", file=sys.stderr)
     status = "FAILED"
     try:
         result = train(cfg, report=tracker, resume=opts.resume, progress=opts.progress, run_dir=run_dir,

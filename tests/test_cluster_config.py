@@ -105,9 +105,9 @@ def test_ray_services_resolve_to_real_command_lines(name, monkeypatch):
     cmd, _ = entrypoint.COMMANDS[role_of(service)]()
     assert Path(cmd[0]).is_file() and cmd[1:2] == ["start"] and "--block" in cmd
     if name == "ray-head":
-        assert cmd[cmd.index("--dashboard-port") + 1] == "8265" and cmd[cmd.index("--port") + 1] == "6379"
+        assert cmd[cmd.index("--dashboard-port") + 1] == "8265" and cmd[cmd.index("--port") + 1] == "6380"
     else:
-        assert cmd[cmd.index("--address") + 1] == "ray-head:6379" and cmd[cmd.index("--num-gpus") + 1] == "1"
+        assert cmd[cmd.index("--address") + 1] == "ray-head:6380" and cmd[cmd.index("--num-gpus") + 1] == "1"
 
 
 def test_workers_reserve_gpus_and_scale():
@@ -217,7 +217,10 @@ def test_mlflow_service_command_on_the_local_postgres(tmp_path, monkeypatch):
             have = {r[0] for r in conn.execute("SELECT datname FROM pg_database").fetchall()}
         assert set(names.values()) <= have
         assert cmd[cmd.index("--app-name") + 1] == "basic-auth"
-        assert cmd[cmd.index("--backend-store-uri") + 1].endswith(f"@127.0.0.1:5432/{names['MLFLOW_DB']}")
+        # The backend URL (with the database password) goes through the environment.
+        assert "--backend-store-uri" not in cmd and not any(SECRETS["POSTGRES_PASSWORD"] in arg for arg in cmd)
+        assert extra["MLFLOW_BACKEND_STORE_URI"].endswith(f"@127.0.0.1:5432/{names['MLFLOW_DB']}")
+        assert SECRETS["POSTGRES_PASSWORD"] in extra["MLFLOW_BACKEND_STORE_URI"]
         assert Path(cmd[cmd.index("--artifacts-destination") + 1]).is_dir()
         assert extra["MLFLOW_AUTH_ADMIN_PASSWORD"] == SECRETS["MLFLOW_ADMIN_PASSWORD"]
         assert names["MLFLOW_AUTH_DB"] in Path(extra["MLFLOW_AUTH_CONFIG_PATH"]).read_text()

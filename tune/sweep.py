@@ -29,6 +29,7 @@ import tyro
 
 from plasticity.config import PRESETS
 from plasticity.errors import ConfigError, PlasticityError, TrackingError, check_positive
+from plasticity.redact import redact
 from tune.spaces import SPACES, check_constants, define_by_run, load_space, validate_space
 
 
@@ -94,7 +95,7 @@ class SweepArgs:
 
 
 def _fail(message: str) -> None:
-    print(f"plasticity sweep: error: {message}", file=sys.stderr)
+    print(f"plasticity sweep: error: {redact(message)}", file=sys.stderr)
     raise SystemExit(2)
 
 
@@ -104,8 +105,8 @@ def check_optuna_storage(url: str):
     try:
         return optuna.storages.RDBStorage(url)
     except Exception as e:  # noqa: BLE001 - any failure means the URL is unusable
-        first = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
-        raise ConfigError(f"cannot open Optuna storage {url} ({first}): pass --storage sqlite:///optuna.db "
+        first = (redact(e).strip().splitlines() or [type(e).__name__])[0][:200]
+        raise ConfigError(f"cannot open Optuna storage {redact(url)} ({first}): pass --storage sqlite:///optuna.db "
                           "or a reachable postgresql://user@host/db") from None
 
 

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from plasticity.errors import TrackingError
+from plasticity.redact import redact
 
 DEFAULT_DB = "mlruns.db"
 
@@ -47,7 +48,7 @@ def _quick_http():
 
 
 def _short(e: BaseException) -> str:
-    text = str(e).strip().splitlines()
+    text = redact(e).strip().splitlines()
     return (text[0] if text else type(e).__name__)[:200]
 
 
@@ -89,10 +90,10 @@ def check_tracking(uri: str):
             client.search_experiments(max_results=1)
     except Exception as e:  # noqa: BLE001 - any failure here means "cannot use this store"
         if refused(e):
-            raise TrackingError(f"MLflow at {uri}: credentials refused: set MLFLOW_TRACKING_USERNAME/PASSWORD "
+            raise TrackingError(f"MLflow at {redact(uri)}: credentials refused: set MLFLOW_TRACKING_USERNAME/PASSWORD "
                                 "to a user of this server") from None
         raise TrackingError(
-            f"cannot use MLflow tracking store {uri} ({type(e).__name__}: {_short(e)}): start the server "
+            f"cannot use MLflow tracking store {redact(uri)} ({type(e).__name__}: {_short(e)}): start the server "
             "(`mlflow server --port 5000`), fix --tracking-uri / MLFLOW_TRACKING_URI, or pass --no-tracking"
         ) from None
     return client
@@ -124,6 +125,7 @@ class MlflowTracker:
         tags = dict(tags or {})
         if parent_run_id:
             tags["mlflow.parentRunId"] = parent_run_id
+        tags = {k: redact(v) for k, v in tags.items()}
         run = client.create_run(experiment_id(client, experiment), run_name=run_name, tags=tags)
         tracker = cls(client, run.info.run_id, uri)
         tracker.log_params(params)
@@ -146,7 +148,9 @@ class MlflowTracker:
     def log_params(self, params: dict[str, Any]) -> None:
         from mlflow.entities import Param
 
-        items = [Param(k, "None" if v is None else str(v)) for k, v in params.items()]
+        # Redacted: params are readable by everyone who can read the experiment, and a
+        # sweep's params include its storage URLs.
+        items = [Param(k, "None" if v is None else redact(v)) for k, v in params.items()]
         for i in range(0, len(items), 100):
             self.client.log_batch(self.run_id, params=items[i:i + 100])
 
@@ -190,7 +194,7 @@ class MlflowTracker:
             return True
         except Exception as e:  # noqa: BLE001 - tracking must never stop training
             if not self._warned:
-                print(f"plasticity: warning: MLflow at {self.uri} failed ({_short(e)}); metrics are buffered "
+                print(f"plasticity: warning: MLflow at {redact(self.uri)} failed ({_short(e)}); metrics are buffered "
                       "and will be sent again", file=sys.stderr)
                 self._warned = True
             return False
