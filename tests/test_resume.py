@@ -28,7 +28,7 @@ TASKS = {
              "--episodes", "480", "--eval-every", "48", "--eval-episodes", "16"],
     "images": ["--preset", "small", "--image-size", "8", "--batch-size", "4", "--episodes", "480",
                "--eval-every", "48", "--eval-episodes", "8"],
-    "omniglot": ["--preset", "small", "--channels", "8", "--n-way", "3", "--batch-size", "4", "--episodes", "480",
+    "omniglot": ["--preset", "small", "--channels", "8", "--n-way", "2", "--batch-size", "4", "--episodes", "480",
                  "--eval-every", "48", "--eval-episodes", "12", "--split", "random"],
 }
 COMMON = ["--checkpoint-every", "1000000", "--no-tracking", "--no-progress"]
