@@ -24,9 +24,9 @@ def _x(b, t, n, dtype=torch.float64, seed=1):
 
 
 def _stored(out: torch.Tensor) -> int:
-    """Exact Hebb states the fused node keeps for its backward pass (its `ckpts`; the
-    initial state is None when the episode starts from zero Hebb)."""
-    return sum(h is not None for h in out.grad_fn.ckpts.values())
+    """Exact Hebb states the fused node keeps for its backward pass (its `ckpts`, one dict
+    per chunk of episodes; the initial state is None when the episode starts from zero Hebb)."""
+    return sum(h is not None for chunk in out.grad_fn.ckpts for h in chunk.values())
 
 
 def _grads(net, out):

@@ -229,6 +229,60 @@ def get_kernels(backend: str, device: torch.device, dtype: torch.dtype):
     return TorchKernels()
 
 
+# ------------------------------------------------------------------------- the schedule
+CHUNK_ENV = "PLASTICITY_CHUNK_EPISODES"
+"""Environment variable overriding the chunk size (episodes; 0 = the whole batch at once)."""
+DEFAULT_LLC_BYTES = 32 * 2**20
+
+
+@cache
+def last_level_cache_bytes() -> int:
+    """Size of the largest CPU cache of cpu0 (Linux sysfs, else sysconf, else 32 MiB).
+    sysfs first: in a VM, sysconf can report the host's total over all its L3 slices."""
+    sizes = []
+    for index in Path("/sys/devices/system/cpu/cpu0/cache").glob("index*"):
+        try:
+            text = (index / "size").read_text().strip()
+        except OSError:
+            continue
+        unit = {"K": 2**10, "M": 2**20, "G": 2**30}.get(text[-1:].upper(), 1)
+        digits = text.rstrip("KMGkmg")
+        if digits.isdigit():
+            sizes.append(int(digits) * unit)
+    if sizes:
+        return max(sizes)
+    try:
+        size = os.sysconf("SC_LEVEL3_CACHE_SIZE") or os.sysconf("SC_LEVEL2_CACHE_SIZE")
+    except (ValueError, OSError):
+        size = 0
+    return size if size and size > 0 else DEFAULT_LLC_BYTES
+
+
+def chunk_episodes_for(batch: int, n: int, itemsize: int, eta_per_connection: bool, requested: int | None = None,
+                   cache_bytes: int | None = None) -> int:
+    """Episodes per chunk of the `chunked` schedule, in 1..batch (batch: one chunk, the
+    `batch` schedule).
+
+    `requested` (else the environment variable PLASTICITY_CHUNK_EPISODES) wins; 0 means
+    the whole batch. Otherwise: as many episodes as fit in the last-level cache beside
+    the `[N, N]` tensors every episode reads (w, alpha, dalpha, and eta, deta per
+    connection), counting the backward pass's two `[N, N]` tensors per episode (Hebb
+    and its gradient), at least one."""
+    if requested is None:
+        env = os.environ.get(CHUNK_ENV, "").strip()
+        if env:
+            if not env.isdigit():
+                raise ConfigError(f"{CHUNK_ENV}={env!r}: give a number of episodes per chunk (0: the whole batch)")
+            requested = int(env)
+    if requested is not None:
+        if requested < 0:
+            raise ConfigError(f"chunk_episodes must be >= 0 (0: the whole batch), got {requested}")
+        return batch if requested == 0 else min(requested, batch)
+    cache_bytes = last_level_cache_bytes() if cache_bytes is None else cache_bytes
+    shared = (3 + 2 * eta_per_connection) * n * n * itemsize
+    return max(1, min(batch, (cache_bytes - shared) // (2 * n * n * itemsize)))
+
+
 # ------------------------------------------------------------------------- the episode
 @dataclass(frozen=True)
 class _Spec:
@@ -238,6 +292,8 @@ class _Spec:
     every: int
     max_amp: float
     kernels: object
+    chunk: int
+    """Episodes per chunk (see `_Episode`)."""
 
 
 def _activation(a: Tensor, x: Tensor, clamp_input: bool) -> Tensor:
@@ -271,107 +327,169 @@ class _Amplification:
         return math.inf if worst == 0 else 1 / worst
 
 
+def _forward_chunk(inputs: Tensor, keep: Tensor | None, y0: Tensor, h0: Tensor | None, w: Tensor, alpha: Tensor,
+                   eta: Tensor, spec: _Spec, save: bool, out: Tensor, resets: list | None) -> tuple[Tensor, dict]:
+    """All steps of one chunk of episodes: inputs `[c, T, N]`, keep `[c, T]` or None, y0
+    `[c, N]`, h0 `[c, N, N]` or None; writes the activities into out `[T, c, N]`. `resets`:
+    per step, whether any episode of the *batch* resets there (every chunk then stores the
+    state before it, so that all schedules store the same states).
+    Returns (final Hebb `[c, N, N]`, the exact Hebb states kept for the backward pass by step)."""
+    k, (b, steps, n) = spec.kernels, inputs.shape
+    y = y0 if keep is None else y0 * keep[:, :1]
+    hcur = None if h0 is None else (h0 if keep is None else h0 * keep[:, 0].view(-1, 1, 1))
+    if hcur is None:
+        z = torch.zeros_like(y)
+    elif alpha.dim() == 0:
+        z = alpha * torch.bmm(y.unsqueeze(1), hcur).squeeze(1)
+    else:
+        z = torch.bmm(y.unsqueeze(1), alpha * hcur).squeeze(1)
+    amplification = _Amplification(eta, spec.oja) if save else None
+    ckpts, spare, growth = {0: hcur}, None, 1.0
+    for t in range(steps):
+        post = _activation(torch.addmm(z, y, w), inputs[:, t], spec.clamp_input)
+        out[t] = post
+        last = t == steps - 1
+        reset_next = resets is not None and not last and resets[t + 1]
+        # Whether H_t must outlive this step: H_0 is the caller's (or None); a stored
+        # state is decided before the update, except for clipping (known only after).
+        amp = amplification(post) if save and t > 0 else 1.0
+        keep_h = t == 0 or (save and (reset_next or (spec.every and t % spec.every == 0)
+                                      or growth * amp > spec.max_amp))
+        in_place = not keep_h and not spec.clip
+        if in_place:
+            h_next = hcur
+        else:
+            h_next = spare if spare is not None else torch.empty(b, n, n, dtype=inputs.dtype, device=inputs.device)
+            spare = None
+        clipped, z = k.forward_step(hcur, h_next, y, post, alpha, eta, spec.clip, spec.oja, not last)
+        if t > 0 and save and (keep_h or clipped):
+            ckpts[t], growth = hcur, 1.0
+        elif t > 0:
+            growth = growth * amp
+            if not in_place:
+                spare = hcur
+        hcur, y = h_next, post
+        if reset_next:
+            keep_next = keep[:, t + 1]
+            y, z = y * keep_next[:, None], z * keep_next[:, None]
+            hcur.mul_(keep_next.view(-1, 1, 1))
+    return hcur, ckpts
+
+
+def _backward_chunk(spec: _Spec, ckpts: dict, inputs: Tensor, keep: Tensor | None, y0: Tensor, out: Tensor,
+                    w: Tensor, alpha: Tensor, eta: Tensor, h_final: Tensor, g_out: Tensor | None,
+                    g_h: Tensor | None, grad_a: Tensor, dx: Tensor | None, dalpha: Tensor,
+                    deta: Tensor) -> tuple[Tensor, Tensor]:
+    """All steps of one chunk of episodes, walking time backwards (shapes as in
+    `_forward_chunk`, out `[T, c, N]`; g_out `[c, T, N]` or None, g_h `[c, N, N]` or None).
+    Writes dL/d(pre-activation) into grad_a `[T, c, N]` and dL/dinputs into dx `[T, c, N]`,
+    adds into dalpha and deta `[N, N]`. Returns (dL/dy0 `[c, N]`, dL/dH0 `[c, N, N]`)."""
+    k = spec.kernels
+    steps, b, n = out.shape
+    ones = torch.ones(b, dtype=out.dtype, device=out.device)
+    keep_t = (lambda t: ones) if keep is None else (lambda t: keep[:, t].contiguous())
+
+    def pre(t: int) -> Tensor:
+        y = y0 if t == 0 else out[t - 1]
+        return y if keep is None else y * keep[:, t, None]
+
+    def mode(t: int) -> int:
+        return CKPT if t in ckpts else INVERT
+
+    h = h_final.clone()
+    g = torch.zeros_like(h) if g_h is None else g_h.contiguous().clone()
+    dpre = torch.empty(b, n, dtype=out.dtype, device=out.device)
+    # The first pass only rebuilds H_{T-1} and takes the last update's rule gradients.
+    carry = k.backward_stage(h, g, ckpts.get(steps - 1), mode(steps - 1), False, dpre, dpre, dpre, ones,
+                             pre(steps - 1), out[steps - 1], alpha, eta, spec.clip, spec.oja, dpre, dalpha, deta)
+    for t in range(steps - 1, -1, -1):
+        x = inputs[:, t]
+        gpost = carry if g_out is None else carry + g_out[:, t]
+        ga = gpost * _dact(out[t], x, spec.clamp_input)
+        grad_a[t] = ga
+        if dx is not None:
+            dx[t] = gpost.masked_fill(x == 0, 0) if spec.clamp_input else ga
+        has_prev = t > 0
+        col = k.backward_stage(h, g, ckpts.get(t - 1), mode(t - 1) if has_prev else NONE, True, pre(t), out[t],
+                               ga, keep_t(t), pre(t - 1) if has_prev else dpre,
+                               out[t - 1] if has_prev else dpre, alpha, eta, spec.clip, spec.oja, dpre,
+                               dalpha, deta)
+        carry = torch.addmm(dpre, ga, w.t())
+        if keep is not None:
+            carry = carry * keep[:, t, None]
+        if has_prev:
+            carry = carry + col
+    return carry, g
+
+
 class _Episode(torch.autograd.Function):
-    """The whole sequence as one autograd node (see the module docstring)."""
+    """The whole sequence as one autograd node (see the module docstring), run chunk by
+    chunk of `spec.chunk` episodes: each chunk goes through all its steps (and, in the
+    backward pass, all of them backwards) before the next, so that a chunk's Hebb stays
+    in the cache. One chunk of the whole batch is the `batch` schedule."""
 
     @staticmethod
     def forward(ctx, inputs, keep, y0, h0, w, alpha, eta, spec: _Spec, save: bool):
         ctx.set_materialize_grads(False)
-        k, (b, steps, n) = spec.kernels, inputs.shape
+        b, steps, n = inputs.shape
+        chunks = [slice(start, min(start + spec.chunk, b)) for start in range(0, b, spec.chunk)]
         out = inputs.new_empty(steps, b, n)
-        y = y0 if keep is None else y0 * keep[:, :1]
-        hcur = None if h0 is None else (h0 if keep is None else h0 * keep[:, 0].view(-1, 1, 1))
-        if hcur is None:
-            z = torch.zeros_like(y)
-        elif alpha.dim() == 0:
-            z = alpha * torch.bmm(y.unsqueeze(1), hcur).squeeze(1)
-        else:
-            z = torch.bmm(y.unsqueeze(1), alpha * hcur).squeeze(1)
-        amplification = _Amplification(eta, spec.oja) if save else None
+
+        def part(t: Tensor | None, sl: slice) -> Tensor | None:
+            return None if t is None else t[sl]
+
         resets = None if keep is None else (keep == 0).any(0).tolist()
-        ckpts, spare, growth = {0: hcur}, None, 1.0
-        for t in range(steps):
-            post = _activation(torch.addmm(z, y, w), inputs[:, t], spec.clamp_input)
-            out[t] = post
-            last = t == steps - 1
-            reset_next = resets is not None and not last and resets[t + 1]
-            # Whether H_t must outlive this step: H_0 is the caller's (or None); a stored
-            # state is decided before the update, except for clipping (known only after).
-            amp = amplification(post) if save and t > 0 else 1.0
-            keep_h = t == 0 or (save and (reset_next or (spec.every and t % spec.every == 0)
-                                          or growth * amp > spec.max_amp))
-            in_place = not keep_h and not spec.clip
-            if in_place:
-                h_next = hcur
+        ckpts, h_final = [], None
+        for sl in chunks:
+            h_chunk, ckpts_chunk = _forward_chunk(inputs[sl], part(keep, sl), y0[sl], part(h0, sl), w, alpha, eta,
+                                                  spec, save, out[:, sl], resets)
+            ckpts.append(ckpts_chunk)
+            if len(chunks) == 1:
+                h_final = h_chunk
             else:
-                h_next = spare if spare is not None else torch.empty(b, n, n, dtype=inputs.dtype,
-                                                                     device=inputs.device)
-                spare = None
-            clipped, z = k.forward_step(hcur, h_next, y, post, alpha, eta, spec.clip, spec.oja, not last)
-            if t > 0 and save and (keep_h or clipped):
-                ckpts[t], growth = hcur, 1.0
-            elif t > 0:
-                growth = growth * amp
-                if not in_place:
-                    spare = hcur
-            hcur, y = h_next, post
-            if resets is not None and not last and resets[t + 1]:
-                kk = keep[:, t + 1]
-                y, z = y * kk[:, None], z * kk[:, None]
-                hcur.mul_(kk.view(-1, 1, 1))
+                if h_final is None:
+                    h_final = inputs.new_empty(b, n, n)
+                h_final[sl] = h_chunk
+            del h_chunk, ckpts_chunk
         out_btn = out.transpose(0, 1).contiguous()
         if save:
-            ctx.spec, ctx.ckpts, ctx.out, ctx.h0_given = spec, ckpts, out, h0 is not None
-            ctx.save_for_backward(inputs, keep, y0, w, alpha, eta, hcur)
-        return out_btn, hcur
+            ctx.spec, ctx.chunks, ctx.ckpts, ctx.out, ctx.h0_given = spec, chunks, ckpts, out, h0 is not None
+            ctx.save_for_backward(inputs, keep, y0, w, alpha, eta, h_final)
+        return out_btn, h_final
 
     @staticmethod
     def backward(ctx, g_out, g_h):
         inputs, keep, y0, w, alpha, eta, h_final = ctx.saved_tensors
-        spec, ckpts, out, k = ctx.spec, ctx.ckpts, ctx.out, ctx.spec.kernels
+        spec, out = ctx.spec, ctx.out
         steps, b, n = out.shape
-        ones = torch.ones(b, dtype=out.dtype, device=out.device)
-        keep_t = (lambda t: ones) if keep is None else (lambda t: keep[:, t].contiguous())
-
-        def pre(t: int) -> Tensor:
-            y = y0 if t == 0 else out[t - 1]
-            return y if keep is None else y * keep[:, t, None]
-
-        def mode(t: int) -> int:
-            return CKPT if t in ckpts else INVERT
-
-        h = h_final.clone()
-        g = torch.zeros_like(h) if g_h is None else g_h.contiguous().clone()
         dalpha, deta = (torch.zeros(n, n, dtype=out.dtype, device=out.device) for _ in range(2))
-        dpre = torch.empty(b, n, dtype=out.dtype, device=out.device)
-        ga_all = torch.empty(steps, b, n, dtype=out.dtype, device=out.device)
-        dx = torch.empty_like(ga_all) if ctx.needs_input_grad[0] else None
-        # The first pass only rebuilds H_{T-1} and takes the last update's rule gradients.
-        carry = k.backward_stage(h, g, ckpts.get(steps - 1), mode(steps - 1), False, dpre, dpre, dpre, ones,
-                                 pre(steps - 1), out[steps - 1], alpha, eta, spec.clip, spec.oja, dpre, dalpha, deta)
-        for t in range(steps - 1, -1, -1):
-            x = inputs[:, t]
-            gpost = carry if g_out is None else carry + g_out[:, t]
-            ga = gpost * _dact(out[t], x, spec.clamp_input)
-            ga_all[t] = ga
-            if dx is not None:
-                dx[t] = gpost.masked_fill(x == 0, 0) if spec.clamp_input else ga
-            has_prev = t > 0
-            col = k.backward_stage(h, g, ckpts.get(t - 1), mode(t - 1) if has_prev else NONE, True, pre(t), out[t],
-                                   ga, keep_t(t), pre(t - 1) if has_prev else dpre,
-                                   out[t - 1] if has_prev else dpre, alpha, eta, spec.clip, spec.oja, dpre,
-                                   dalpha, deta)
-            carry = torch.addmm(dpre, ga, w.t())
-            if keep is not None:
-                carry = carry * keep[:, t, None]
-            if has_prev:
-                carry = carry + col
-        pres = torch.stack([pre(t) for t in range(steps)])
-        dw = pres.reshape(-1, n).t() @ ga_all.reshape(-1, n)
+        grad_a = torch.empty(steps, b, n, dtype=out.dtype, device=out.device)
+        dx = torch.empty_like(grad_a) if ctx.needs_input_grad[0] else None
+        dy0 = torch.empty(b, n, dtype=out.dtype, device=out.device)
+        dh0 = None
+
+        def part(t: Tensor | None, sl: slice) -> Tensor | None:
+            return None if t is None else t[sl]
+
+        for sl, ckpts in zip(ctx.chunks, ctx.ckpts, strict=True):
+            dy0[sl], dh0_chunk = _backward_chunk(
+                spec, ckpts, inputs[sl], part(keep, sl), y0[sl], out[:, sl], w, alpha, eta, h_final[sl],
+                part(g_out, sl), part(g_h, sl), grad_a[:, sl], None if dx is None else dx[:, sl], dalpha, deta)
+            if ctx.h0_given:
+                if len(ctx.chunks) == 1:
+                    dh0 = dh0_chunk
+                else:
+                    if dh0 is None:
+                        dh0 = torch.empty_like(h_final)
+                    dh0[sl] = dh0_chunk
+            del dh0_chunk
+        pres = torch.stack([y0 if t == 0 else out[t - 1] for t in range(steps)])
+        if keep is not None:
+            pres = pres * keep.t().unsqueeze(-1)
+        dw = pres.reshape(-1, n).t() @ grad_a.reshape(-1, n)
         dalpha = dalpha.sum() if alpha.dim() == 0 else dalpha
         deta = deta.sum() if eta.dim() == 0 else deta
-        dh0 = g if ctx.h0_given else None
-        return (None if dx is None else dx.transpose(0, 1), None, carry, dh0, dw, dalpha, deta, None, None)
+        return (None if dx is None else dx.transpose(0, 1), None, dy0, dh0, dw, dalpha, deta, None, None)
 
 
 def supports(rule) -> bool:
@@ -383,12 +501,17 @@ def plastic_rnn_fused(inputs: Tensor, w: Tensor, alpha: Tensor, eta: Tensor, *, 
                       input_mode: str = "add", clip: float | None = None,
                       initial_state: tuple[Tensor, Tensor | None] | None = None, reset: Tensor | None = None,
                       checkpoint_every: int = 0, max_amplification: float | None = None,
-                      backend: str = "auto") -> tuple[Tensor, tuple[Tensor, Tensor]]:
+                      backend: str = "auto", chunk_episodes: int | None = None
+                      ) -> tuple[Tensor, tuple[Tensor, Tensor]]:
     """The fully recurrent plastic network over `inputs` `[B, T, N]` (see the module docstring).
 
     w `[N, N]`, alpha `[N, N]` or `[]`, eta `[]` or `[N, N]`; `initial_state` = (y `[B, N]`,
     Hebb `[B, N, N]` or None for zeros); `reset` `[B, T]` zeroes y and Hebb before the
-    marked steps. Returns (activities `[B, T, N]`, final (y `[B, N]`, Hebb `[B, N, N]`)).
+    marked steps. `chunk_episodes`: the schedule, episodes per chunk run through all their
+    steps before the next chunk (0: the whole batch at once; None: the environment variable
+    PLASTICITY_CHUNK_EPISODES, else on CPU as many as fit in the last-level cache, see
+    `chunk_episodes`, elsewhere the whole batch). Returns (activities `[B, T, N]`, final
+    (y `[B, N]`, Hebb `[B, N, N]`)).
     """
     if rule not in FUSED_RULES:
         raise ConfigError(f"the fused path has no inverse for rule {rule!r}: use one of "
@@ -403,7 +526,10 @@ def plastic_rnn_fused(inputs: Tensor, w: Tensor, alpha: Tensor, eta: Tensor, *, 
     keep = None if reset is None else (1 - reset.to(inputs.dtype)).contiguous()
     kernels = get_kernels(backend, inputs.device, inputs.dtype)
     max_amp = max_amplification or DEFAULT_MAX_AMPLIFICATION.get(inputs.dtype, 10.0)
-    spec = _Spec(FUSED_RULES[rule], input_mode == "clamp", clip, checkpoint_every, max_amp, kernels)
+    if chunk_episodes is None and inputs.device.type != "cpu" and not os.environ.get(CHUNK_ENV, "").strip():
+        chunk_episodes = 0  # the cache-sized chunks are a CPU schedule
+    chunk = chunk_episodes_for(b, n, inputs.element_size(), eta.dim() > 0, chunk_episodes)
+    spec = _Spec(FUSED_RULES[rule], input_mode == "clamp", clip, checkpoint_every, max_amp, kernels, chunk)
     tensors = (inputs, y0, h0, w, alpha, eta)
     save = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
     out, hebb = _Episode.apply(inputs, keep, y0, h0, w, alpha, eta, spec, save)
