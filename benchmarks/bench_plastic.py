@@ -23,7 +23,8 @@ steps, Adam. Paths:
                       streams through memory)
              chunked  chunks of episodes whose Hebb fits the last-level cache, each run
                       through all its steps (forward, then backward) before the next
-                      (the default on CPU; `--chunk` sets the episodes per chunk)
+                      (`--chunk` sets the episodes per chunk; the library's default
+                      is the batch schedule, `chunk_episodes="auto"` selects this one)
 
 The floor: the fused algorithm must move, per step, its `[B, N, N]` float32 tensors
 6 times (forward: read H_t, write H_t+1; backward: read H_t and dL/dH, write H_t-1 and
@@ -150,7 +151,7 @@ def run_one(size_name: str, path: str, batch: int, reps: int, smoke: bool, devic
     size = (SMOKE if smoke else SIZES)[size_name]
     device = torch.device(device_name)
     torch.manual_seed(0)
-    chunk = 0 if schedule == "batch" else chunk
+    chunk = 0 if schedule == "batch" else ("auto" if chunk is None else chunk)
     net = PlasticRNN(size.n, input_mode=size.input_mode, impl="plain" if path == "naive" else path,
                      chunk_episodes=chunk).to(device)
     opt = torch.optim.Adam(net.parameters(), lr=1e-4)
@@ -183,7 +184,7 @@ def run_one(size_name: str, path: str, batch: int, reps: int, smoke: bool, devic
     seconds = (time.perf_counter() - t0) / reps
     if path != "fused":
         label = "-"
-    elif schedule == "batch" or (device.type != "cpu" and chunk is None):
+    elif schedule == "batch" or (device.type != "cpu" and chunk == "auto"):
         label = "batch"  # the chunked schedule is for CPU caches: elsewhere it is the batch one
     else:
         label = f"chunked/{chunk_episodes_for(batch, size.n, 4, False, chunk)}"  # episodes per chunk

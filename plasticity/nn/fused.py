@@ -248,25 +248,26 @@ def last_level_cache_bytes() -> int:
     return size if size and size > 0 else DEFAULT_LLC_BYTES
 
 
-def chunk_episodes_for(batch: int, n: int, itemsize: int, eta_per_connection: bool, requested: int | None = None,
-                   cache_bytes: int | None = None) -> int:
-    """Episodes per chunk of the `chunked` schedule, in 1..batch (batch: one chunk, the
-    `batch` schedule).
+def chunk_episodes_for(batch: int, n: int, itemsize: int, eta_per_connection: bool,
+                       requested: int | str | None = None, cache_bytes: int | None = None) -> int:
+    """Episodes per chunk, in 1..batch (batch: one chunk, the `batch` schedule).
 
-    `requested` (else the environment variable PLASTICITY_CHUNK_EPISODES) wins; 0 means
-    the whole batch. Otherwise: as many episodes as fit in the last-level cache beside
-    the `[N, N]` tensors every episode reads (w, alpha, dalpha, and eta, deta per
-    connection), counting the backward pass's two `[N, N]` tensors per episode (Hebb
-    and its gradient), at least one."""
+    `requested` (else the environment variable PLASTICITY_CHUNK_EPISODES; unset: 0): a
+    number of episodes (0: the whole batch), or `auto`: as many episodes as fit in the
+    last-level cache beside the `[N, N]` tensors every episode reads (w, alpha, dalpha,
+    and eta, deta per connection), counting the backward pass's two `[N, N]` tensors per
+    episode (Hebb and its gradient), at least one. The batch schedule is the default: on
+    a shared 2-core machine the chunked one measured slower (README, "Schedules")."""
     if requested is None:
-        env = os.environ.get(CHUNK_ENV, "").strip()
-        if env:
-            if not env.isdigit():
-                raise ConfigError(f"{CHUNK_ENV}={env!r}: give a number of episodes per chunk (0: the whole batch)")
-            requested = int(env)
-    if requested is not None:
-        if requested < 0:
-            raise ConfigError(f"chunk_episodes must be >= 0 (0: the whole batch), got {requested}")
+        requested = os.environ.get(CHUNK_ENV, "").strip() or 0
+        if isinstance(requested, str) and requested != "auto":
+            if not requested.isdigit():
+                raise ConfigError(f"{CHUNK_ENV}={requested!r}: give a number of episodes per chunk "
+                                  "(0: the whole batch) or 'auto' (sized to the cache)")
+            requested = int(requested)
+    if requested != "auto":
+        if not isinstance(requested, int) or requested < 0:
+            raise ConfigError(f"chunk_episodes must be >= 0 (0: the whole batch) or 'auto', got {requested!r}")
         return batch if requested == 0 else min(requested, batch)
     cache_bytes = last_level_cache_bytes() if cache_bytes is None else cache_bytes
     shared = (3 + 2 * eta_per_connection) * n * n * itemsize
@@ -514,16 +515,16 @@ def plastic_rnn_fused(inputs: Tensor, w: Tensor, alpha: Tensor, eta: Tensor, *, 
                       input_mode: str = "add", clip: float | None = None,
                       initial_state: tuple[Tensor, Tensor | None] | None = None, reset: Tensor | None = None,
                       checkpoint_every: int = 0, max_amplification: float | None = None,
-                      backend: str = "auto", chunk_episodes: int | None = None
+                      backend: str = "auto", chunk_episodes: int | str | None = None
                       ) -> tuple[Tensor, tuple[Tensor, Tensor]]:
     """The fully recurrent plastic network over `inputs` `[B, T, N]` (see the module docstring).
 
     w `[N, N]`, alpha `[N, N]` or `[]`, eta `[]` or `[N, N]`; `initial_state` = (y `[B, N]`,
     Hebb `[B, N, N]` or None for zeros); `reset` `[B, T]` zeroes y and Hebb before the
     marked steps. `chunk_episodes`: the schedule, episodes per chunk run through all their
-    steps before the next chunk (0: the whole batch at once; None: the environment variable
-    PLASTICITY_CHUNK_EPISODES, else on CPU as many as fit in the last-level cache, see
-    `chunk_episodes`, elsewhere the whole batch). Returns (activities `[B, T, N]`, final
+    steps before the next chunk (0: the whole batch at once, the default; `auto`: on CPU as
+    many as fit in the last-level cache; None: the environment variable
+    PLASTICITY_CHUNK_EPISODES, see `chunk_episodes_for`). Returns (activities `[B, T, N]`, final
     (y `[B, N]`, Hebb `[B, N, N]`)).
     """
     rule_def = get_rule(rule)
@@ -541,7 +542,7 @@ def plastic_rnn_fused(inputs: Tensor, w: Tensor, alpha: Tensor, eta: Tensor, *, 
     keep = None if reset is None else (1 - reset.to(inputs.dtype)).contiguous()
     kernels = get_kernels(backend, inputs.device, inputs.dtype, rule_def)
     max_amp = max_amplification or DEFAULT_MAX_AMPLIFICATION.get(inputs.dtype, 10.0)
-    if chunk_episodes is None and inputs.device.type != "cpu" and not os.environ.get(CHUNK_ENV, "").strip():
+    if chunk_episodes == "auto" and inputs.device.type != "cpu":
         chunk_episodes = 0  # the cache-sized chunks are a CPU schedule
     chunk = chunk_episodes_for(b, n, inputs.element_size(), eta.dim() > 0, chunk_episodes)
     spec = _Spec(rule_def.elementwise, frozenset(uses(rule_def, "d_h")), input_mode == "clamp", clip, checkpoint_every,

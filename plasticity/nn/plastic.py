@@ -210,8 +210,9 @@ class PlasticRNN(nn.Module):
         fused_backend: kernels of the fused path: `auto` (C++ on CPU, torch ops elsewhere),
             `cpp` or `torch`.
         chunk_episodes: schedule of the fused path: episodes per chunk, each chunk run
-            through all its steps before the next (0: the whole batch stepped together;
-            None: PLASTICITY_CHUNK_EPISODES, else on CPU as many as fit in the cache).
+            through all its steps before the next (0: the whole batch stepped together,
+            the default; `auto`: as many as fit in the CPU's cache; None:
+            PLASTICITY_CHUNK_EPISODES, else 0).
         modulation: for neuromodulated rules (`neuromod`, `retroactive`), the network
             emits `M(t) = tanh(y(t) @ w_m + b_m)` (`modulator`, a learned read-out) that
             drives the update: `network` (one M per episode) or `neuron` (one per
@@ -220,14 +221,15 @@ class PlasticRNN(nn.Module):
     """
 
     def __init__(self, n: int, *, input_mode: str = "add", checkpoint_every: int = 0, modulation: str = "none",
-                 impl: str = "fused", fused_backend: str = "auto", chunk_episodes: int | None = None, **plastic):
+                 impl: str = "fused", fused_backend: str = "auto",
+                 chunk_episodes: int | str | None = None, **plastic):
         super().__init__()
         check_choice("input mode", input_mode, INPUT_MODES)
         check_choice("modulation", modulation, MODULATIONS)
         check_choice("implementation", impl, IMPLS)
         check_choice("fused backend", fused_backend, FUSED_BACKENDS)
         check_positive("checkpoint_every", checkpoint_every, allow_zero=True)
-        if chunk_episodes is not None:
+        if chunk_episodes not in (None, "auto"):
             check_positive("chunk_episodes", chunk_episodes, allow_zero=True)
         self.chunk_episodes = chunk_episodes
         self.n, self.input_mode, self.checkpoint_every = n, input_mode, checkpoint_every
