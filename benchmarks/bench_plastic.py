@@ -17,7 +17,14 @@ steps, Adam. Paths:
            like the 2018 code; a batch of B is B episodes one after another
   plain    `PlasticRNN(impl="plain")`: all B episodes at once, step-by-step autograd
   fused    `PlasticRNN(impl="fused")` (the default): one pass over Hebb per step and a
-           backward pass that rebuilds Hebb by inverting the rule (`plasticity/nn/fused.py`)
+           backward pass that rebuilds Hebb by inverting the rule (`plasticity/nn/fused.py`),
+           in one of two schedules (`--schedules`, one row each):
+             batch    all B episodes take each step together (B x N^2 of Hebb per step
+                      streams through memory)
+             chunked  chunks of episodes whose Hebb fits the last-level cache, each run
+                      through all its steps (forward, then backward) before the next
+                      (`--chunk` sets the episodes per chunk; the library's default
+                      is the batch schedule, `chunk_episodes="auto"` selects this one)
 
 The floor: the fused algorithm must move, per step, its `[B, N, N]` float32 tensors
 6 times (forward: read H_t, write H_t+1; backward: read H_t and dL/dH, write H_t-1 and
@@ -53,6 +60,7 @@ from dataclasses import dataclass
 import torch
 
 from plasticity.nn import PlasticRNN
+from plasticity.nn.fused import chunk_episodes_for
 from plasticity.nn.naive import plastic_rnn_naive
 
 
@@ -66,6 +74,7 @@ class Size:
 SIZES = {"patterns": Size(1001, 106, "add"), "images": Size(1025, 201, "clamp")}
 SMOKE = {"patterns": Size(51, 106, "add"), "images": Size(65, 13, "clamp")}
 PATHS = ("naive", "plain", "fused")
+SCHEDULES = ("batch", "chunked")
 
 
 def bandwidths(device: torch.device, mib: int = 512, reps: int = 11) -> tuple[float, float]:
@@ -136,12 +145,15 @@ def episode(size: Size, batch: int, g: torch.Generator) -> tuple[torch.Tensor, t
     return inputs, torch.randn(batch, size.n, generator=g).clamp(-1, 1)
 
 
-def run_one(size_name: str, path: str, batch: int, reps: int, smoke: bool, device_name: str) -> dict:
+def run_one(size_name: str, path: str, batch: int, reps: int, smoke: bool, device_name: str,
+            schedule: str = "chunked", chunk: int | None = None) -> dict:
     """Time `reps` optimiser steps after one warm-up step; report episodes/s and memory."""
     size = (SMOKE if smoke else SIZES)[size_name]
     device = torch.device(device_name)
     torch.manual_seed(0)
-    net = PlasticRNN(size.n, input_mode=size.input_mode, impl="plain" if path == "naive" else path).to(device)
+    chunk = 0 if schedule == "batch" else ("auto" if chunk is None else chunk)
+    net = PlasticRNN(size.n, input_mode=size.input_mode, impl="plain" if path == "naive" else path,
+                     chunk_episodes=chunk).to(device)
     opt = torch.optim.Adam(net.parameters(), lr=1e-4)
     g = torch.Generator().manual_seed(0)
     episodes = [episode(size, batch, g) for _ in range(reps + 1)]
@@ -170,7 +182,13 @@ def run_one(size_name: str, path: str, batch: int, reps: int, smoke: bool, devic
         step(x, target)
     sync(device)
     seconds = (time.perf_counter() - t0) / reps
-    row = {"size": size_name, "path": path, "batch": batch, "episodes_per_s": batch / seconds,
+    if path != "fused":
+        label = "-"
+    elif schedule == "batch" or (device.type != "cpu" and chunk == "auto"):
+        label = "batch"  # the chunked schedule is for CPU caches: elsewhere it is the batch one
+    else:
+        label = f"chunked/{chunk_episodes_for(batch, size.n, 4, False, chunk)}"  # episodes per chunk
+    row = {"size": size_name, "path": path, "schedule": label, "batch": batch, "episodes_per_s": batch / seconds,
            "peak_mib": peak_mib(device), "idle_mib": idle}
     # Right after the timing, in the same process: this machine's bandwidth drifts (it
     # is shared), so each row is compared with what memory delivered at the time.
@@ -182,8 +200,18 @@ def run_one(size_name: str, path: str, batch: int, reps: int, smoke: bool, devic
     return row
 
 
-def fmt_row(size: str, path: str, batch: int, rest: str) -> str:
-    return f"{size:<9} {path:<6} {batch:>5} {rest}"
+def fmt_row(size: str, path: str, schedule: str, batch: int, rest: str) -> str:
+    return f"{size:<9} {path:<6} {schedule:<10} {batch:>5} {rest}"
+
+
+def runs(args) -> list[tuple[str, int, str]]:
+    """(path, batch, schedule) of each row: the fused rows once per schedule, side by side."""
+    rows = []
+    for path in args.paths:
+        for batch in (args.naive_batches if path == "naive" else args.batches):
+            for schedule in (args.schedules if path == "fused" else ["-"]):
+                rows.append((path, batch, schedule))
+    return rows
 
 
 def main() -> None:
@@ -191,6 +219,9 @@ def main() -> None:
     ap.add_argument("--sizes", nargs="+", default=list(SIZES), choices=list(SIZES))
     ap.add_argument("--batches", type=int, nargs="+", default=[1, 8, 32])
     ap.add_argument("--paths", nargs="+", default=list(PATHS), choices=list(PATHS))
+    ap.add_argument("--schedules", nargs="+", default=list(SCHEDULES), choices=list(SCHEDULES),
+                    help="schedules of the fused path, one row each")
+    ap.add_argument("--chunk", type=int, help="episodes per chunk of the chunked schedule (default: from the cache)")
     ap.add_argument("--naive-batches", type=int, nargs="+", default=[1],
                     help="batches run on the naive path (it runs episodes one after another)")
     ap.add_argument("--reps", type=int, default=2, help="timed optimiser steps per row (after 1 warm-up)")
@@ -198,17 +229,20 @@ def main() -> None:
     ap.add_argument("--memory-limit-gib", type=float, default=20.0)
     ap.add_argument("--smoke-test", action="store_true", help="tiny sizes, to check the script runs")
     ap.add_argument("--json", help="also write the rows to this file (one JSON object per line)")
-    ap.add_argument("--one", nargs=3, metavar=("SIZE", "PATH", "BATCH"), help=argparse.SUPPRESS)
+    ap.add_argument("--one", nargs=4, metavar=("SIZE", "PATH", "SCHEDULE", "BATCH"), help=argparse.SUPPRESS)
     args = ap.parse_args()
+    if args.chunk is not None and args.chunk < 1:
+        sys.exit(f"--chunk must be >= 1 episode, got {args.chunk}")
     if args.one:
-        row = run_one(args.one[0], args.one[1], int(args.one[2]), args.reps, args.smoke_test, args.device)
+        row = run_one(args.one[0], args.one[1], int(args.one[3]), args.reps, args.smoke_test, args.device,
+                      args.one[2], args.chunk)
         print(json.dumps(row))
         return
 
     device = torch.device(args.device)
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU, {torch.get_num_threads()} threads"
     print(f"torch {torch.__version__}, {name}; bandwidths measured in each row's process right after its timing")
-    header = fmt_row("size", "path", "batch", f"{'episodes/s':>11} {'copy GB/s':>10} {'floor ep/s':>11} "
+    header = fmt_row("size", "path", "schedule", "batch", f"{'episodes/s':>11} {'copy GB/s':>10} {'floor ep/s':>11} "
                                               f"{'% floor':>8} {'rmw GB/s':>9} {'% rmw':>6} {'peak MiB':>9} "
                                               f"{'over idle':>10}")
     print(header)
@@ -216,32 +250,33 @@ def main() -> None:
     rows, failed = [], 0
     for size_name in args.sizes:
         plain_1 = None
-        for path in args.paths:
-            for batch in (args.naive_batches if path == "naive" else args.batches):
-                if path == "plain" and plain_1 is not None and batch > 1:
-                    need = plain_1["idle_mib"] + (plain_1["peak_mib"] - plain_1["idle_mib"]) * batch
-                    if need > args.memory_limit_gib * 1024:
-                        print(fmt_row(size_name, path, batch, f"not run: needs ~{need / 1024:.0f} GiB "
-                                                              f"(> {args.memory_limit_gib:g} GiB limit)"))
-                        continue
-                cmd = [sys.executable, __file__, "--one", size_name, path, str(batch), "--reps", str(args.reps),
-                       "--device", args.device] + (["--smoke-test"] if args.smoke_test else [])
-                proc = subprocess.run(cmd, capture_output=True, text=True)
-                if proc.returncode != 0:
-                    print(fmt_row(size_name, path, batch, f"failed: {proc.stderr.strip().splitlines()[-1:]}"))
-                    failed += 1
+        for path, batch, schedule in runs(args):
+            if path == "plain" and plain_1 is not None and batch > 1:
+                need = plain_1["idle_mib"] + (plain_1["peak_mib"] - plain_1["idle_mib"]) * batch
+                if need > args.memory_limit_gib * 1024:
+                    print(fmt_row(size_name, path, "-", batch, f"not run: needs ~{need / 1024:.0f} GiB "
+                                                               f"(> {args.memory_limit_gib:g} GiB limit)"))
                     continue
-                row = json.loads(proc.stdout.strip().splitlines()[-1])
-                row["device"] = name
-                rows.append(row)
-                if path == "plain" and batch == 1:
-                    plain_1 = row
-                eps = row["episodes_per_s"]
-                print(fmt_row(size_name, path, batch,
-                              f"{eps:>11.2f} {row['copy_gbs']:>10.1f} {row['floor_episodes_per_s']:>11.2f} "
-                              f"{100 * eps / row['floor_episodes_per_s']:>7.0f}% {row['rmw_gbs']:>9.1f} "
-                              f"{100 * eps / row['rmw_floor_episodes_per_s']:>5.0f}% {row['peak_mib']:>9.0f} "
-                              f"{row['peak_mib'] - row['idle_mib']:>10.0f}"), flush=True)
+            cmd = [sys.executable, __file__, "--one", size_name, path, schedule, str(batch), "--reps",
+                   str(args.reps), "--device", args.device] + (["--smoke-test"] if args.smoke_test else []) \
+                + ([] if args.chunk is None else ["--chunk", str(args.chunk)])
+            proc = subprocess.run(cmd, capture_output=True, text=True)
+            if proc.returncode != 0:
+                print(fmt_row(size_name, path, schedule, batch,
+                              f"failed: {proc.stderr.strip().splitlines()[-1:]}"))
+                failed += 1
+                continue
+            row = json.loads(proc.stdout.strip().splitlines()[-1])
+            row["device"] = name
+            rows.append(row)
+            if path == "plain" and batch == 1:
+                plain_1 = row
+            eps = row["episodes_per_s"]
+            print(fmt_row(size_name, path, row["schedule"], batch,
+                          f"{eps:>11.2f} {row['copy_gbs']:>10.1f} {row['floor_episodes_per_s']:>11.2f} "
+                          f"{100 * eps / row['floor_episodes_per_s']:>7.0f}% {row['rmw_gbs']:>9.1f} "
+                          f"{100 * eps / row['rmw_floor_episodes_per_s']:>5.0f}% {row['peak_mib']:>9.0f} "
+                          f"{row['peak_mib'] - row['idle_mib']:>10.0f}"), flush=True)
     if args.json:
         with open(args.json, "w") as f:
             f.writelines(json.dumps(r) + "\n" for r in rows)

@@ -24,9 +24,9 @@ def _x(b, t, n, dtype=torch.float64, seed=1):
 
 
 def _stored(out: torch.Tensor) -> int:
-    """Exact Hebb states the fused node keeps for its backward pass (its `ckpts`; the
-    initial state is None when the episode starts from zero Hebb)."""
-    return sum(h is not None for h in out.grad_fn.ckpts.values())
+    """Exact Hebb states the fused node keeps for its backward pass (its `ckpts`, one dict
+    per chunk of episodes; the initial state is None when the episode starts from zero Hebb)."""
+    return sum(h is not None for chunk in out.grad_fn.ckpts for h in chunk.values())
 
 
 def _grads(net, out):
@@ -134,7 +134,7 @@ def test_fused_and_plain_give_the_same_training_gradients():
 
 @pytest.mark.parametrize("call,error,message", [
     (lambda w: plastic_rnn_fused(torch.zeros(1, 3, 4), w, w, torch.tensor(0.1), rule="neuromod"),
-     ConfigError, "the fused path has no inverse for rule 'neuromod'"),
+     ConfigError, "the fused path has no elementwise form for rule 'neuromod'"),
     (lambda w: plastic_rnn_fused(torch.zeros(1, 3, 5), w, w, torch.tensor(0.1)),
      ShapeError, r"inputs must be \[B, T, 4\], got \(1, 3, 5\)"),
     (lambda w: plastic_rnn_fused(torch.zeros(1, 0, 4), w, w, torch.tensor(0.1)),

@@ -4,44 +4,13 @@ backward in time, so training memory does not grow with steps x N^2.
     out, (y, hebb) = plastic_rnn_fused(inputs, w, alpha, eta, rule="hebb")
 
 Same signature idea as the naive reference (`naive.py`) and the plain autograd loop
-(`plastic.py`), which stay as the references the tests compare against.
-
-**Forward.** Step t computes `y_t = act(y_{t-1} @ w + z_t, x_t)`, where
-`z_t = y_{t-1} @ (alpha * H_t)`. The Hebb update of step t and the plastic product of
-step t+1 read the same tensor, so one pass over `H_t` writes `H_{t+1} = rule(H_t,
-y_{t-1}, y_t)` and sums `z_{t+1} = y_t @ (alpha * H_{t+1})` (`forward_step`). Nothing
-of size N^2 is kept per step: the pass overwrites `H_t` in place, or, where `H_t` must
-be kept (stored, see below; or with clipping, which decides that only after the step),
-writes into the buffer freed by the step before.
-
-**Backward.** Only the activities `y` `[B, T, N]`, the final Hebb and a few exact Hebb
-states are stored. Walking time backwards, one pass per step (`backward_stage`)
-  - backpropagates step t (gradient w.r.t. `y_{t-1}`, `alpha`, and `dL/dH_t`), and
-  - rebuilds `H_{t-1}` from `H_t` by inverting the update of step t-1 -- decaying Hebb:
-    `H_{t-1} = (H_t - eta * pre post^T) / (1 - eta)`; Oja:
-    `H_{t-1} = (H_t - eta * post (pre ...)) / (1 - eta * post_j^2)` -- and accumulates
-    that step's rule gradients (w.r.t. `y_{t-1}` as post, and `eta`).
-The inversion is exact algebra but not exact arithmetic: each inverted step multiplies
-the rounding error by at most `1 / min|1 - eta|` (Hebb) or `1 / min|1 - eta post^2|`
-(Oja). So the forward pass stores the exact state `H_t` (a *checkpoint*) instead of
-relying on inversion where
-  - the product of those factors since the last checkpoint would pass
-    `max_amplification` (e.g. `eta = 1`: every step is stored),
-  - clipping changed a value at step t (a clamped update cannot be inverted),
-  - an episode resets at step t+1 (the state before the reset is lost), or
-  - `checkpoint_every = K > 0` asks for one every K steps (bounds the error further).
-Memory is then `(3 + checkpoints) x B N^2` instead of several `B N^2` per step.
-Rules without an inverse (modulated ones) use the plain path instead (`supports`).
-
-**Kernels.** `fused_cpu.cpp` (C++, compiled on first use and cached, one pass over each
-`[B, N, N]` tensor per step; float32 and float64 on CPU) and the same two functions
-written with torch ops (`TorchKernels`, the reference for the C++ kernels, and the path
-on CUDA and for other dtypes). If the C++ build fails, a one-line warning is printed and
-the torch-op kernels are used.
-
-Memory traffic per step (the floor the benchmark compares with): forward reads `H_t`
-and writes `H_{t+1}`; backward reads `H_t` and `dL/dH_{t+1}` and writes `H_{t-1}` and
-`dL/dH_t`: six `B x N x N` transfers per step in all.
+(`plastic.py`), which stay as the references the tests compare against. The maths and the
+algorithm (forward pass, inverting the rule backwards, when exact states are stored, the
+memory traffic, the chunked schedule) are in `plasticity/rules/README.md`, "Running the
+rules backwards". Nothing here is specific to a rule: the kernels are built from the
+rule's elementwise form (`plasticity.rules.Elementwise`): the torch-op kernels call its
+functions, the C++ kernels (`fused_cpu.cpp`) are compiled with its functions translated
+to C++ (`plasticity/rules/elementwise.py`), one module per rule.
 """
 
 from __future__ import annotations
@@ -52,7 +21,6 @@ import os
 import platform
 import shutil
 import sys
-import warnings
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
@@ -61,9 +29,10 @@ import torch
 from torch import Tensor
 
 from plasticity.errors import ConfigError, ShapeError
+from plasticity.rules import RULES, Elementwise, Rule, get_rule
+from plasticity.rules.base import apply_elementwise
+from plasticity.rules.elementwise import FormError, check_elementwise, cpp_rule, uses
 
-FUSED_RULES = {"hebb": False, "oja": True}
-"""Rules the fast path can invert, mapped to `is_oja`."""
 BACKENDS = ("auto", "cpp", "torch")
 NONE, INVERT, CKPT = 0, 1, 2
 """How a backward pass gets `H_{t-1}`: not at all (t = 0), by inversion, from a checkpoint."""
@@ -87,23 +56,22 @@ def _as_rows(param: Tensor, n: int) -> tuple[Tensor, int]:
 
 
 class TorchKernels:
-    """The two per-step kernels written with torch ops (any device, any float dtype).
+    """The two per-step kernels written with torch ops (any device, any float dtype), from
+    the rule's elementwise form `form` (`plasticity.rules.Elementwise`).
 
     Same contract as the C++ kernels: `forward_step` writes `h_next`, `backward_stage`
-    updates `h`, `g`, `dpre`, `dalpha`, `deta` in place. More passes over memory than the
-    C++ ones; this is the readable reference and the CUDA path."""
+    updates `h`, `grad_h`, `dpre`, `dalpha`, `deta` in place. More passes over memory than
+    the C++ ones; this is the readable reference and the CUDA path."""
 
     name = "torch"
 
-    @staticmethod
-    def _rule(h: Tensor, pre: Tensor, post: Tensor, eta: Tensor, oja: bool) -> Tensor:
-        p, q = pre.unsqueeze(-1), post.unsqueeze(-2)
-        return h + eta * q * (p - q * h) if oja else h + eta * (p * q - h)
+    def __init__(self, form: Elementwise):
+        self.form = form
 
-    def forward_step(self, h, h_next, pre, post, alpha, eta, clip, oja, want_z):
+    def forward_step(self, h, h_next, pre, post, alpha, eta, clip, want_z):
         if h is None:
             h = torch.zeros_like(h_next)
-        raw = self._rule(h, pre, post, eta, oja)
+        raw = apply_elementwise(self.form.update, h, pre, post, eta)
         clipped = False
         if clip:
             clipped = bool((raw.abs() > clip).any())
@@ -115,54 +83,56 @@ class TorchKernels:
             return clipped, alpha * torch.bmm(post.unsqueeze(1), h_next).squeeze(1)
         return clipped, torch.bmm(post.unsqueeze(1), alpha * h_next).squeeze(1)
 
-    def backward_stage(self, h, g, ckpt, prev, stage, pre, post, ga, keep, pre_p, post_p, alpha, eta, clip, oja,
-                       dpre, dalpha, deta):
-        gh = g
+    def backward_stage(self, h, grad_h, ckpt, prev, stage, pre, post, grad_a, keep, pre_p, post_p, alpha, eta,
+                       clip, dpre, dalpha, deta):
+        form, grad_h_buffer = self.form, grad_h
         if stage:
-            q, gaj, p = post.unsqueeze(1), ga.unsqueeze(1), pre.unsqueeze(2)
-            f = 1 - eta * q * q if oja else 1 - eta
-            dpre.copy_((g * eta * q).sum(-1) + (alpha * h * gaj).sum(-1))
-            dalpha += (p * h * gaj).sum(0)
-            gh = (g * f + alpha * p * gaj) * keep.view(-1, 1, 1)
-        col = torch.zeros_like(pre_p)
+            # Step t: H_{t+1} = update(H_t, pre, post); grad_h holds dL/dH_{t+1}, h holds H_t.
+            pre_i, post_j, grad_a_j = pre.unsqueeze(2), post.unsqueeze(1), grad_a.unsqueeze(1)
+            dpre.copy_((grad_h * form.d_pre(h, pre_i, post_j, eta)).sum(-1) + (alpha * h * grad_a_j).sum(-1))
+            dalpha += (pre_i * h * grad_a_j).sum(0)
+            grad_h = (grad_h * form.d_h(h, pre_i, post_j, eta) + alpha * pre_i * grad_a_j) * keep.view(-1, 1, 1)
+        col_sums = torch.zeros_like(pre_p)
         if prev != NONE:
-            pp, qp = pre_p.unsqueeze(2), post_p.unsqueeze(1)
+            # Step t-1: H_t = update(H_{t-1}, pre_p, post_p); grad_h holds dL/dH_t.
+            pre_i, post_j = pre_p.unsqueeze(2), post_p.unsqueeze(1)
             if prev == INVERT:
-                hp = (h - eta * qp * pp) / (1 - eta * qp * qp) if oja else (h - eta * pp * qp) / (1 - eta)
+                h_prev = form.inverse(h, pre_i, post_j, eta)
             else:
-                hp = torch.zeros_like(h) if ckpt is None else ckpt
+                h_prev = torch.zeros_like(h) if ckpt is None else ckpt
             if clip and prev == CKPT:
-                gh = gh * (self._rule(hp, pre_p, post_p, eta, oja).abs() <= clip)
-            col = (gh * eta * (pp - 2 * qp * hp)).sum(1) if oja else (gh * eta * pp).sum(1)
-            deta += (gh * qp * (pp - qp * hp)).sum(0) if oja else (gh * (pp * qp - hp)).sum(0)
-            h.copy_(hp)
-        g.copy_(gh)
-        return col
+                grad_h = grad_h * (form.update(h_prev, pre_i, post_j, eta).abs() <= clip)
+            col_sums = (grad_h * form.d_post(h_prev, pre_i, post_j, eta)).sum(1)
+            deta += (grad_h * form.d_eta(h_prev, pre_i, post_j, eta)).sum(0)
+            h.copy_(h_prev)
+        grad_h_buffer.copy_(grad_h)
+        return col_sums
 
 
 class CppKernels:
-    """The C++ kernels of `fused_cpu.cpp` (CPU, float32 / float64): one pass per step."""
+    """The C++ kernels of `fused_cpu.cpp` for one rule (CPU, float32 / float64): one pass
+    per step."""
 
     name = "cpp"
 
     def __init__(self, module):
         self.module = module
 
-    def forward_step(self, h, h_next, pre, post, alpha, eta, clip, oja, want_z):
+    def forward_step(self, h, h_next, pre, post, alpha, eta, clip, want_z):
         n = pre.shape[1]
         (a, a_rs), (e, e_rs) = _as_rows(alpha, n), _as_rows(eta, n)
         clipped, z = self.module.forward_step(h, h_next, pre.contiguous(), post.contiguous(), a, a_rs, e, e_rs,
-                                              float(clip or 0.0), oja, want_z)
+                                              float(clip or 0.0), want_z)
         return clipped, (z if want_z else None)
 
-    def backward_stage(self, h, g, ckpt, prev, stage, pre, post, ga, keep, pre_p, post_p, alpha, eta, clip, oja,
-                       dpre, dalpha, deta):
+    def backward_stage(self, h, grad_h, ckpt, prev, stage, pre, post, grad_a, keep, pre_p, post_p, alpha, eta,
+                       clip, dpre, dalpha, deta):
         n = h.shape[1]
         (a, a_rs), (e, e_rs) = _as_rows(alpha, n), _as_rows(eta, n)
-        return self.module.backward_stage(h, g, ckpt, prev, stage, pre.contiguous(), post.contiguous(),
-                                          ga.contiguous(), keep.contiguous(), pre_p.contiguous(),
-                                          post_p.contiguous(), a, a_rs, e, e_rs, float(clip or 0.0), oja, dpre,
-                                          dalpha, deta)
+        return self.module.backward_stage(h, grad_h, ckpt, prev, stage, pre.contiguous(), post.contiguous(),
+                                          grad_a.contiguous(), keep.contiguous(), pre_p.contiguous(),
+                                          post_p.contiguous(), a, a_rs, e, e_rs, float(clip or 0.0), dpre, dalpha,
+                                          deta)
 
 
 def _ninja_on_path() -> None:
@@ -185,35 +155,45 @@ def _built(cpp_extension, name: str) -> bool:
         return True
 
 
+def cpp_source(rule: Rule) -> str:
+    """The C++ source compiled for `rule`: its generated `PlasticRule` functor, then
+    `fused_cpu.cpp` (FormError if the rule's form does not translate)."""
+    return "#include <torch/extension.h>\n" + cpp_rule(rule) + SOURCE.read_text()
+
+
 @cache
-def cpp_kernels() -> CppKernels | None:
-    """Compile (first use, about a minute; then cached on disk) and load the C++ kernels.
-    Returns None, with one warning, where that is impossible."""
+def _cpp_module(rule_name: str, source: str):
+    """Compile (first use of this source, about a minute; then cached on disk) and load."""
+    from torch.utils import cpp_extension
+
+    _ninja_on_path()
+    cpu = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else platform.processor()
+    flags = next((line for line in cpu.splitlines() if line.startswith("flags")), cpu)
+    # The key holds the generated rule code: an edited rule compiles anew. -march=native:
+    # the build is specific to this CPU, so its name is too.
+    key = hashlib.sha1(source.encode() + flags.encode() + torch.__version__.encode()
+                       + " ".join(CFLAGS).encode()).hexdigest()[:12]
+    name = f"plasticity_fused_{rule_name}_{key}"
+    if not _built(cpp_extension, name):
+        print(f"plasticity: building the fused C++ kernels for rule {rule_name!r} (first use of this rule's code "
+              "on this machine, about a minute)", file=sys.stderr, flush=True)
+    return cpp_extension.load_inline(name=name, cpp_sources=[source], extra_cflags=CFLAGS,
+                                     extra_ldflags=["-fopenmp"], verbose=False)
+
+
+def cpp_kernels(rule: Rule) -> CppKernels | None:
+    """The C++ kernels for `rule`. Returns None, with one warning, where they cannot be
+    built (no compiler, or a form that does not translate to C++)."""
     try:
-        from torch.utils import cpp_extension
-
-        _ninja_on_path()
-
-        cpu = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else platform.processor()
-        flags = next((line for line in cpu.splitlines() if line.startswith("flags")), cpu)
-        # -march=native: the build is specific to this CPU, so its name is too.
-        key = hashlib.sha1(SOURCE.read_bytes() + flags.encode() + torch.__version__.encode()
-                           + " ".join(CFLAGS).encode()).hexdigest()[:12]
-        name = f"plasticity_fused_{key}"
-        if not _built(cpp_extension, name):
-            print("plasticity: building the fused C++ kernels (first use on this machine, about a minute)",
-                  file=sys.stderr, flush=True)
-        module = cpp_extension.load(name=name, sources=[str(SOURCE)],
-                                    extra_cflags=CFLAGS, extra_ldflags=["-fopenmp"], verbose=False)
+        return CppKernels(_cpp_module(rule.name, cpp_source(rule)))
     except Exception as exc:  # noqa: BLE001 -- any build failure means: use the torch kernels
         first = (str(exc).strip().splitlines() or [type(exc).__name__])[-1][:200]
-        warnings.warn(f"plasticity: C++ kernels unavailable ({first}); using the slower torch-op kernels "
-                      "(install a C++ compiler and ninja to build them)", RuntimeWarning, stacklevel=3)
+        _notice(f"plasticity: C++ kernels for rule {rule.name!r} unavailable ({first}); using the slower "
+                "torch-op kernels (install a C++ compiler and ninja to build them)")
         return None
-    return CppKernels(module)
 
 
-def get_kernels(backend: str, device: torch.device, dtype: torch.dtype):
+def get_kernels(backend: str, device: torch.device, dtype: torch.dtype, rule: Rule):
     """`auto`: the C++ kernels for float32/float64 on CPU where they build, else torch ops."""
     if backend not in BACKENDS:
         raise ConfigError(f"unknown fused backend {backend!r}: choose one of {', '.join(BACKENDS)}")
@@ -221,23 +201,92 @@ def get_kernels(backend: str, device: torch.device, dtype: torch.dtype):
     if backend == "cpp" and not cpp_ok:
         raise ConfigError(f"the cpp backend runs float32/float64 on CPU, got {dtype} on {device}: use backend='auto'")
     if backend in ("auto", "cpp") and cpp_ok:
-        kernels = cpp_kernels()
+        kernels = cpp_kernels(rule)
         if kernels is not None:
             return kernels
         if backend == "cpp":
             raise ConfigError("the C++ kernels could not be built (see the warning above): use backend='torch'")
-    return TorchKernels()
+    return TorchKernels(rule.elementwise)
+
+
+_NOTICES: set[str] = set()
+
+
+def _notice(message: str) -> None:
+    """Print a one-line notice on stderr, once per process."""
+    if message not in _NOTICES:
+        _NOTICES.add(message)
+        print(message, file=sys.stderr, flush=True)
+
+
+# ------------------------------------------------------------------------- the schedule
+CHUNK_ENV = "PLASTICITY_CHUNK_EPISODES"
+"""Environment variable overriding the chunk size (episodes; 0 = the whole batch at once)."""
+DEFAULT_LLC_BYTES = 32 * 2**20
+
+
+@cache
+def last_level_cache_bytes() -> int:
+    """Size of the largest CPU cache of cpu0 (Linux sysfs, else sysconf, else 32 MiB).
+    sysfs first: in a VM, sysconf can report the host's total over all its L3 slices."""
+    sizes = []
+    for index in Path("/sys/devices/system/cpu/cpu0/cache").glob("index*"):
+        try:
+            text = (index / "size").read_text().strip()
+        except OSError:
+            continue
+        unit = {"K": 2**10, "M": 2**20, "G": 2**30}.get(text[-1:].upper(), 1)
+        digits = text.rstrip("KMGkmg")
+        if digits.isdigit():
+            sizes.append(int(digits) * unit)
+    if sizes:
+        return max(sizes)
+    try:
+        size = os.sysconf("SC_LEVEL3_CACHE_SIZE") or os.sysconf("SC_LEVEL2_CACHE_SIZE")
+    except (ValueError, OSError):
+        size = 0
+    return size if size and size > 0 else DEFAULT_LLC_BYTES
+
+
+def chunk_episodes_for(batch: int, n: int, itemsize: int, eta_per_connection: bool,
+                       requested: int | str | None = None, cache_bytes: int | None = None) -> int:
+    """Episodes per chunk, in 1..batch (batch: one chunk, the `batch` schedule).
+
+    `requested` (else the environment variable PLASTICITY_CHUNK_EPISODES; unset: 0): a
+    number of episodes (0: the whole batch), or `auto`: as many episodes as fit in the
+    last-level cache beside the `[N, N]` tensors every episode reads (w, alpha, dalpha,
+    and eta, deta per connection), counting the backward pass's two `[N, N]` tensors per
+    episode (Hebb and its gradient), at least one. The batch schedule is the default: on
+    a shared 2-core machine the chunked one measured slower (README, "Schedules")."""
+    if requested is None:
+        requested = os.environ.get(CHUNK_ENV, "").strip() or 0
+        if isinstance(requested, str) and requested != "auto":
+            if not requested.isdigit():
+                raise ConfigError(f"{CHUNK_ENV}={requested!r}: give a number of episodes per chunk "
+                                  "(0: the whole batch) or 'auto' (sized to the cache)")
+            requested = int(requested)
+    if requested != "auto":
+        if not isinstance(requested, int) or requested < 0:
+            raise ConfigError(f"chunk_episodes must be >= 0 (0: the whole batch) or 'auto', got {requested!r}")
+        return batch if requested == 0 else min(requested, batch)
+    cache_bytes = last_level_cache_bytes() if cache_bytes is None else cache_bytes
+    shared = (3 + 2 * eta_per_connection) * n * n * itemsize
+    return max(1, min(batch, (cache_bytes - shared) // (2 * n * n * itemsize)))
 
 
 # ------------------------------------------------------------------------- the episode
 @dataclass(frozen=True)
 class _Spec:
-    oja: bool
+    form: Elementwise
+    d_h_reads: frozenset
+    """Which of (h, pre, post, eta) the rule's d_h reads (what the error bound needs)."""
     clamp_input: bool
     clip: float | None
     every: int
     max_amp: float
     kernels: object
+    chunk: int
+    """Episodes per chunk (see `_Episode`)."""
 
 
 def _activation(a: Tensor, x: Tensor, clamp_input: bool) -> Tensor:
@@ -251,148 +300,238 @@ def _dact(post: Tensor, x: Tensor, clamp_input: bool) -> Tensor:
 
 
 class _Amplification:
-    """Bound on how much inverting one step can grow the rounding error in Hebb."""
+    """Bound on how much inverting one step can grow the rounding error in Hebb: the
+    largest `1 / |d_h|` (d Hebb(t+1) / d Hebb(t), the rule's own derivative) over the
+    connections, given the step's activities."""
 
-    def __init__(self, eta: Tensor, oja: bool):
-        self.oja, self.eta = oja, eta.detach()
-        if eta.dim() == 0:
-            self.lo = self.hi = self.eta
+    def __init__(self, form: Elementwise, eta: Tensor, reads: set[str]):
+        self.form, self.eta, self.reads = form, eta.detach(), reads
+        # d_h of the decaying rule reads eta alone: one value for the whole episode.
+        self.constant = None if reads & {"h", "pre", "post"} else self._bound(None, None)
+
+    def _bound(self, pre: Tensor | None, post: Tensor | None) -> float:
+        if "h" in self.reads:
+            return math.inf  # depends on Hebb itself: no cheap bound, store every state
+        zero = self.eta.new_zeros(())
+        pre_i = pre.unsqueeze(-1) if pre is not None and "pre" in self.reads else zero
+        post_j = post.unsqueeze(-2) if post is not None and "post" in self.reads else zero
+        smallest = float(torch.as_tensor(self.form.d_h(zero, pre_i, post_j, self.eta)).abs().min())
+        return math.inf if smallest == 0 else 1 / smallest
+
+    def __call__(self, pre: Tensor, post: Tensor) -> float:
+        return self.constant if self.constant is not None else self._bound(pre, post)
+
+
+def _forward_chunk(inputs: Tensor, keep: Tensor | None, y0: Tensor, h0: Tensor | None, w: Tensor, alpha: Tensor,
+                   eta: Tensor, spec: _Spec, save: bool, out: Tensor, resets: list | None) -> tuple[Tensor, dict]:
+    """All steps of one chunk of episodes: inputs `[c, T, N]`, keep `[c, T]` or None, y0
+    `[c, N]`, h0 `[c, N, N]` or None; writes the activities into out `[T, c, N]`. `resets`:
+    per step, whether any episode of the *batch* resets there (every chunk then stores the
+    state before it, so that all schedules store the same states).
+    Returns (final Hebb `[c, N, N]`, the exact Hebb states kept for the backward pass by step)."""
+    k, (b, steps, n) = spec.kernels, inputs.shape
+    y = y0 if keep is None else y0 * keep[:, :1]
+    hcur = None if h0 is None else (h0 if keep is None else h0 * keep[:, 0].view(-1, 1, 1))
+    if hcur is None:
+        z = torch.zeros_like(y)
+    elif alpha.dim() == 0:
+        z = alpha * torch.bmm(y.unsqueeze(1), hcur).squeeze(1)
+    else:
+        z = torch.bmm(y.unsqueeze(1), alpha * hcur).squeeze(1)
+    amplification = _Amplification(spec.form, eta, spec.d_h_reads) if save else None
+    ckpts, spare, growth = {0: hcur}, None, 1.0
+    for t in range(steps):
+        post = _activation(torch.addmm(z, y, w), inputs[:, t], spec.clamp_input)
+        out[t] = post
+        last = t == steps - 1
+        reset_next = resets is not None and not last and resets[t + 1]
+        # Whether H_t must outlive this step: H_0 is the caller's (or None); a stored
+        # state is decided before the update, except for clipping (known only after).
+        amp = amplification(y, post) if save and t > 0 else 1.0
+        keep_h = t == 0 or (save and (reset_next or (spec.every and t % spec.every == 0)
+                                      or growth * amp > spec.max_amp))
+        in_place = not keep_h and not spec.clip
+        if in_place:
+            h_next = hcur
         else:
-            self.lo, self.hi = self.eta.amin(0), self.eta.amax(0)  # per column j
-        self.hebb = 1 / max(1 - float(self.eta.max()), 0.0) if float(self.eta.max()) < 1 else math.inf
+            h_next = spare if spare is not None else torch.empty(b, n, n, dtype=inputs.dtype, device=inputs.device)
+            spare = None
+        clipped, z = k.forward_step(hcur, h_next, y, post, alpha, eta, spec.clip, not last)
+        if t > 0 and save and (keep_h or clipped):
+            ckpts[t], growth = hcur, 1.0
+        elif t > 0:
+            growth = growth * amp
+            if not in_place:
+                spare = hcur
+        hcur, y = h_next, post
+        if reset_next:
+            keep_next = keep[:, t + 1]
+            y, z = y * keep_next[:, None], z * keep_next[:, None]
+            hcur.mul_(keep_next.view(-1, 1, 1))
+    return hcur, ckpts
 
-    def __call__(self, post: Tensor) -> float:
-        if not self.oja:
-            return self.hebb
-        q2 = post * post
-        lo, hi = 1 - self.hi * q2, 1 - self.lo * q2
-        worst = torch.where(lo * hi <= 0, torch.zeros_like(lo), torch.minimum(lo.abs(), hi.abs())).min()
-        worst = float(worst)
-        return math.inf if worst == 0 else 1 / worst
+
+def _backward_chunk(spec: _Spec, ckpts: dict, inputs: Tensor, keep: Tensor | None, y0: Tensor, out: Tensor,
+                    w: Tensor, alpha: Tensor, eta: Tensor, h_final: Tensor, g_out: Tensor | None,
+                    g_h: Tensor | None, grad_a: Tensor, dx: Tensor | None, dalpha: Tensor,
+                    deta: Tensor) -> tuple[Tensor, Tensor]:
+    """All steps of one chunk of episodes, walking time backwards (shapes as in
+    `_forward_chunk`, out `[T, c, N]`; g_out `[c, T, N]` or None, g_h `[c, N, N]` or None).
+    Writes dL/d(pre-activation) into grad_a `[T, c, N]` and dL/dinputs into dx `[T, c, N]`,
+    adds into dalpha and deta `[N, N]`. Returns (dL/dy0 `[c, N]`, dL/dH0 `[c, N, N]`)."""
+    k = spec.kernels
+    steps, b, n = out.shape
+    ones = torch.ones(b, dtype=out.dtype, device=out.device)
+    keep_t = (lambda t: ones) if keep is None else (lambda t: keep[:, t].contiguous())
+
+    def pre(t: int) -> Tensor:
+        y = y0 if t == 0 else out[t - 1]
+        return y if keep is None else y * keep[:, t, None]
+
+    def mode(t: int) -> int:
+        return CKPT if t in ckpts else INVERT
+
+    h = h_final.clone()
+    grad_h = torch.zeros_like(h) if g_h is None else g_h.contiguous().clone()
+    dpre = torch.empty(b, n, dtype=out.dtype, device=out.device)
+    # The first pass only rebuilds H_{T-1} and takes the last update's rule gradients.
+    # grad_y: dL/dy_t from the steps after t (the rule's update read y_t as post).
+    grad_y = k.backward_stage(h, grad_h, ckpts.get(steps - 1), mode(steps - 1), False, dpre, dpre, dpre, ones,
+                              pre(steps - 1), out[steps - 1], alpha, eta, spec.clip, dpre, dalpha, deta)
+    for t in range(steps - 1, -1, -1):
+        x = inputs[:, t]
+        grad_post = grad_y if g_out is None else grad_y + g_out[:, t]
+        grad_a_t = grad_post * _dact(out[t], x, spec.clamp_input)
+        grad_a[t] = grad_a_t
+        if dx is not None:
+            dx[t] = grad_post.masked_fill(x == 0, 0) if spec.clamp_input else grad_a_t
+        has_prev = t > 0
+        col_sums = k.backward_stage(h, grad_h, ckpts.get(t - 1), mode(t - 1) if has_prev else NONE, True, pre(t),
+                                    out[t], grad_a_t, keep_t(t), pre(t - 1) if has_prev else dpre,
+                                    out[t - 1] if has_prev else dpre, alpha, eta, spec.clip, dpre, dalpha, deta)
+        grad_y = torch.addmm(dpre, grad_a_t, w.t())
+        if keep is not None:
+            grad_y = grad_y * keep[:, t, None]
+        if has_prev:
+            grad_y = grad_y + col_sums
+    return grad_y, grad_h
 
 
 class _Episode(torch.autograd.Function):
-    """The whole sequence as one autograd node (see the module docstring)."""
+    """The whole sequence as one autograd node (see the module docstring), run chunk by
+    chunk of `spec.chunk` episodes: each chunk goes through all its steps (and, in the
+    backward pass, all of them backwards) before the next, so that a chunk's Hebb stays
+    in the cache. One chunk of the whole batch is the `batch` schedule."""
 
     @staticmethod
     def forward(ctx, inputs, keep, y0, h0, w, alpha, eta, spec: _Spec, save: bool):
         ctx.set_materialize_grads(False)
-        k, (b, steps, n) = spec.kernels, inputs.shape
+        b, steps, n = inputs.shape
+        chunks = [slice(start, min(start + spec.chunk, b)) for start in range(0, b, spec.chunk)]
         out = inputs.new_empty(steps, b, n)
-        y = y0 if keep is None else y0 * keep[:, :1]
-        hcur = None if h0 is None else (h0 if keep is None else h0 * keep[:, 0].view(-1, 1, 1))
-        if hcur is None:
-            z = torch.zeros_like(y)
-        elif alpha.dim() == 0:
-            z = alpha * torch.bmm(y.unsqueeze(1), hcur).squeeze(1)
-        else:
-            z = torch.bmm(y.unsqueeze(1), alpha * hcur).squeeze(1)
-        amplification = _Amplification(eta, spec.oja) if save else None
+
+        def part(t: Tensor | None, sl: slice) -> Tensor | None:
+            return None if t is None else t[sl]
+
         resets = None if keep is None else (keep == 0).any(0).tolist()
-        ckpts, spare, growth = {0: hcur}, None, 1.0
-        for t in range(steps):
-            post = _activation(torch.addmm(z, y, w), inputs[:, t], spec.clamp_input)
-            out[t] = post
-            last = t == steps - 1
-            reset_next = resets is not None and not last and resets[t + 1]
-            # Whether H_t must outlive this step: H_0 is the caller's (or None); a stored
-            # state is decided before the update, except for clipping (known only after).
-            amp = amplification(post) if save and t > 0 else 1.0
-            keep_h = t == 0 or (save and (reset_next or (spec.every and t % spec.every == 0)
-                                          or growth * amp > spec.max_amp))
-            in_place = not keep_h and not spec.clip
-            if in_place:
-                h_next = hcur
+        ckpts, h_final = [], None
+        for sl in chunks:
+            h_chunk, ckpts_chunk = _forward_chunk(inputs[sl], part(keep, sl), y0[sl], part(h0, sl), w, alpha, eta,
+                                                  spec, save, out[:, sl], resets)
+            ckpts.append(ckpts_chunk)
+            if len(chunks) == 1:
+                h_final = h_chunk
             else:
-                h_next = spare if spare is not None else torch.empty(b, n, n, dtype=inputs.dtype,
-                                                                     device=inputs.device)
-                spare = None
-            clipped, z = k.forward_step(hcur, h_next, y, post, alpha, eta, spec.clip, spec.oja, not last)
-            if t > 0 and save and (keep_h or clipped):
-                ckpts[t], growth = hcur, 1.0
-            elif t > 0:
-                growth = growth * amp
-                if not in_place:
-                    spare = hcur
-            hcur, y = h_next, post
-            if resets is not None and not last and resets[t + 1]:
-                kk = keep[:, t + 1]
-                y, z = y * kk[:, None], z * kk[:, None]
-                hcur.mul_(kk.view(-1, 1, 1))
+                if h_final is None:
+                    h_final = inputs.new_empty(b, n, n)
+                h_final[sl] = h_chunk
+            del h_chunk, ckpts_chunk
         out_btn = out.transpose(0, 1).contiguous()
         if save:
-            ctx.spec, ctx.ckpts, ctx.out, ctx.h0_given = spec, ckpts, out, h0 is not None
-            ctx.save_for_backward(inputs, keep, y0, w, alpha, eta, hcur)
-        return out_btn, hcur
+            ctx.spec, ctx.chunks, ctx.ckpts, ctx.out, ctx.h0_given = spec, chunks, ckpts, out, h0 is not None
+            ctx.save_for_backward(inputs, keep, y0, w, alpha, eta, h_final)
+        return out_btn, h_final
 
     @staticmethod
     def backward(ctx, g_out, g_h):
         inputs, keep, y0, w, alpha, eta, h_final = ctx.saved_tensors
-        spec, ckpts, out, k = ctx.spec, ctx.ckpts, ctx.out, ctx.spec.kernels
+        spec, out = ctx.spec, ctx.out
         steps, b, n = out.shape
-        ones = torch.ones(b, dtype=out.dtype, device=out.device)
-        keep_t = (lambda t: ones) if keep is None else (lambda t: keep[:, t].contiguous())
-
-        def pre(t: int) -> Tensor:
-            y = y0 if t == 0 else out[t - 1]
-            return y if keep is None else y * keep[:, t, None]
-
-        def mode(t: int) -> int:
-            return CKPT if t in ckpts else INVERT
-
-        h = h_final.clone()
-        g = torch.zeros_like(h) if g_h is None else g_h.contiguous().clone()
         dalpha, deta = (torch.zeros(n, n, dtype=out.dtype, device=out.device) for _ in range(2))
-        dpre = torch.empty(b, n, dtype=out.dtype, device=out.device)
-        ga_all = torch.empty(steps, b, n, dtype=out.dtype, device=out.device)
-        dx = torch.empty_like(ga_all) if ctx.needs_input_grad[0] else None
-        # The first pass only rebuilds H_{T-1} and takes the last update's rule gradients.
-        carry = k.backward_stage(h, g, ckpts.get(steps - 1), mode(steps - 1), False, dpre, dpre, dpre, ones,
-                                 pre(steps - 1), out[steps - 1], alpha, eta, spec.clip, spec.oja, dpre, dalpha, deta)
-        for t in range(steps - 1, -1, -1):
-            x = inputs[:, t]
-            gpost = carry if g_out is None else carry + g_out[:, t]
-            ga = gpost * _dact(out[t], x, spec.clamp_input)
-            ga_all[t] = ga
-            if dx is not None:
-                dx[t] = gpost.masked_fill(x == 0, 0) if spec.clamp_input else ga
-            has_prev = t > 0
-            col = k.backward_stage(h, g, ckpts.get(t - 1), mode(t - 1) if has_prev else NONE, True, pre(t), out[t],
-                                   ga, keep_t(t), pre(t - 1) if has_prev else dpre,
-                                   out[t - 1] if has_prev else dpre, alpha, eta, spec.clip, spec.oja, dpre,
-                                   dalpha, deta)
-            carry = torch.addmm(dpre, ga, w.t())
-            if keep is not None:
-                carry = carry * keep[:, t, None]
-            if has_prev:
-                carry = carry + col
-        pres = torch.stack([pre(t) for t in range(steps)])
-        dw = pres.reshape(-1, n).t() @ ga_all.reshape(-1, n)
+        grad_a = torch.empty(steps, b, n, dtype=out.dtype, device=out.device)
+        dx = torch.empty_like(grad_a) if ctx.needs_input_grad[0] else None
+        dy0 = torch.empty(b, n, dtype=out.dtype, device=out.device)
+        dh0 = None
+
+        def part(t: Tensor | None, sl: slice) -> Tensor | None:
+            return None if t is None else t[sl]
+
+        for sl, ckpts in zip(ctx.chunks, ctx.ckpts, strict=True):
+            dy0[sl], dh0_chunk = _backward_chunk(
+                spec, ckpts, inputs[sl], part(keep, sl), y0[sl], out[:, sl], w, alpha, eta, h_final[sl],
+                part(g_out, sl), part(g_h, sl), grad_a[:, sl], None if dx is None else dx[:, sl], dalpha, deta)
+            if ctx.h0_given:
+                if len(ctx.chunks) == 1:
+                    dh0 = dh0_chunk
+                else:
+                    if dh0 is None:
+                        dh0 = torch.empty_like(h_final)
+                    dh0[sl] = dh0_chunk
+            del dh0_chunk
+        pres = torch.stack([y0 if t == 0 else out[t - 1] for t in range(steps)])
+        if keep is not None:
+            pres = pres * keep.t().unsqueeze(-1)
+        dw = pres.reshape(-1, n).t() @ grad_a.reshape(-1, n)
         dalpha = dalpha.sum() if alpha.dim() == 0 else dalpha
         deta = deta.sum() if eta.dim() == 0 else deta
-        dh0 = g if ctx.h0_given else None
-        return (None if dx is None else dx.transpose(0, 1), None, carry, dh0, dw, dalpha, deta, None, None)
+        return (None if dx is None else dx.transpose(0, 1), None, dy0, dh0, dw, dalpha, deta, None, None)
 
 
-def supports(rule) -> bool:
-    """Whether the fast path can run `rule` (the others use the plain autograd loop)."""
-    return rule.name in FUSED_RULES and not rule.modulated and len(rule.traces) == 1
+@cache
+def _form_problem(rule_name: str, form: Elementwise) -> str | None:
+    """The first problem of a rule's elementwise form (None: the fused path can run it)."""
+    try:
+        cpp_rule(RULES[rule_name])
+    except FormError as exc:
+        return str(exc)
+    problems = check_elementwise(RULES[rule_name])
+    return problems[0] if problems else None
+
+
+def supports(rule: Rule, notice: bool = True) -> bool:
+    """Whether the fused path can run `rule`: it has an elementwise form that is complete,
+    translatable and consistent (`check_elementwise`). The others use the plain autograd
+    loop, with a one-line notice on stderr (once per rule) when `notice`."""
+    if rule.elementwise is None or rule.modulated or len(rule.traces) != 1:
+        problem = f"rule {rule.name!r} has no elementwise form (update, inverse, derivatives)"
+    else:
+        problem = _form_problem(rule.name, rule.elementwise)
+    if problem and notice:
+        _notice(f"plasticity: {problem}; it runs on the autograd path (impl='plain')")
+    return problem is None
 
 
 def plastic_rnn_fused(inputs: Tensor, w: Tensor, alpha: Tensor, eta: Tensor, *, rule: str = "hebb",
                       input_mode: str = "add", clip: float | None = None,
                       initial_state: tuple[Tensor, Tensor | None] | None = None, reset: Tensor | None = None,
                       checkpoint_every: int = 0, max_amplification: float | None = None,
-                      backend: str = "auto") -> tuple[Tensor, tuple[Tensor, Tensor]]:
+                      backend: str = "auto", chunk_episodes: int | str | None = None
+                      ) -> tuple[Tensor, tuple[Tensor, Tensor]]:
     """The fully recurrent plastic network over `inputs` `[B, T, N]` (see the module docstring).
 
     w `[N, N]`, alpha `[N, N]` or `[]`, eta `[]` or `[N, N]`; `initial_state` = (y `[B, N]`,
     Hebb `[B, N, N]` or None for zeros); `reset` `[B, T]` zeroes y and Hebb before the
-    marked steps. Returns (activities `[B, T, N]`, final (y `[B, N]`, Hebb `[B, N, N]`)).
+    marked steps. `chunk_episodes`: the schedule, episodes per chunk run through all their
+    steps before the next chunk (0: the whole batch at once, the default; `auto`: on CPU as
+    many as fit in the last-level cache; None: the environment variable
+    PLASTICITY_CHUNK_EPISODES, see `chunk_episodes_for`). Returns (activities `[B, T, N]`, final
+    (y `[B, N]`, Hebb `[B, N, N]`)).
     """
-    if rule not in FUSED_RULES:
-        raise ConfigError(f"the fused path has no inverse for rule {rule!r}: use one of "
-                          f"{', '.join(FUSED_RULES)} or the plain path")
+    rule_def = get_rule(rule)
+    if not supports(rule_def, notice=False):
+        fused = ", ".join(name for name, r in RULES.items() if supports(r, notice=False))
+        raise ConfigError(f"the fused path has no elementwise form for rule {rule!r}: use one of {fused} or the "
+                          "plain path (impl='plain')")
     if inputs.dim() != 3 or inputs.shape[-1] != w.shape[0]:
         raise ShapeError(f"inputs must be [B, T, {w.shape[0]}], got {tuple(inputs.shape)}")
     b, steps, n = inputs.shape
@@ -401,9 +540,13 @@ def plastic_rnn_fused(inputs: Tensor, w: Tensor, alpha: Tensor, eta: Tensor, *, 
     y0, h0 = (None, None) if initial_state is None else initial_state
     y0 = inputs.new_zeros(b, n) if y0 is None else y0
     keep = None if reset is None else (1 - reset.to(inputs.dtype)).contiguous()
-    kernels = get_kernels(backend, inputs.device, inputs.dtype)
+    kernels = get_kernels(backend, inputs.device, inputs.dtype, rule_def)
     max_amp = max_amplification or DEFAULT_MAX_AMPLIFICATION.get(inputs.dtype, 10.0)
-    spec = _Spec(FUSED_RULES[rule], input_mode == "clamp", clip, checkpoint_every, max_amp, kernels)
+    if chunk_episodes == "auto" and inputs.device.type != "cpu":
+        chunk_episodes = 0  # the cache-sized chunks are a CPU schedule
+    chunk = chunk_episodes_for(b, n, inputs.element_size(), eta.dim() > 0, chunk_episodes)
+    spec = _Spec(rule_def.elementwise, frozenset(uses(rule_def, "d_h")), input_mode == "clamp", clip, checkpoint_every,
+                 max_amp, kernels, chunk)
     tensors = (inputs, y0, h0, w, alpha, eta)
     save = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
     out, hebb = _Episode.apply(inputs, keep, y0, h0, w, alpha, eta, spec, save)

@@ -209,6 +209,10 @@ class PlasticRNN(nn.Module):
             rounding error of the inversion further).
         fused_backend: kernels of the fused path: `auto` (C++ on CPU, torch ops elsewhere),
             `cpp` or `torch`.
+        chunk_episodes: schedule of the fused path: episodes per chunk, each chunk run
+            through all its steps before the next (0: the whole batch stepped together,
+            the default; `auto`: as many as fit in the CPU's cache; None:
+            PLASTICITY_CHUNK_EPISODES, else 0).
         modulation: for neuromodulated rules (`neuromod`, `retroactive`), the network
             emits `M(t) = tanh(y(t) @ w_m + b_m)` (`modulator`, a learned read-out) that
             drives the update: `network` (one M per episode) or `neuron` (one per
@@ -217,13 +221,17 @@ class PlasticRNN(nn.Module):
     """
 
     def __init__(self, n: int, *, input_mode: str = "add", checkpoint_every: int = 0, modulation: str = "none",
-                 impl: str = "fused", fused_backend: str = "auto", **plastic):
+                 impl: str = "fused", fused_backend: str = "auto",
+                 chunk_episodes: int | str | None = None, **plastic):
         super().__init__()
         check_choice("input mode", input_mode, INPUT_MODES)
         check_choice("modulation", modulation, MODULATIONS)
         check_choice("implementation", impl, IMPLS)
         check_choice("fused backend", fused_backend, FUSED_BACKENDS)
         check_positive("checkpoint_every", checkpoint_every, allow_zero=True)
+        if chunk_episodes not in (None, "auto"):
+            check_positive("chunk_episodes", chunk_episodes, allow_zero=True)
+        self.chunk_episodes = chunk_episodes
         self.n, self.input_mode, self.checkpoint_every = n, input_mode, checkpoint_every
         self.impl, self.fused_backend = impl, fused_backend
         self.plastic = PlasticWeights(n, n, **plastic)
@@ -286,7 +294,8 @@ class PlasticRNN(nn.Module):
         hebb0 = None if fresh else state.traces[0]
         out, (y, hebb) = plastic_rnn_fused(inputs, p.w, p.alpha, p.eta, rule=p.rule.name, input_mode=self.input_mode,
                                            clip=p.clip, initial_state=(state.y, hebb0), reset=reset,
-                                           checkpoint_every=self.checkpoint_every, backend=self.fused_backend)
+                                           checkpoint_every=self.checkpoint_every, backend=self.fused_backend,
+                                           chunk_episodes=self.chunk_episodes)
         return out, PlasticState(y, (hebb,))
 
     def extra_repr(self) -> str:

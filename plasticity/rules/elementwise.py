@@ -1,0 +1,136 @@
+"""Checks of a rule's elementwise form, and its translation to C++.
+
+    problems = check_elementwise(rule)      # [] when every piece is there and consistent
+    source = cpp_rule(rule)                 # the `PlasticRule` functor the C++ kernels use
+
+Each function of `Elementwise` is `f(h, pre, post, eta)` with one `return` of `+ - * /`,
+unary `-`, its arguments and float literals (see `Elementwise`). That subset means the same
+function runs on torch tensors and on Triton values, and translates line for line into C++
+(`cpp_rule`); anything else is named (`FormError`) and the rule runs on the autograd path.
+"""
+
+from __future__ import annotations
+
+import ast
+import inspect
+import textwrap
+from collections.abc import Callable
+
+import torch
+
+from plasticity.rules.base import Elementwise, Rule
+
+FIELDS = ("update", "inverse", "d_h", "d_pre", "d_post", "d_eta")
+ARGS = ("h", "pre", "post", "eta")
+_OPS = {ast.Add: "+", ast.Sub: "-", ast.Mult: "*"}
+
+
+class FormError(ValueError):
+    """A function of a rule's elementwise form is missing or outside the subset."""
+
+
+def _expression(rule: str, field: str, fn: Callable | None) -> tuple[ast.expr, list[str]]:
+    """The single returned expression of `fn` and its argument names."""
+    where = f"rule {rule!r}: {field}"
+    if fn is None:
+        raise FormError(f"{where} is missing: give Elementwise.{field} = a function f({', '.join(ARGS)})")
+    try:
+        tree = ast.parse(textwrap.dedent(inspect.getsource(fn)))
+    except (OSError, TypeError, SyntaxError) as exc:
+        raise FormError(f"{where}: its source cannot be read ({exc}); define it with `def` in a module") from None
+    node = tree.body[0] if tree.body else None
+    if not isinstance(node, ast.FunctionDef):
+        raise FormError(f"{where} must be a module-level `def`, not a lambda")
+    args = [a.arg for a in node.args.args]
+    body = [s for s in node.body if not (isinstance(s, ast.Expr) and isinstance(s.value, ast.Constant))]
+    if len(args) != 4 or node.args.vararg or node.args.kwarg or node.args.kwonlyargs:
+        raise FormError(f"{where} must take exactly four arguments ({', '.join(ARGS)}), got ({', '.join(args)})")
+    if len(body) != 1 or not isinstance(body[0], ast.Return) or body[0].value is None:
+        raise FormError(f"{where}: the body must be a single `return <expression>`")
+    return body[0].value, args
+
+
+def _cpp(rule: str, field: str, node: ast.expr, args: list[str]) -> str:
+    """C++ for one expression of the subset (`FormError` naming what is outside it)."""
+    def go(n: ast.expr) -> str:
+        if isinstance(n, ast.BinOp) and type(n.op) in _OPS:
+            return f"({go(n.left)} {_OPS[type(n.op)]} {go(n.right)})"
+        if isinstance(n, ast.BinOp) and isinstance(n.op, ast.Div):
+            # A multiplication by the reciprocal: where the divisor does not change along
+            # a row (one eta), the compiler hoists the division out of the loop.
+            return f"({go(n.left)} * (T(1) / {go(n.right)}))"
+        if isinstance(n, ast.UnaryOp) and isinstance(n.op, (ast.USub, ast.UAdd)):
+            return f"({'-' if isinstance(n.op, ast.USub) else '+'}{go(n.operand)})"
+        if isinstance(n, ast.Name) and n.id in args:
+            return n.id
+        if isinstance(n, ast.Constant) and type(n.value) in (int, float):
+            return f"T({float(n.value)!r})"
+        raise FormError(f"rule {rule!r}: {field} uses `{ast.unparse(n)}`, outside the elementwise subset "
+                        f"(+ - * /, unary -, its arguments, number literals)")
+    return go(node)
+
+
+def cpp_rule(rule: Rule) -> str:
+    """The C++ functor `PlasticRule` with one static inline function per field, translated
+    from the rule's Python functions (`FormError` if a piece is missing or untranslatable)."""
+    if rule.elementwise is None:
+        raise FormError(f"rule {rule.name!r} has no elementwise form")
+    lines = [f"// Generated from the elementwise form of rule {rule.name!r} (plasticity/rules/elementwise.py).",
+             "struct PlasticRule {"]
+    for field in FIELDS:
+        node, args = _expression(rule.name, field, getattr(rule.elementwise, field))
+        lines.append(f"  template <typename T> static inline T {field}(T {', T '.join(args)}) {{ "
+                     f"return {_cpp(rule.name, field, node, args)}; }}")
+    lines.append("};")
+    return "\n".join(lines) + "\n"
+
+
+def uses(rule: Rule, field: str) -> set[str]:
+    """The argument names (of h, pre, post, eta) a field's expression reads."""
+    node, args = _expression(rule.name, field, getattr(rule.elementwise, field))
+    names = {n.id for n in ast.walk(node) if isinstance(n, ast.Name)}
+    return {canonical for canonical, own in zip(ARGS, args, strict=True) if own in names}
+
+
+def _samples(seed: int = 0) -> tuple[torch.Tensor, ...]:
+    """float64 (h, pre, post, eta) in the ranges the layers use: activities in (-1, 1),
+    eta in (0, 0.5), Hebb of order one."""
+    g = torch.Generator().manual_seed(seed)
+    shape = (64,)
+    h = torch.randn(shape, generator=g, dtype=torch.float64)
+    pre, post = (torch.rand(shape, generator=g, dtype=torch.float64) * 1.8 - 0.9 for _ in range(2))
+    eta = torch.rand(shape, generator=g, dtype=torch.float64) * 0.5
+    return h, pre, post, eta
+
+
+def check_elementwise(rule: Rule, rtol: float = 1e-9) -> list[str]:
+    """What is missing or wrong in `rule`'s elementwise form, one line each (empty: all good).
+
+    Every field present and in the subset; in float64, `inverse(update(h)) == h`, and
+    d_h, d_pre, d_post, d_eta equal torch.autograd's derivatives of `update`."""
+    ew: Elementwise | None = rule.elementwise
+    if ew is None:
+        return [f"rule {rule.name!r} has no elementwise form: it runs on the autograd path only"]
+    problems = []
+    for field in FIELDS:
+        try:
+            node, args = _expression(rule.name, field, getattr(ew, field))
+            _cpp(rule.name, field, node, args)
+        except FormError as exc:
+            problems.append(str(exc))
+    if problems:
+        return problems
+    h, pre, post, eta = (t.requires_grad_() for t in _samples())
+    new = ew.update(h, pre, post, eta)
+    back = ew.inverse(new.detach(), pre.detach(), post.detach(), eta.detach())
+    err = float((back - h.detach()).abs().max())
+    if not err <= rtol * max(1.0, float(h.detach().abs().max())):
+        problems.append(f"rule {rule.name!r}: inverse(update(h)) != h (max error {err:.2e}): fix inverse or update")
+    grads = torch.autograd.grad(new.sum(), [h, pre, post, eta])
+    for field, arg, expected in zip(("d_h", "d_pre", "d_post", "d_eta"), ARGS, grads, strict=True):
+        got = torch.broadcast_to(getattr(ew, field)(h.detach(), pre.detach(), post.detach(), eta.detach()),
+                                 expected.shape)
+        err = float((got - expected).abs().max())
+        if not err <= rtol * max(1.0, float(expected.abs().max())):
+            problems.append(f"rule {rule.name!r}: {field} != d update / d {arg} (max error {err:.2e}): fix {field}")
+    return problems

@@ -1,0 +1,129 @@
+"""Every registered rule against its own elementwise form: the form is complete and
+consistent (inverse(update(h)) == h, the derivatives are those of `update`), translates to
+C++, and the fused path built from it equals plain autograd through the rule's `update`
+in values and gradients. A half-edited rule fails with a message naming the piece."""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+
+import pytest
+import torch
+
+from plasticity.nn import PlasticRNN
+from plasticity.nn.fused import supports
+from plasticity.rules import RULES, Rule
+from plasticity.rules.base import Elementwise
+from plasticity.rules.elementwise import FormError, check_elementwise, cpp_rule
+from plasticity.rules.hebb import ELEMENTWISE as HEBB_FORM
+from plasticity.rules.hebb import hebb_update
+from tests.conftest import assert_close
+
+FORMS = [name for name, rule in RULES.items() if rule.elementwise is not None]
+AUTOGRAD_ONLY = [name for name, rule in RULES.items() if rule.elementwise is None]
+
+
+@pytest.mark.parametrize("name", FORMS)
+def test_elementwise_form_is_complete_and_consistent(name):
+    assert check_elementwise(RULES[name]) == []
+    assert "struct PlasticRule" in cpp_rule(RULES[name])
+    assert RULES[name].invertible and supports(RULES[name])
+
+
+@pytest.mark.parametrize("name", AUTOGRAD_ONLY)
+def test_rules_without_a_form_are_autograd_only(name, capsys):
+    rule = RULES[name]
+    assert not rule.invertible and not supports(rule)
+    assert f"rule {name!r} has no elementwise form" in capsys.readouterr().err
+    pytest.skip(f"{name}: autograd-only (no elementwise form)")
+
+
+def _fused_vs_plain(rule_name: str, backend: str, clip=None, eta_mode="scalar"):
+    """Outputs and gradients (w, alpha, eta, Hebb0) of the fused path vs plain autograd."""
+    results = {}
+    for impl, kw in (("plain", {}), ("fused", dict(fused_backend=backend))):
+        torch.manual_seed(0)
+        net = PlasticRNN(6, rule=rule_name, eta=0.1, init_std=0.3, clip=clip, eta_mode=eta_mode, impl=impl,
+                         **kw).double()
+        with torch.no_grad():
+            net.plastic.alpha.mul_(3)
+        assert net.fused == (impl == "fused"), f"rule {rule_name!r} did not take the {impl} path"
+        g = torch.Generator().manual_seed(1)
+        x = torch.randn(3, 8, 6, generator=g, dtype=torch.float64)
+        h0 = (0.2 * torch.randn(3, 6, 6, generator=g, dtype=torch.float64)).requires_grad_()
+        out, state = net(x, state=(torch.zeros(3, 6, dtype=torch.float64), (h0,)))
+        loss = (out * torch.randn(out.shape, generator=g, dtype=torch.float64)).sum() + state.traces[0].pow(2).sum()
+        p = net.plastic
+        results[impl] = (out, *torch.autograd.grad(loss, [p.w, p.alpha, p.eta, h0]))
+    for what, a, b in zip(("outputs", "grad w", "grad alpha", "grad eta", "grad hebb0"), results["fused"],
+                          results["plain"], strict=True):
+        assert_close(a, b, rtol=1e-9, name=f"rule {rule_name!r} ({backend}): {what}")
+
+
+@pytest.mark.parametrize("backend", ["cpp", "torch"])
+@pytest.mark.parametrize("name", FORMS)
+def test_fused_path_built_from_the_form_equals_autograd(name, backend):
+    _fused_vs_plain(name, backend, clip=0.5, eta_mode="per-connection")
+
+
+# A half-edited rule: the decaying Hebb rule with one piece of its form changed.
+def _wrong_d_post(h, pre, post, eta):
+    return eta * post
+
+
+def _uses_exp(h, pre, post, eta):
+    return h * torch.exp(-eta)  # outside the subset: not an elementwise form
+
+
+@pytest.fixture
+def temporary_rule():
+    added = []
+
+    def register(name: str, form: Elementwise | None) -> Rule:
+        rule = Rule(name, hebb_update, elementwise=form)
+        RULES[name] = rule
+        added.append(name)
+        return rule
+
+    yield register
+    for name in added:
+        RULES.pop(name, None)
+
+
+@pytest.mark.parametrize("change,message", [
+    (dict(d_post=_wrong_d_post), "rule 'half_edited': d_post != d update / d post"),
+    (dict(inverse=None), "rule 'half_edited': inverse is missing"),
+    (dict(d_h=_uses_exp), r"rule 'half_edited': d_h uses `torch.exp\(-eta\)`, outside the elementwise subset"),
+], ids=["wrong-d_post", "no-inverse", "not-translatable"])
+def test_a_half_edited_rule_is_named_and_runs_on_the_autograd_path(temporary_rule, change, message, capsys):
+    rule = temporary_rule("half_edited", dataclasses.replace(HEBB_FORM, **change))
+    problems = check_elementwise(rule)
+    assert problems and any(re.search(message, p) for p in problems), problems
+    net = PlasticRNN(4, rule="half_edited")
+    assert not net.fused  # the notice, and the plain path, rather than wrong gradients
+    assert "runs on the autograd path" in capsys.readouterr().err
+    net(torch.randn(2, 3, 4))[0].sum().backward()
+
+
+def test_the_check_would_catch_a_wrong_derivative_on_the_fused_path(temporary_rule):
+    """What the check prevents: forcing a wrong d_post onto the fused path gives wrong
+    gradients, which the fused-vs-autograd comparison names."""
+    from plasticity.nn import fused
+
+    temporary_rule("wrong_d_post", dataclasses.replace(HEBB_FORM, d_post=_wrong_d_post))
+    fused._form_problem.cache_clear()
+    original = fused._form_problem
+    fused._form_problem = lambda name, form: None  # pretend the form passed its check
+    try:
+        with pytest.raises(AssertionError, match="rule 'wrong_d_post' \\(torch\\): grad"):
+            _fused_vs_plain("wrong_d_post", "torch")
+    finally:
+        fused._form_problem = original
+
+
+def test_translation_errors_are_one_line():
+    rule = Rule("exp_rule", hebb_update, elementwise=dataclasses.replace(HEBB_FORM, d_h=_uses_exp))
+    with pytest.raises(FormError) as info:
+        cpp_rule(rule)
+    assert "\n" not in str(info.value) and "exp_rule" in str(info.value) and "d_h" in str(info.value)

@@ -1,0 +1,101 @@
+"""The chunked CPU schedule of the fused path (`plasticity/nn/fused.py`): chunks of
+episodes run through all their steps one after another give what the whole batch
+stepped together gives (the `batch` schedule), and the chunk size follows the cache."""
+
+from __future__ import annotations
+
+import itertools
+
+import pytest
+import torch
+
+from plasticity.errors import ConfigError
+from plasticity.nn.fused import CHUNK_ENV, chunk_episodes_for, plastic_rnn_fused
+from tests.conftest import assert_close
+
+CASES = [(rule, *modes) for rule, modes in itertools.product(
+    ("hebb", "oja"), [("free", "scalar", "add"), ("yoked", "per-connection", "clamp")])]
+
+
+def _run(chunk, rule, alpha_mode, eta_mode, input_mode, dtype=torch.float64, clip=None, eta=0.05, reset=False,
+         b=5, t=9, n=7, backend="cpp"):
+    """Outputs, final Hebb and the gradients of a random loss w.r.t. w, alpha, eta, the
+    inputs, y0 and Hebb0, for one schedule (`chunk` episodes per chunk; 0 = batch)."""
+    g = torch.Generator().manual_seed(0)
+    w = (0.3 * torch.randn(n, n, generator=g, dtype=torch.float64)).to(dtype).requires_grad_()
+    alpha = (torch.randn(n, n, generator=g, dtype=torch.float64) if alpha_mode == "free"
+             else torch.tensor(0.7, dtype=torch.float64)).to(dtype).requires_grad_()
+    eta_t = (eta * (0.5 + torch.rand(n, n, generator=g, dtype=torch.float64)) if eta_mode == "per-connection"
+             else torch.tensor(eta, dtype=torch.float64)).to(dtype).requires_grad_()
+    x = 2 * torch.randn(b, t, n, generator=g, dtype=torch.float64)
+    if input_mode == "clamp":
+        x = x * (torch.rand(b, t, n, generator=g, dtype=torch.float64) < 0.5)
+    x = x.to(dtype).requires_grad_()
+    y0 = (0.5 * torch.randn(b, n, generator=g, dtype=torch.float64)).to(dtype).requires_grad_()
+    h0 = (0.2 * torch.randn(b, n, n, generator=g, dtype=torch.float64)).to(dtype).requires_grad_()
+    resets = None
+    if reset:
+        resets = torch.zeros(b, t, dtype=torch.bool)
+        resets[1, t // 2] = True
+    out, (_, hebb) = plastic_rnn_fused(x, w, alpha, eta_t, rule=rule, input_mode=input_mode, clip=clip,
+                                       initial_state=(y0, h0), reset=resets, backend=backend, chunk_episodes=chunk)
+    weights = torch.randn(out.shape, generator=g, dtype=torch.float64).to(dtype)
+    loss = (out * weights).sum() + hebb.pow(2).sum()
+    grads = torch.autograd.grad(loss, [w, alpha, eta_t, x, y0, h0])
+    return dict(zip(["out", "hebb", "w", "alpha", "eta", "inputs", "y0", "hebb0"], [out, hebb, *grads],
+                    strict=True))
+
+
+FORWARD = ("out", "hebb")
+"""Per episode, elementwise: bit for bit the same in every schedule. The gradients agree to
+rounding, not bit for bit: dalpha and deta sum over episodes and steps in another order
+(the batch schedule adds step by step over the batch, a chunk over its steps first), and
+the backward's `[c, N] @ w^T` is a GEMV for c = 1 (another summation order than a GEMM)."""
+
+
+@pytest.mark.parametrize("backend", ["cpp", "torch"])
+@pytest.mark.parametrize("rule,alpha_mode,eta_mode,input_mode", CASES, ids=["-".join(c) for c in CASES])
+def test_chunks_equal_the_batch_schedule_in_float64(rule, alpha_mode, eta_mode, input_mode, backend):
+    """Forward bit for bit; gradients to float64 rounding (see FORWARD), with a reset in
+    one episode (every chunk stores the state before it, as the batch schedule does)."""
+    batch = _run(0, rule, alpha_mode, eta_mode, input_mode, backend=backend, reset=True)
+    for chunk in (1, 2):  # 5 episodes: chunks of 1, and 2 + 2 + 1
+        chunked = _run(chunk, rule, alpha_mode, eta_mode, input_mode, backend=backend, reset=True)
+        for name, value in batch.items():
+            if name in FORWARD:
+                assert torch.equal(chunked[name], value), f"chunk {chunk}: {name} differs from the batch schedule"
+            else:
+                assert_close(chunked[name], value, rtol=1e-13, name=f"chunk {chunk}: grad {name}")
+
+
+@pytest.mark.parametrize("rule", ["hebb", "oja"])
+def test_chunks_equal_the_batch_schedule_in_float32_with_clipping_and_stored_states(rule):
+    """Where the schedules may store different states (a clamp in one chunk, Oja's
+    data-dependent error growth), they agree within float32 rounding."""
+    kw = dict(rule=rule, alpha_mode="free", eta_mode="per-connection", input_mode="add", clip=0.3, eta=0.4,
+              dtype=torch.float32, t=30, n=16)
+    batch, chunked = _run(0, **kw), _run(2, **kw)
+    for name, value in batch.items():
+        assert_close(chunked[name].double(), value.double(), rtol=1e-4, name=name)
+
+
+def test_chunk_size_follows_the_cache_and_can_be_overridden(monkeypatch):
+    monkeypatch.delenv(CHUNK_ENV, raising=False)
+    mib = 2**20
+    # N = 1001 float32: 4 MB per [N, N]; w, alpha, dalpha (12 MB) + 2 x 4 MB per episode.
+    assert chunk_episodes_for(32, 1001, 4, False) == 32  # default: the batch schedule
+    assert chunk_episodes_for(32, 1001, 4, False, "auto", cache_bytes=32 * mib) == 2
+    assert chunk_episodes_for(32, 1001, 4, True, "auto", cache_bytes=32 * mib) == 1
+    assert chunk_episodes_for(32, 1001, 4, False, "auto", cache_bytes=8 * mib) == 1  # at least one
+    assert chunk_episodes_for(4, 50, 4, False, "auto", cache_bytes=32 * mib) == 4  # all fit: one chunk
+    assert chunk_episodes_for(32, 1001, 4, False, requested=5) == 5
+    assert chunk_episodes_for(32, 1001, 4, False, requested=0) == 32
+    monkeypatch.setenv(CHUNK_ENV, "3")
+    assert chunk_episodes_for(32, 1001, 4, False) == 3
+    monkeypatch.setenv(CHUNK_ENV, "auto")
+    assert chunk_episodes_for(32, 1001, 4, False, cache_bytes=32 * mib) == 2
+    monkeypatch.setenv(CHUNK_ENV, "many")
+    with pytest.raises(ConfigError, match=f"{CHUNK_ENV}='many': give a number of episodes per chunk"):
+        chunk_episodes_for(32, 1001, 4, False)
+    with pytest.raises(ConfigError, match="chunk_episodes must be >= 0 .* or 'auto'"):
+        chunk_episodes_for(32, 1001, 4, False, requested=-1)
