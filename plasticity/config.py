@@ -66,7 +66,11 @@ class TrainConfig:
     batch_size: int = 1
     """Episodes per optimiser step, run in parallel."""
     lr: float = 3e-4
-    """Adam learning rate."""
+    """Adam learning rate (every trained parameter but eta's; see --eta-lr)."""
+    eta_lr: float | None = None
+    """Adam learning rate of eta's own parameter `eta_logit` (eta = sigmoid(eta_logit)),
+    so a step moves eta by about eta_lr x eta x (1 - eta): a rate relative to eta's size.
+    None: --lr x `plasticity.train.optim.ETA_LR_RATIO` (chosen by measurement, README)."""
     grad_clip: float | None = None
     """Clip the gradient norm to this value; None for no clipping (the reference code)."""
     seed: int = 0
@@ -223,13 +227,13 @@ def validate(cfg: TaskConfig) -> TaskConfig:
     check_choice("alpha mode", cfg.alpha_mode, ALPHA_MODES)
     check_choice("eta mode", cfg.eta_mode, ETA_MODES)
     check_choice("implementation", cfg.impl, IMPLS)
-    check_eta(cfg.eta)
+    check_eta(cfg.eta, learned=cfg.learn_eta)
     for name in ("episodes", "batch_size", "lr", "eval_every", "eval_episodes", "checkpoint_every",
                  "hidden", "init_std", *type(cfg).positive):
         check_positive(name, getattr(cfg, name))
     for name in ("extra_neurons", "recompute_every", *type(cfg).non_negative):
         check_positive(name, getattr(cfg, name), allow_zero=True)
-    for name in ("clip", "grad_clip", "max_minutes"):
+    for name in ("clip", "grad_clip", "max_minutes", "eta_lr"):
         if getattr(cfg, name) is not None:
             check_positive(name, getattr(cfg, name))
     cfg.check()

@@ -55,6 +55,7 @@ from plasticity.train.common import (
     seed_everything,
 )
 from plasticity.train.episodic import TrainResult
+from plasticity.train.optim import make_optimizer
 
 EVAL_CHUNK = 128
 """Held-out episodes played at once."""
@@ -199,13 +200,13 @@ def train(cfg, report: Report | None = None, *, resume: str | Path | None = None
     seed_everything(cfg.seed)
     spec = maze_spec(cfg)
     agent = make_agent(cfg).to(device)
-    optimizer = torch.optim.Adam([p for p in agent.parameters() if p.requires_grad], lr=cfg.lr)
+    optimizer = make_optimizer(agent, cfg)
     # Layouts are drawn on the CPU, actions where the agent runs; both are in the checkpoint.
     layouts = torch.Generator().manual_seed(cfg.seed)
     actions = torch.Generator(device=device).manual_seed(cfg.seed + 1)
     episode, history = 0, []
     if ckpt is not None:
-        episode, history = restore_state(agent, optimizer, ckpt, cfg.lr)
+        episode, history = restore_state(agent, optimizer, ckpt)
         layouts.set_state(ckpt["generator"])
         actions.set_state(ckpt["action_generator"].to(actions.get_state().device))
     run_dir, ckpt_path = open_run_dir(cfg, run_dir)

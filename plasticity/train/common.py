@@ -91,7 +91,7 @@ def record(history: list[dict], run_dir: Path, step: int, metrics: dict[str, flo
 EVAL_SEED_OFFSET = 1_000_003
 """Held-out episodes are drawn from `seed + EVAL_SEED_OFFSET`, never used for training."""
 
-TRAIN_FIELDS = {"episodes", "batch_size", "lr", "grad_clip", "max_minutes", "eval_every", "eval_episodes",
+TRAIN_FIELDS = {"episodes", "batch_size", "lr", "eta_lr", "grad_clip", "max_minutes", "eval_every", "eval_episodes",
                 "checkpoint_every", "device", "out"}
 """Fields that a resumed run takes from the new command line; all others (model, task,
 seed) come from the checkpoint."""
@@ -110,13 +110,19 @@ def restore_config(cfg, resume) -> tuple[object, dict]:
     return cfg, ckpt
 
 
-def restore_state(model: torch.nn.Module, optimizer: torch.optim.Optimizer, ckpt: dict,
-                  lr: float) -> tuple[int, list[dict]]:
-    """Load weights and optimiser state from `ckpt` (the learning rate is this run's);
-    returns (episodes done, history)."""
+def restore_state(model: torch.nn.Module, optimizer: torch.optim.Optimizer, ckpt: dict) -> tuple[int, list[dict]]:
+    """Load weights and optimiser state from `ckpt`; each parameter group keeps the
+    learning rate this run built it with (`make_optimizer`: --lr, --eta-lr). Returns
+    (episodes done, history)."""
     model.load_state_dict(ckpt["model"])
-    optimizer.load_state_dict(ckpt["optimizer"])
-    for group in optimizer.param_groups:
+    lrs = [group["lr"] for group in optimizer.param_groups]
+    try:
+        optimizer.load_state_dict(ckpt["optimizer"])
+    except ValueError as e:
+        raise CheckpointError(f"the checkpoint's optimiser state does not fit this model's parameter groups "
+                              f"({str(e).splitlines()[0][:100]}): it was written before eta had its own "
+                              "learning rate; evaluate it, or start a new run from its weights") from None
+    for group, lr in zip(optimizer.param_groups, lrs, strict=True):
         group["lr"] = lr
     return ckpt["episode"], list(ckpt.get("history", []))
 
