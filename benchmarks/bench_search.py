@@ -34,7 +34,7 @@ def strategy(search: str, scheduler: str, args, workdir: Path, seed: int) -> dic
     finished = [r.metrics for r in results if r.error is None and r.metrics]
     best = min(finished, key=lambda m: m.get("eval/loss", math.inf)) if finished else {}
     return {"strategy": f"{search}+{scheduler}", "seed": seed, "trials": len(results),
-            "best_loss": best.get("eval/loss", math.nan), "best_bit_error": best.get("eval/bit_error", math.nan),
+            "best_loss": best.get("eval/loss", math.nan), "best_bit_error": best.get("eval/bit_error_all", math.nan),
             "episodes": sum(m.get("episodes", 0) for m in finished), "wall_s": wall}
 
 

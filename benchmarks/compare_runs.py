@@ -26,7 +26,7 @@ def load(run: Path) -> tuple[str, list[dict]]:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("runs", nargs="+", type=Path)
-    ap.add_argument("--metric", default="eval/bit_error")
+    ap.add_argument("--metric", default="eval/bit_error_all")
     ap.add_argument("--x", choices=["episodes", "minutes"], default="episodes", help="the figure's x axis")
     ap.add_argument("--title", default="pattern completion, reference preset (1000 bits, 106 steps)")
     ap.add_argument("--out", type=Path, help="PNG with the curves")

@@ -231,7 +231,7 @@ def cmd_evaluate(argv: list[str]) -> int:
     cfg = result["config"]
     print(f"{cfg.task}/{cfg.model} after {result['episode']} training episodes, {args.episodes} fresh episodes:")
     for k, v in result["metrics"].items():
-        print(f"  {k}: {v:.4f}")
+        print(f"  {k}: {v:.6g}")
     print(f"figure: {result['figure']}")
     return 0
 

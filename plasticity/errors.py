@@ -54,8 +54,18 @@ def check_positive(name: str, value, *, allow_zero: bool = False):
     return value
 
 
-def check_eta(eta: float) -> float:
-    """Raise a `ConfigError` unless the plasticity rate is in (0, 1]."""
+ETA_MIN = 1e-6
+"""Smallest plasticity rate: eta lives in [ETA_MIN, 1] (see `plasticity.nn.plastic.eta_from_logit`)."""
+
+
+def check_eta(eta: float, *, learned: bool = False) -> float:
+    """Raise a `ConfigError` unless the plasticity rate is in (0, 1] (at least `ETA_MIN`),
+    and below 1 for a learned eta (a sigmoid of a trained parameter, which never reaches 1)."""
     if not (0.0 < float(eta) <= 1.0):
         raise ConfigError(f"eta must be in (0, 1], got {eta!r}: pass e.g. --eta 0.01")
+    if float(eta) < ETA_MIN:
+        raise ConfigError(f"eta must be at least {ETA_MIN:g}, got {eta!r}: pass e.g. --eta 0.01")
+    if learned and float(eta) == 1.0:
+        raise ConfigError("a learned eta must be below 1 (it is a sigmoid of a trained parameter): "
+                          "pass e.g. --eta 0.99, or --no-learn-eta to keep eta at 1")
     return float(eta)

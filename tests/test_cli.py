@@ -44,7 +44,7 @@ def test_train_logs_run_to_default_sqlite_and_evaluate(tmp_path):
     params = run_info.data.params
     assert params["rule"] == "hebb" and params["preset"] == "small" and params["eta"] == "0.01"
     assert params["alpha_mode"] == "free" and params["batch_size"] == "32"
-    history = client.get_metric_history(run_info.info.run_id, "eval/bit_error")
+    history = client.get_metric_history(run_info.info.run_id, "eval/bit_error_erased")
     assert [m.step for m in history] == [2016, 4000]
     assert history[-1].value < 0.3
     artifacts = {a.path for a in client.list_artifacts(run_info.info.run_id, "run")}
@@ -65,7 +65,7 @@ def test_train_logs_run_to_default_sqlite_and_evaluate(tmp_path):
     (ckpt,) = (tmp_path / "runs").glob("*/checkpoint.pt")
     proc = run(["evaluate", str(ckpt), "--episodes", "128"], tmp_path)
     assert proc.returncode == 0, proc.stderr
-    line = next(ln for ln in proc.stdout.splitlines() if "bit_error:" in ln)
+    line = next(ln for ln in proc.stdout.splitlines() if "bit_error_erased:" in ln)
     assert float(line.split(":")[1]) < 0.3
     assert (ckpt.parent / "evaluation.png").stat().st_size > 1000
 
@@ -141,7 +141,7 @@ def test_train_against_a_real_mlflow_server(tmp_path):
         exp = client.get_experiment_by_name("server-test")
         (r,) = client.search_runs([exp.experiment_id])
         assert r.info.status == "FINISHED"
-        assert [m.step for m in client.get_metric_history(r.info.run_id, "eval/bit_error")] == [256, 512]
+        assert [m.step for m in client.get_metric_history(r.info.run_id, "eval/bit_error_erased")] == [256, 512]
         assert any(Path(tmp_path / "artifacts").rglob("checkpoint.pt"))
         assert not (tmp_path / "mlruns.db").exists()
     finally:

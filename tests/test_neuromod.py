@@ -110,7 +110,7 @@ def _net(rule, modulation, alpha_mode="free", input_mode="add", clip=1.0, n=6, s
 
 
 def _params(net):
-    return [net.plastic.w, net.plastic.alpha, net.plastic.eta, net.modulator.weight, net.modulator.bias]
+    return [net.plastic.w, net.plastic.alpha, net.plastic.eta_logit, net.modulator.weight, net.modulator.bias]
 
 
 @pytest.mark.parametrize("rule,modulation,alpha_mode,input_mode,clip", NET_CASES,

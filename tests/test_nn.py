@@ -28,7 +28,7 @@ def _rnn(rule, alpha_mode, eta_mode, input_mode, clip, n=6, seed=0, **kw):
     with torch.no_grad():
         net.plastic.alpha.mul_(3)  # make plasticity matter
         if eta_mode == "per-connection":
-            net.plastic.eta.uniform_(0.05, 0.3)
+            net.plastic.eta = torch.empty(net.plastic.eta.shape).uniform_(0.05, 0.3)
     return net
 
 
@@ -41,7 +41,7 @@ def _inputs(b, t, n, input_mode, seed=1):
 
 
 def _grads(loss, net, extra=()):
-    params = [net.plastic.w, net.plastic.alpha, net.plastic.eta, *extra]
+    params = [net.plastic.w, net.plastic.alpha, net.plastic.eta_logit, *extra]
     return torch.autograd.grad(loss, params)
 
 
@@ -152,7 +152,7 @@ def test_plastic_linear_matches_naive(rule, alpha_mode, act):
     out, (hebb,) = layer(x, drive=drive)
     w = torch.randn_like(out)
     p = layer.plastic
-    params = (p.w, p.alpha, p.eta, layer.bias)
+    params = (p.w, p.alpha, p.eta_logit, layer.bias)
     fast = torch.autograd.grad((out * w).sum() + hebb.sum(), params)
     naive_loss, outs = 0, []
     for i in range(3):

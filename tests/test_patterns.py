@@ -72,9 +72,9 @@ def test_metrics_on_perfect_and_inverted_answers():
     perfect = torch.zeros(8, task.steps, task.n_io)
     perfect[:, -1, :task.size] = ep.target
     m = task.metrics(perfect, ep)
-    assert m["bit_error"] == 0.0 and m["loss"] == 0.0
+    assert m["bit_error_erased"] == 0.0 and m["loss"] == 0.0
     m = task.metrics(-perfect, ep)
-    assert m["bit_error"] == 1.0 and m["bit_error_all"] == 1.0
+    assert m["bit_error_erased"] == 1.0 and m["bit_error_all"] == 1.0
 
 
 @pytest.mark.parametrize("overrides,message", [

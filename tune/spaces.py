@@ -36,6 +36,8 @@ SPACES: dict[str, dict[str, dict[str, Any]]] = {
         "eta_mode": {"type": "categorical", "choices": ["scalar", "per-connection"]},
         "extra_neurons": {"type": "int", "low": 0, "high": 32},
         "lr": {"type": "float", "low": 3e-4, "high": 1e-2, "log": True},
+        # eta's own learning rate (an Adam step changes eta by about eta_lr x eta, relative to eta).
+        "eta_lr": {"type": "float", "low": 1e-5, "high": 1e-1, "log": True},
         "use_clip": {"type": "categorical", "choices": [False, True]},
         "clip": {"type": "float", "low": 0.5, "high": 2.0, "when": {"use_clip": True}},
     },
@@ -49,8 +51,10 @@ SPACES: dict[str, dict[str, dict[str, Any]]] = {
     },
     "omniglot": {
         "rule": {"type": "categorical", "choices": ["oja", "hebb"]},
-        "eta": {"type": "float", "low": 1e-2, "high": 1.0, "log": True},
+        # Below 1: a learned eta is a sigmoid, which never reaches 1.
+        "eta": {"type": "float", "low": 1e-2, "high": 0.99, "log": True},
         "learn_eta": {"type": "categorical", "choices": [True, False]},
+        "eta_lr": {"type": "float", "low": 1e-5, "high": 1e-1, "log": True, "when": {"learn_eta": True}},
         "alpha_mode": {"type": "categorical", "choices": ["free", "yoked"]},
         "lr": {"type": "float", "low": 1e-4, "high": 3e-3, "log": True},
         "channels": {"type": "categorical", "choices": [32, 64]},

@@ -19,7 +19,15 @@ import torch
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
-from plasticity.errors import ConfigError, ShapeError, check_choice, check_eta, check_positive
+from plasticity.errors import (
+    ETA_MIN,
+    CheckpointError,
+    ConfigError,
+    ShapeError,
+    check_choice,
+    check_eta,
+    check_positive,
+)
 from plasticity.nn.fused import BACKENDS as FUSED_BACKENDS
 from plasticity.nn.fused import plastic_rnn_fused
 from plasticity.nn.fused import supports as fused_supports
@@ -30,6 +38,28 @@ ETA_MODES = ("scalar", "per-connection")
 INPUT_MODES = ("add", "clamp")
 MODULATIONS = ("none", "network", "neuron")
 IMPLS = ("fused", "plain")
+# ETA_MIN (1e-6): the smallest eta the parameterisation gives, so that a learned eta never
+# reaches 0 (a rule that no longer learns anything, with no gradient to come back), even in float32.
+
+
+def eta_from_logit(logit: Tensor) -> Tensor:
+    """The plasticity rate from its unconstrained parameter: `ETA_MIN + (1 - ETA_MIN) *
+    sigmoid(logit)`, in [ETA_MIN, 1] (1 only for logit = +inf or by float rounding), the
+    range every rule accepts (decaying Hebb, Oja, the retroactive trace's rate). Same
+    shape as `logit`."""
+    # Written as s(l) + ETA_MIN * s(-l): exact at both ends (a fixed eta of 1 stays 1)
+    # and without cancellation for small eta.
+    return torch.sigmoid(logit) + ETA_MIN * torch.sigmoid(-logit)
+
+
+def eta_to_logit(eta: Tensor) -> Tensor:
+    """Inverse of `eta_from_logit` (float64 inside, so a given eta comes back to within
+    rounding); eta = 1 gives +inf (a fixed eta of 1 stays exactly 1), eta <= ETA_MIN a
+    finite logit at ETA_MIN."""
+    e = eta.detach().to(torch.float64)
+    # At least 1e-12 above ETA_MIN: a finite logit, from which a learned eta can move back up.
+    u = ((e - ETA_MIN) / (1 - ETA_MIN)).clamp_min(1e-12)
+    return (torch.log(u) - torch.log1p(-u)).to(eta.dtype)
 
 
 class PlasticState(NamedTuple):
@@ -46,9 +76,15 @@ class PlasticWeights(nn.Module):
     Args:
         n_in, n_out: sizes of the connection.
         rule: name of a registered plasticity rule (`hebb`, `oja`, ...).
-        eta: initial plasticity rate, in (0, 1].
+        eta: initial plasticity rate, in (0, 1] ((0, 1) if learned).
         eta_mode: `scalar` (one eta for the layer, as in the paper) or `per-connection`.
         learn_eta: train eta by backprop (True) or keep it fixed.
+
+    eta is stored as an unconstrained parameter `eta_logit` (`[]` or `[N_in, N_out]`)
+    and `eta` is the value `eta_from_logit(eta_logit)`: whatever the optimiser does,
+    eta stays in the rule's valid range, and its gradient is the chain rule through
+    the sigmoid. Assigning `layer.eta = value` sets the logit. Checkpoints written
+    before this (a raw `eta` holding the value) are converted on load.
         alpha_mode: `free` (one alpha per connection) or `yoked` (one shared alpha).
         clip: clamp Hebb to [-clip, clip] after each update; None for no clipping.
         init_std: standard deviation of the normal init of `w` and `alpha`.
@@ -60,7 +96,7 @@ class PlasticWeights(nn.Module):
         super().__init__()
         check_positive("n_in", n_in)
         check_positive("n_out", n_out)
-        check_eta(eta)
+        check_eta(eta, learned=learn_eta)
         check_choice("alpha mode", alpha_mode, ALPHA_MODES)
         check_choice("eta mode", eta_mode, ETA_MODES)
         if clip is not None:
@@ -72,7 +108,22 @@ class PlasticWeights(nn.Module):
         alpha_shape = (n_in, n_out) if alpha_mode == "free" else ()
         self.alpha = nn.Parameter(init_std * torch.randn(alpha_shape))
         eta_shape = (n_in, n_out) if eta_mode == "per-connection" else ()
-        self.eta = nn.Parameter(torch.full(eta_shape, float(eta)), requires_grad=learn_eta)
+        self.eta_logit = nn.Parameter(eta_to_logit(torch.full(eta_shape, float(eta))), requires_grad=learn_eta)
+        self.register_load_state_dict_pre_hook(_convert_old_eta)
+
+    @property
+    def eta(self) -> Tensor:
+        """The plasticity rate (`[]` or `[N_in, N_out]`), a differentiable function of `eta_logit`."""
+        return eta_from_logit(self.eta_logit)
+
+    @eta.setter
+    def eta(self, value) -> None:
+        value = torch.as_tensor(value, dtype=self.eta_logit.dtype)
+        if not bool(((value >= ETA_MIN) & (value <= 1)).all()):
+            raise ConfigError(f"eta must be in [{ETA_MIN:g}, 1], got values in [{float(value.min())}, "
+                              f"{float(value.max())}]")
+        with torch.no_grad():
+            self.eta_logit.copy_(eta_to_logit(value).expand_as(self.eta_logit))
 
     def zero_traces(self, batch: int, *, device=None, dtype=None) -> Traces:
         """Traces at the start of an episode: zeros `[B, N_in, N_out]` for each."""
@@ -91,9 +142,11 @@ class PlasticWeights(nn.Module):
             plastic = torch.bmm(pre.unsqueeze(1), self.alpha * hebb).squeeze(1)
         return fixed + plastic
 
-    def update(self, traces: Traces, pre: Tensor, post: Tensor, mod: Tensor | None = None) -> Traces:
-        """Apply the rule once: `pre` `[B, N_in]`, `post` `[B, N_out]`."""
-        return self.rule.update(traces, pre, post, eta=self.eta, clip=self.clip, mod=mod)
+    def update(self, traces: Traces, pre: Tensor, post: Tensor, mod: Tensor | None = None,
+               eta: Tensor | None = None) -> Traces:
+        """Apply the rule once: `pre` `[B, N_in]`, `post` `[B, N_out]`; `eta` is `self.eta`
+        unless given (loops pass it once per sequence instead of recomputing it per step)."""
+        return self.rule.update(traces, pre, post, eta=self.eta if eta is None else eta, clip=self.clip, mod=mod)
 
     def check_traces(self, traces: Traces, batch: int) -> None:
         expected = (batch, self.n_in, self.n_out)
@@ -108,6 +161,22 @@ class PlasticWeights(nn.Module):
     def extra_repr(self) -> str:
         return (f"n_in={self.n_in}, n_out={self.n_out}, rule={self.rule.name}, alpha={self.alpha_mode}, "
                 f"eta={self.eta_mode}, clip={self.clip}")
+
+
+def _convert_old_eta(module, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
+                     error_msgs) -> None:
+    """Load-state-dict pre-hook: a checkpoint written before eta was parameterised holds
+    `eta` (the value itself); convert it to `eta_logit`, or refuse one that went out of
+    range (a learned raw eta could become negative) with a one-line `CheckpointError`."""
+    old, new = prefix + "eta", prefix + "eta_logit"
+    if old not in state_dict or new in state_dict:
+        return
+    value = state_dict.pop(old)
+    if not bool(((value > 0) & (value <= 1)).all()):
+        raise CheckpointError(f"the checkpoint's eta ({prefix}eta) has values in [{float(value.min()):.4g}, "
+                              f"{float(value.max()):.4g}], outside (0, 1]: it was trained before eta was kept in "
+                              "its range and cannot be converted; retrain, or use a checkpoint with a valid eta")
+    state_dict[new] = eta_to_logit(value)
 
 
 def _check_sequence(name: str, x: Tensor, width: int) -> None:
@@ -160,6 +229,7 @@ class PlasticLinear(nn.Module):
         if traces is None:
             traces = p.zero_traces(batch, device=x.device, dtype=x.dtype)
         p.check_traces(traces, batch)
+        eta = p.eta
         outputs = []
         for t in range(steps):
             keep = _keep_mask(reset, t, x.dtype)
@@ -172,7 +242,7 @@ class PlasticLinear(nn.Module):
             if drive is not None:
                 a = a + drive[:, t]
             y = a if self.activation is None else self.activation(a)
-            traces = p.update(traces, pre, y)
+            traces = p.update(traces, pre, y, eta=eta)
             outputs.append(y)
         return torch.stack(outputs, 1), traces
 
@@ -303,13 +373,14 @@ class PlasticRNN(nn.Module):
         return f"n={self.n}, input_mode={self.input_mode}, impl={impl}, modulation={self.modulation}"
 
     def _segment(self, inputs: Tensor, reset: Tensor | None, y: Tensor, *traces: Tensor):
+        eta = self.plastic.eta
         outputs = []
         for t in range(inputs.shape[1]):
             keep = _keep_mask(reset, t, inputs.dtype)
             if keep is not None:
                 y, traces = y * keep, _mask_traces(traces, keep)
             post = drive_neurons(self.plastic.project(y, traces[0]), inputs[:, t], self.input_mode)
-            traces = self.plastic.update(traces, y, post, self.modulate(post))
+            traces = self.plastic.update(traces, y, post, self.modulate(post), eta=eta)
             y = post
             outputs.append(y)
         return (torch.stack(outputs, 1), y, *traces)

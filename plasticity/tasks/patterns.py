@@ -81,16 +81,23 @@ class PatternTask:
         """Mean squared error over the pattern's bits at the last step."""
         return (outputs[:, -1, :self.size] - episode.target.to(outputs)).pow(2).mean()
 
-    def metrics(self, outputs: Tensor, episode: PatternEpisode) -> dict[str, float]:
-        """`bit_error`: wrong signs among the erased bits (chance 0.5);
-        `bit_error_all`: over all bits (chance 0.25, the paper's figure)."""
+    def episode_metrics(self, outputs: Tensor, episode: PatternEpisode) -> dict[str, Tensor]:
+        """Per-episode values `[B]`: `loss`; `bit_error_all`: wrong signs over all bits
+        at the last step (chance 0.25, the 2018 code's and the paper's figure);
+        `bit_error_erased`: over the erased bits only (chance 0.5)."""
         final = outputs[:, -1, :self.size].detach().cpu()
-        wrong = torch.sign(final) != episode.target
+        target = episode.target.to(final)
+        wrong = (torch.sign(final) != target).float()
+        erased = episode.erased.float()
         return {
-            "loss": float(self.loss(final.unsqueeze(1), episode)),
-            "bit_error": float(wrong[episode.erased].float().mean()),
-            "bit_error_all": float(wrong.float().mean()),
+            "loss": (final - target).pow(2).mean(-1),
+            "bit_error_all": wrong.mean(-1),
+            "bit_error_erased": (wrong * erased).sum(-1) / erased.sum(-1).clamp_min(1),
         }
+
+    def metrics(self, outputs: Tensor, episode: PatternEpisode) -> dict[str, float]:
+        """Means over the batch of `episode_metrics`."""
+        return {k: float(v.mean()) for k, v in self.episode_metrics(outputs, episode).items()}
 
     def figure(self, outputs: Tensor, episode: PatternEpisode, index: int = 0):
         from plasticity.plots import completion_figure

@@ -51,6 +51,7 @@ from plasticity.train.common import (
 )
 from plasticity.train.episodic import TrainResult
 from plasticity.train.loop import run_loop
+from plasticity.train.optim import make_optimizer
 
 EVAL_CHUNK = 128
 """Held-out episodes played at once."""
@@ -236,9 +237,9 @@ def train(cfg, report: Report | None = None, *, resume: str | Path | None = None
     device = resolve_device(cfg.device)
     seed_everything(cfg.seed)
     agent = make_agent(cfg).to(device)
-    optimizer = torch.optim.Adam([p for p in agent.parameters() if p.requires_grad], lr=cfg.lr)
+    optimizer = make_optimizer(agent, cfg)
     if ckpt is not None:
-        restore_state(agent, optimizer, ckpt, cfg.lr)
+        restore_state(agent, optimizer, ckpt)
     algo = A2CAlgorithm(cfg, agent, device)
     result = run_loop(cfg, algo, optimizer, run_dir=run_dir, report=report, ckpt=ckpt, progress=progress,
                       description=f"maze/{cfg.model} ({count_parameters(agent):,} params)")

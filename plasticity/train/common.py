@@ -137,11 +137,18 @@ def start_run(cfg, resume, run_dir, given: set[str] | None, announce: bool = Fal
     return cfg, ckpt, run_dir
 
 
-def restore_state(model: torch.nn.Module, optimizer: torch.optim.Optimizer, ckpt: dict, lr: float) -> None:
-    """Load weights and optimiser state from `ckpt`; the learning rate is this run's."""
+def restore_state(model: torch.nn.Module, optimizer: torch.optim.Optimizer, ckpt: dict) -> None:
+    """Load weights and optimiser state from `ckpt`; each parameter group keeps the
+    learning rate this run built it with (`make_optimizer`: --lr, --eta-lr)."""
     model.load_state_dict(ckpt["model"])
-    optimizer.load_state_dict(ckpt["optimizer"])
-    for group in optimizer.param_groups:
+    lrs = [group["lr"] for group in optimizer.param_groups]
+    try:
+        optimizer.load_state_dict(ckpt["optimizer"])
+    except ValueError as e:
+        raise CheckpointError(f"the checkpoint's optimiser state does not fit this model's parameter groups "
+                              f"({str(e).splitlines()[0][:100]}): it was written before eta had its own "
+                              "learning rate; evaluate it, or start a new run from its weights") from None
+    for group, lr in zip(optimizer.param_groups, lrs, strict=True):
         group["lr"] = lr
 
 

@@ -13,6 +13,7 @@ holds `checkpoint.pt` (written atomically), `metrics.jsonl` and the figures.
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -36,6 +37,7 @@ from plasticity.train.common import (
     to_device,
 )
 from plasticity.train.loop import run_loop
+from plasticity.train.optim import make_optimizer
 
 
 @dataclass
@@ -51,20 +53,41 @@ class TrainResult:
         return self.history[-1] if self.history else {}
 
 
+CI95_Z = 1.96
+"""Normal quantile of the two-sided 95% interval."""
+
+
 @torch.no_grad()
 def evaluate(model: SequenceModel, task, episodes, device, batch_size: int = 64) -> dict[str, float]:
-    """Mean of the task's metrics over held-out `episodes` (a list of batches)."""
+    """Mean of the task's metrics over held-out `episodes` (an iterable of batches).
+
+    Tasks with per-episode values (`episode_metrics(outputs, batch) -> {name: [B]}`) also
+    get `{name}_ci95`: the half-width of the 95% interval of the mean, `1.96 x std / sqrt(n)`
+    over the n episodes (episodes are independent; the bits within one are not, so the
+    interval is taken over episodes, not bits)."""
     model.eval()
     totals: dict[str, float] = {}
+    values: dict[str, list[torch.Tensor]] = {}
     count = 0
     for ep in episodes:
         outputs, _ = model(to_device(task.inputs(ep), device))
         n = outputs.shape[0]
-        for k, v in task.metrics(outputs, ep).items():
-            totals[k] = totals.get(k, 0.0) + v * n
+        if hasattr(task, "episode_metrics"):
+            for k, v in task.episode_metrics(outputs, ep).items():
+                values.setdefault(k, []).append(v.detach().double().cpu())
+        else:
+            for k, v in task.metrics(outputs, ep).items():
+                totals[k] = totals.get(k, 0.0) + v * n
         count += n
     model.train()
-    return {k: v / count for k, v in totals.items()}
+    if not values:
+        return {k: v / count for k, v in totals.items()}
+    metrics = {}
+    for k, chunks in values.items():
+        v = torch.cat(chunks)
+        metrics[k] = float(v.mean())
+        metrics[f"{k}_ci95"] = CI95_Z * float(v.std()) / len(v) ** 0.5 if len(v) > 1 else float("nan")
+    return metrics
 
 
 def eval_chunk(n_neurons: int, cap: int = 256) -> int:
@@ -89,12 +112,44 @@ def task_eval_chunk(task, cfg) -> int:
     return getattr(task, "eval_chunk", None) or eval_chunk(task.n_io + cfg.extra_neurons)
 
 
-def heldout_episodes(task, cfg, chunk: int | None = None) -> list:
+class HeldOut:
+    """The fixed held-out episodes, drawn from `seed + EVAL_SEED_OFFSET` in batches of
+    `chunk`: an iterable that yields the same batches every time. Kept in memory when
+    small; otherwise drawn again at each pass (512 reference pattern episodes would hold
+    217 MB of inputs; drawing them takes a fraction of the time running them does)."""
+
+    KEEP_BYTES = 64 << 20
+
+    def __init__(self, task, episodes: int, seed: int, chunk: int):
+        self.task, self.seed = task, seed
+        self.sizes = [min(chunk, episodes - i) for i in range(0, episodes, chunk)]
+        self.kept = None
+        first = self.first()
+        inputs = task.inputs(first)
+        nbytes = sum(t.nbytes for t in (inputs if isinstance(inputs, (tuple, list)) else (inputs,)))
+        if nbytes * len(self.sizes) <= self.KEEP_BYTES:
+            self.kept = list(self._draw())
+
+    def _draw(self):
+        g = torch.Generator().manual_seed(self.seed)
+        for n in self.sizes:
+            yield self.task.sample(n, g)
+
+    def first(self):
+        """The first batch (for figures)."""
+        return self.kept[0] if self.kept is not None else next(self._draw())
+
+    def __iter__(self):
+        return iter(self.kept) if self.kept is not None else self._draw()
+
+    def __len__(self) -> int:
+        return len(self.sizes)
+
+
+def heldout_episodes(task, cfg, chunk: int | None = None) -> HeldOut:
     """The fixed held-out episodes, drawn from `seed + EVAL_SEED_OFFSET`, in batches."""
     chunk = chunk or task_eval_chunk(task, cfg)
-    g = torch.Generator().manual_seed(cfg.seed + EVAL_SEED_OFFSET)
-    sizes = [min(chunk, cfg.eval_episodes - i) for i in range(0, cfg.eval_episodes, chunk)]
-    return [task.sample(n, g) for n in sizes]
+    return HeldOut(task, cfg.eval_episodes, cfg.seed + EVAL_SEED_OFFSET, chunk)
 
 
 def preflight(cfg) -> None:
@@ -117,10 +172,13 @@ class EpisodicAlgorithm:
         return loss, {"train/loss": loss.item()}
 
     def evaluate(self, episode: int, run_dir: Path):
+        t_eval = time.perf_counter()
         metrics = {f"eval/{k}": v for k, v in evaluate(self.model, self.task, self.heldout, self.device).items()}
+        metrics["perf/eval_s"] = time.perf_counter() - t_eval
         metrics.update(plastic_summary(self.model))
         metrics["model/params"] = count_parameters(self.model)
-        return metrics, {"completion": _completion_png(self.model, self.task, self.heldout[0], self.device, run_dir)}
+        figure = _completion_png(self.model, self.task, self.heldout.first(), self.device, run_dir)
+        return metrics, {"completion": figure}
 
     def generators(self) -> dict[str, torch.Generator]:
         return {"generator": self.generator}
@@ -130,7 +188,7 @@ class EpisodicAlgorithm:
 
     def postfix(self, metrics: dict[str, float]) -> dict[str, str]:
         return {"loss": f"{metrics.get('train/loss', float('nan')):.4f}",
-                "err": f"{metrics.get('eval/bit_error', float('nan')):.4f}"}
+                "err": f"{metrics.get('eval/bit_error_all', float('nan')):.4f}"}
 
     def finish(self, history: list[dict], run_dir: Path) -> None:
         _learning_curve_png(history, run_dir)
@@ -145,10 +203,10 @@ def train(cfg, report: Report | None = None, *, resume: str | Path | None = None
     seed_everything(cfg.seed)
     task = make_task(cfg)
     model = make_model(cfg, task).to(device)
-    optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=cfg.lr)
+    optimizer = make_optimizer(model, cfg)
     if ckpt is not None:
         check_task_state(task, ckpt, resume)
-        restore_state(model, optimizer, ckpt, cfg.lr)
+        restore_state(model, optimizer, ckpt)
     algo = EpisodicAlgorithm(cfg, task, model, device)
     n_params = count_parameters(model)
     result = run_loop(cfg, algo, optimizer, run_dir=run_dir, report=report, ckpt=ckpt, progress=progress,
@@ -166,7 +224,7 @@ def _completion_png(model, task, episode, device, run_dir: Path, name: str = "co
 
 
 def _learning_curve_png(history: list[dict], run_dir: Path) -> Path | None:
-    keys = [k for k in ("eval/bit_error", "eval/loss") if history and k in history[0]]
+    keys = [k for k in ("eval/bit_error_all", "eval/bit_error_erased", "eval/loss") if history and k in history[0]]
     if not keys:
         return None
     steps = [h["step"] for h in history]
@@ -193,7 +251,8 @@ __all__ = ["ModelConfig", "TrainResult", "evaluate", "model_from_checkpoint", "t
 def evaluate_checkpoint(path: str | Path, config_cls, *, episodes: int, seed: int, figure: Path,
                         device: str = "cpu", split: str = "test") -> dict:
     """Score a checkpoint on `episodes` fresh episodes drawn from `seed` (from the data
-    split `split` for tasks with data); write its figure. Accuracies get a 95% interval.
+    split `split` for tasks with data); write its figure. Accuracies and per-episode
+    metrics get a 95% interval (`*_ci95`); learned plasticity values are included.
 
     Returns `{"config", "episode", "metrics", "figure"}`."""
     from plasticity.errors import check_positive
@@ -214,5 +273,7 @@ def evaluate_checkpoint(path: str | Path, config_cls, *, episodes: int, seed: in
         # Normal approximation of the binomial 95% interval over the episodes.
         acc = metrics["accuracy"]
         metrics["accuracy_ci95"] = 1.96 * (acc * (1 - acc) / episodes) ** 0.5
-    _completion_png(model, task, batches[0], dev, figure.parent, figure.name)
+    # The learned plasticity parameters as values (eta, not the parameter behind it).
+    metrics.update(plastic_summary(model))
+    _completion_png(model, task, batches.first(), dev, figure.parent, figure.name)
     return {"config": cfg, "episode": ckpt["episode"], "metrics": metrics, "figure": figure}
