@@ -34,10 +34,12 @@ Memory is then `(3 + checkpoints) x B N^2` instead of several `B N^2` per step.
 Rules without an inverse (modulated ones) use the plain path instead (`supports`).
 
 **Kernels.** `fused_cpu.cpp` (C++, compiled on first use and cached, one pass over each
-`[B, N, N]` tensor per step; float32 and float64 on CPU) and the same two functions
-written with torch ops (`TorchKernels`, the reference for the C++ kernels, and the path
-on CUDA and for other dtypes). If the C++ build fails, a one-line warning is printed and
-the torch-op kernels are used.
+`[B, N, N]` tensor per step; float32 and float64 on CPU), `fused_triton.py` (Triton, built
+from the rule's elementwise functions; CUDA, float32 / bfloat16 / float64 storage) and
+the same two functions written with torch ops (`TorchKernels`, the reference for the
+others, and the fallback). `backend="auto"` picks Triton on CUDA, C++ on CPU, torch ops
+otherwise; the choice is printed once (`chosen_backend()` reads it). If the C++ build
+fails, a one-line warning is printed and the torch-op kernels are used.
 
 Memory traffic per step (the floor the benchmark compares with): forward reads `H_t`
 and writes `H_{t+1}`; backward reads `H_t` and `dL/dH_{t+1}` and writes `H_{t-1}` and

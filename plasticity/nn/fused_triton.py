@@ -72,11 +72,24 @@ def jit_elementwise(fn):
 
 
 if triton is not None:
-    # Plain functions here, wrapped with `triton.jit` by `_compiled` at first use: whether
-    # triton interprets them is decided then (TRITON_INTERPRET at call time, not import time).
+
+    @triton.jit
+    def _rounded(x, dtype: tl.constexpr):
+        """x (float32 / float64) in the storage dtype. bfloat16: rounded to nearest even by
+        hand -- GPUs round in this cast, but Triton's interpreter (where the tests run)
+        truncates, which biases every stored Hebb towards zero."""
+        if dtype == tl.bfloat16:
+            bits = x.to(tl.uint32, bitcast=True)
+            bits = bits + 0x7FFF + ((bits >> 16) & 1)
+            return (bits >> 16).to(tl.uint16).to(tl.bfloat16, bitcast=True)
+        else:
+            return x.to(dtype)
+
+    # Plain functions here, wrapped with `triton.jit` by `_compiled` at first use (one pair
+    # per mode; triton's own library follows TRITON_INTERPRET as it was at its import).
 
     def _forward_kernel(h_ptr, hn_ptr, pre_ptr, post_ptr, alpha_ptr, eta_ptr, z_ptr, flag_ptr,
-                        n, s_ai, s_aj, s_ei, s_ej, clip,
+                        n, s_ai, s_aj, s_ei, s_ej, clip_ptr,
                         UPDATE: tl.constexpr, HAS_H: tl.constexpr, CLIP: tl.constexpr, WANT_Z: tl.constexpr,
                         ACC: tl.constexpr, BI: tl.constexpr, BJ: tl.constexpr):
         """Program (b, jb): H_{t+1}[b, :, J] = rule(H_t[b, :, J], pre[b], post[b, J]) (clamped),
@@ -88,6 +101,7 @@ if triton is not None:
         row = tl.cast(b, tl.int64) * n
         base = row * n
         q = tl.load(post_ptr + row + j, mask=jm, other=0.0).to(ACC)
+        clip = tl.load(clip_ptr).to(ACC)
         z = tl.zeros([BJ], dtype=ACC)
         hits = tl.zeros([BJ], dtype=tl.int32)
         for i0 in range(0, n, BI):
@@ -105,7 +119,7 @@ if triton is not None:
             if CLIP:
                 hits += tl.sum((((new > clip) | (new < -clip)) & m).to(tl.int32), axis=0)
                 new = tl.minimum(tl.maximum(new, -clip), clip)
-            stored = new.to(hn_ptr.dtype.element_ty)
+            stored = _rounded(new, hn_ptr.dtype.element_ty)
             tl.store(hn_ptr + off, stored, mask=m)
             if WANT_Z:
                 # z from the stored (rounded) values: the backward sees those.
@@ -113,13 +127,13 @@ if triton is not None:
                 q_next = tl.load(post_ptr + row + i, mask=im, other=0.0).to(ACC)
                 z += tl.sum(q_next[:, None] * a * stored.to(ACC), axis=0)
         if WANT_Z:
-            tl.store(z_ptr + row + j, z.to(z_ptr.dtype.element_ty), mask=jm)
+            tl.store(z_ptr + row + j, _rounded(z, z_ptr.dtype.element_ty), mask=jm)
         if CLIP:
             tl.store(flag_ptr + b * tl.num_programs(1) + jb, tl.max(hits, axis=0))
 
     def _backward_kernel(h_ptr, g_ptr, ck_ptr, pre_ptr, post_ptr, ga_ptr, keep_ptr, prep_ptr, postp_ptr,
                          alpha_ptr, eta_ptr, dpre_ptr, col_ptr, dalpha_ptr, deta_ptr,
-                         batch, n, s_ai, s_aj, s_ei, s_ej, clip,
+                         batch, n, s_ai, s_aj, s_ei, s_ej, clip_ptr,
                          UPDATE: tl.constexpr, INVERSE: tl.constexpr, D_H: tl.constexpr, D_PRE: tl.constexpr,
                          D_POST: tl.constexpr, D_ETA: tl.constexpr,
                          STAGE: tl.constexpr, PREV: tl.constexpr, CLIP: tl.constexpr,
@@ -139,6 +153,7 @@ if triton is not None:
         tile = i[:, None] * n + j[None, :]
         a = tl.load(alpha_ptr + i[:, None] * s_ai + j[None, :] * s_aj, mask=m, other=0.0).to(ACC)
         eta = tl.load(eta_ptr + i[:, None] * s_ei + j[None, :] * s_ej, mask=m, other=0.0).to(ACC)
+        clip = tl.load(clip_ptr).to(ACC)
         dalpha = tl.zeros([BI, BJ], dtype=ACC)
         deta = tl.zeros([BI, BJ], dtype=ACC)
         # 64-bit offsets: B N^2 passes 2^31 at B = 32, N = 8192.
@@ -175,14 +190,14 @@ if triton is not None:
                 c = tl.sum(gh * D_POST(hp, pp, qp, eta), axis=0)
                 tl.store(col_ptr + (ib * batch + b) * n64 + j, c, mask=jm)
                 deta += gh * D_ETA(hp, pp, qp, eta)
-                tl.store(h_ptr + off, hp.to(h_ptr.dtype.element_ty), mask=m)
-            tl.store(g_ptr + off, gh.to(g_ptr.dtype.element_ty), mask=m)
+                tl.store(h_ptr + off, _rounded(hp, h_ptr.dtype.element_ty), mask=m)
+            tl.store(g_ptr + off, _rounded(gh, g_ptr.dtype.element_ty), mask=m)
         if STAGE:
             acc = tl.load(dalpha_ptr + tile, mask=m, other=0.0).to(ACC) + dalpha
-            tl.store(dalpha_ptr + tile, acc.to(dalpha_ptr.dtype.element_ty), mask=m)
+            tl.store(dalpha_ptr + tile, _rounded(acc, dalpha_ptr.dtype.element_ty), mask=m)
         if PREV != 0:
             acc = tl.load(deta_ptr + tile, mask=m, other=0.0).to(ACC) + deta
-            tl.store(deta_ptr + tile, acc.to(deta_ptr.dtype.element_ty), mask=m)
+            tl.store(deta_ptr + tile, _rounded(acc, deta_ptr.dtype.element_ty), mask=m)
 
 
 def _strides(param: Tensor) -> tuple[Tensor, int, int]:
@@ -215,6 +230,16 @@ class TritonKernels:
         if rule.elementwise is None:
             raise ValueError(f"rule {rule.name!r} has no elementwise form: the Triton kernels cannot run it")
         self.rule = rule
+        self._clips: dict = {}
+
+    def _clip(self, clip, like: Tensor) -> Tensor:
+        """The clip value as a one-element tensor in the arithmetic's dtype (a Python float
+        argument would reach the kernel as float32, off by 1e-8 in float64 runs); cached."""
+        dtype = torch.float64 if like.dtype == torch.float64 else torch.float32
+        key = (float(clip or 0.0), dtype, like.device)
+        if key not in self._clips:
+            self._clips[key] = torch.tensor([key[0]], dtype=dtype, device=like.device)
+        return self._clips[key]
 
     def _kernels(self):
         interpret = interpreted()
@@ -229,7 +254,7 @@ class TritonKernels:
         z = torch.empty(b, n, dtype=pre.dtype, device=pre.device) if want_z else pre
         flags = torch.zeros(grid[0] * grid[1], dtype=torch.int32, device=pre.device) if clip else z
         forward[grid](h_next if h is None else h, h_next, pre.contiguous(), post.contiguous(), a, e, z,
-                              flags, n, s_ai, s_aj, s_ei, s_ej, float(clip or 0.0),
+                              flags, n, s_ai, s_aj, s_ei, s_ej, self._clip(clip, h_next),
                               UPDATE=f["update"], HAS_H=h is not None, CLIP=bool(clip), WANT_Z=bool(want_z),
                               ACC=_acc(h_next.dtype), BI=bi, BJ=bj)
         clipped = bool(flags.any()) if clip else False
@@ -249,7 +274,7 @@ class TritonKernels:
         backward[grid](h, g, h if ckpt is None else ckpt, pre.contiguous(), post.contiguous(),
                                ga.contiguous(), keep.contiguous(), pre_p.contiguous(), post_p.contiguous(),
                                a, e, dpre_part, col_part, dalpha, deta, b, n, s_ai, s_aj, s_ei, s_ej,
-                               float(clip or 0.0), UPDATE=f["update"], INVERSE=f["inverse"], D_H=f["d_h"],
+                               self._clip(clip, h), UPDATE=f["update"], INVERSE=f["inverse"], D_H=f["d_h"],
                                D_PRE=f["d_pre"], D_POST=f["d_post"], D_ETA=f["d_eta"], STAGE=bool(stage),
                                PREV=mode, CLIP=bool(clip), ACC=_acc(h.dtype), BI=bi, BJ=bj)
         if stage:

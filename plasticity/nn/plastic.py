@@ -207,8 +207,8 @@ class PlasticRNN(nn.Module):
             (memory falls from O(T) to O(T / k + k) Hebb-sized tensors per episode);
             `fused` stores an exact Hebb state every this many steps (bounds the
             rounding error of the inversion further).
-        fused_backend: kernels of the fused path: `auto` (C++ on CPU, torch ops elsewhere),
-            `cpp` or `torch`.
+        fused_backend: kernels of the fused path: `auto` (Triton on CUDA, C++ on CPU, torch
+            ops elsewhere), `triton`, `cpp` or `torch`.
         modulation: for neuromodulated rules (`neuromod`, `retroactive`), the network
             emits `M(t) = tanh(y(t) @ w_m + b_m)` (`modulator`, a learned read-out) that
             drives the update: `network` (one M per episode) or `neuron` (one per
