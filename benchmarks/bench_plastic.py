@@ -17,7 +17,11 @@ steps, Adam. Paths:
            like the 2018 code; a batch of B is B episodes one after another
   plain    `PlasticRNN(impl="plain")`: all B episodes at once, step-by-step autograd
   fused    `PlasticRNN(impl="fused")` (the default): one pass over Hebb per step and a
-           backward pass that rebuilds Hebb by inverting the rule (`plasticity/nn/fused.py`)
+           backward pass that rebuilds Hebb by inverting the rule (`plasticity/nn/fused.py`);
+           its kernels are `auto`'s (C++ on CPU, Triton on CUDA), named in the `kernels` column
+  fused-torch  the fused path with its torch-op kernels (the CUDA path before Triton)
+  fused-bf16   the fused path with the network and Hebb stored in bfloat16 (Triton on CUDA
+           computes in float32; the floor counts 2-byte tensors)
 
 The floor: the fused algorithm must move, per step, its `[B, N, N]` float32 tensors
 6 times (forward: read H_t, write H_t+1; backward: read H_t and dL/dH, write H_t-1 and
@@ -53,6 +57,7 @@ from dataclasses import dataclass
 import torch
 
 from plasticity.nn import PlasticRNN
+from plasticity.nn.fused import chosen_backend
 from plasticity.nn.naive import plastic_rnn_naive
 
 
@@ -65,7 +70,7 @@ class Size:
 
 SIZES = {"patterns": Size(1001, 106, "add"), "images": Size(1025, 201, "clamp")}
 SMOKE = {"patterns": Size(51, 106, "add"), "images": Size(65, 13, "clamp")}
-PATHS = ("naive", "plain", "fused")
+PATHS = ("naive", "plain", "fused", "fused-torch", "fused-bf16")
 
 
 def bandwidths(device: torch.device, mib: int = 512, reps: int = 11) -> tuple[float, float]:
@@ -141,12 +146,14 @@ def run_one(size_name: str, path: str, batch: int, reps: int, smoke: bool, devic
     size = (SMOKE if smoke else SIZES)[size_name]
     device = torch.device(device_name)
     torch.manual_seed(0)
-    net = PlasticRNN(size.n, input_mode=size.input_mode, impl="plain" if path == "naive" else path).to(device)
+    dtype = torch.bfloat16 if path == "fused-bf16" else torch.float32
+    net = PlasticRNN(size.n, input_mode=size.input_mode, impl="plain" if path in ("naive", "plain") else "fused",
+                     fused_backend="torch" if path == "fused-torch" else "auto").to(device, dtype)
     opt = torch.optim.Adam(net.parameters(), lr=1e-4)
     g = torch.Generator().manual_seed(0)
     episodes = [episode(size, batch, g) for _ in range(reps + 1)]
-    batches = [x.to(device) for x, _ in episodes]
-    targets = [y.to(device) for _, y in episodes]
+    batches = [x.to(device, dtype) for x, _ in episodes]
+    targets = [y.to(device, dtype) for _, y in episodes]
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     idle = current_mib(device)
@@ -171,19 +178,20 @@ def run_one(size_name: str, path: str, batch: int, reps: int, smoke: bool, devic
     sync(device)
     seconds = (time.perf_counter() - t0) / reps
     row = {"size": size_name, "path": path, "batch": batch, "episodes_per_s": batch / seconds,
-           "peak_mib": peak_mib(device), "idle_mib": idle}
+           "peak_mib": peak_mib(device), "idle_mib": idle,
+           "kernels": (chosen_backend() or "?") if path.startswith("fused") else "autograd"}
     # Right after the timing, in the same process: this machine's bandwidth drifts (it
     # is shared), so each row is compared with what memory delivered at the time.
     del batches, targets, episodes
     copy, rmw = bandwidths(device, 64 if smoke else 512)
-    floor = batch * copy / (size.steps * floor_bytes_per_step(size.n, batch))
+    floor = batch * copy / (size.steps * floor_bytes_per_step(size.n, batch, dtype.itemsize))
     row.update(copy_gbs=copy / 1e9, rmw_gbs=rmw / 1e9, floor_episodes_per_s=floor,
                rmw_floor_episodes_per_s=floor * rmw / copy)
     return row
 
 
-def fmt_row(size: str, path: str, batch: int, rest: str) -> str:
-    return f"{size:<9} {path:<6} {batch:>5} {rest}"
+def fmt_row(size: str, path: str, batch: int, rest: str, kernels: str = "") -> str:
+    return f"{size:<9} {path:<11} {kernels:<8} {batch:>5} {rest}"
 
 
 def main() -> None:
@@ -210,7 +218,7 @@ def main() -> None:
     print(f"torch {torch.__version__}, {name}; bandwidths measured in each row's process right after its timing")
     header = fmt_row("size", "path", "batch", f"{'episodes/s':>11} {'copy GB/s':>10} {'floor ep/s':>11} "
                                               f"{'% floor':>8} {'rmw GB/s':>9} {'% rmw':>6} {'peak MiB':>9} "
-                                              f"{'over idle':>10}")
+                                              f"{'over idle':>10}", kernels="kernels")
     print(header)
     print("-" * len(header))
     rows, failed = [], 0
@@ -241,7 +249,7 @@ def main() -> None:
                               f"{eps:>11.2f} {row['copy_gbs']:>10.1f} {row['floor_episodes_per_s']:>11.2f} "
                               f"{100 * eps / row['floor_episodes_per_s']:>7.0f}% {row['rmw_gbs']:>9.1f} "
                               f"{100 * eps / row['rmw_floor_episodes_per_s']:>5.0f}% {row['peak_mib']:>9.0f} "
-                              f"{row['peak_mib'] - row['idle_mib']:>10.0f}"), flush=True)
+                              f"{row['peak_mib'] - row['idle_mib']:>10.0f}", row["kernels"]), flush=True)
     if args.json:
         with open(args.json, "w") as f:
             f.writelines(json.dumps(r) + "\n" for r in rows)

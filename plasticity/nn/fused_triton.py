@@ -214,9 +214,9 @@ def _acc(dtype: torch.dtype):
 
 
 def _blocks(n: int) -> tuple[int, int]:
-    """Tile sides: 64 x 64 on a GPU; in the interpreter one tile covers a small N (each
-    program is a numpy call there, so fewer programs run faster)."""
-    side = min(64, triton.next_power_of_2(n)) if interpreted() else min(64, max(16, triton.next_power_of_2(n)))
+    """Tile sides: 64 x 64 on a GPU (16 x 16 at least); 16 x 16 at most in the interpreter,
+    so that the small sizes of the tests still span several tiles with ragged edges."""
+    side = min(16, triton.next_power_of_2(n)) if interpreted() else min(64, max(16, triton.next_power_of_2(n)))
     return side, side
 
 
@@ -288,7 +288,11 @@ class TritonKernels:
 def _compiled(interpret: bool) -> tuple:
     """(forward, backward) kernels: `triton.jit` decides at wrapping time whether to
     interpret, so one pair is made per mode."""
-    return triton.jit(_forward_kernel), triton.jit(_backward_kernel)
+    # Sizes and strides are not specialised on (Triton would compile a variant for values
+    # equal to 1 or divisible by 16): one compiled kernel serves every N, B and alpha / eta mode.
+    ints = ["n", "s_ai", "s_aj", "s_ei", "s_ej"]
+    return (triton.jit(_forward_kernel, do_not_specialize=ints),
+            triton.jit(_backward_kernel, do_not_specialize=["batch", *ints]))
 
 
 @cache
