@@ -137,7 +137,7 @@ def main() -> int:
     failed = 0
 
     rc, secs, text = step("tests", [sys.executable, "-m", "pytest", "-m", "gpu", "-q", "-p", "no:cacheprovider",
-                                    "tests/test_fused_triton.py", "tests/test_fused.py", "-rfs"], env, out)
+                                    "tests/test_fused_triton.py", "-rfs"], env, out)
     failed += rc != 0
     rows.append(("gpu tests: Triton vs naive, CUDA vs CPU", status(rc, LIMITS_S["tests"]), pytest_summary(text),
                  "", "", "", f"{secs:.0f}"))

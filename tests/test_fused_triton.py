@@ -343,7 +343,8 @@ def test_kernels_compile_for_hopper(rule):
     target = GPUTarget("cuda", 90, 32)
     ptr, f32 = "*bf16", "*fp32"
     sig = dict(h_ptr=ptr, hn_ptr=ptr, pre_ptr=f32, post_ptr=f32, alpha_ptr=f32, eta_ptr=f32, z_ptr=f32,
-               flag_ptr="*i32", n="i32", s_ai="i32", s_aj="i32", s_ei="i32", s_ej="i32", clip_ptr=f32)
+               flag_ptr="*i32", batch="i32", n="i32", rows="i32", s_ai="i32", s_aj="i32", s_ei="i32", s_ej="i32",
+               clip_ptr=f32)
     const = dict(UPDATE=fn["update"], HAS_H=True, CLIP=True, WANT_Z=True, ACC=tl.float32, BI=64, BJ=64)
     kernel = triton.compile(ASTSource(forward, {**sig, **dict.fromkeys(const, "constexpr")}, const), target=target)
     assert "cubin" in kernel.asm

@@ -19,8 +19,9 @@ float32, bfloat16 or float64; every element is loaded, computed on in float32 (f
 for float64 storage) and rounded once when stored. The plastic product `z`, the row /
 column sums and the batch sums into `dalpha` / `deta` are accumulated in float32 (float64).
 
-**Work split.** Forward: one program per (episode b, block of columns j) walks down the
-rows i, so `z_j = sum_i post_i alpha_ij H_ij` is summed in registers. Backward: one
+**Work split.** Forward: one program per (episode b, block of columns j, band of rows)
+walks down its rows, so `z_j = sum_i post_i alpha_ij H_ij` is summed in registers per band
+(bands only where B x column blocks are too few to fill the GPU; their sums added after). Backward: one
 program per (block of rows, block of columns) walks over the batch, so the batch sums
 `dalpha`, `deta` stay in registers; the row sums (`dpre`) and column sums (`col`) are
 written per block and added up afterwards (deterministic, no atomics).
@@ -89,13 +90,15 @@ if triton is not None:
     # per mode; triton's own library follows TRITON_INTERPRET as it was at its import).
 
     def _forward_kernel(h_ptr, hn_ptr, pre_ptr, post_ptr, alpha_ptr, eta_ptr, z_ptr, flag_ptr,
-                        n, s_ai, s_aj, s_ei, s_ej, clip_ptr,
+                        batch, n, rows, s_ai, s_aj, s_ei, s_ej, clip_ptr,
                         UPDATE: tl.constexpr, HAS_H: tl.constexpr, CLIP: tl.constexpr, WANT_Z: tl.constexpr,
                         ACC: tl.constexpr, BI: tl.constexpr, BJ: tl.constexpr):
-        """Program (b, jb): H_{t+1}[b, :, J] = rule(H_t[b, :, J], pre[b], post[b, J]) (clamped),
-        z[b, J] = sum_i post[b, i] alpha[i, J] H_{t+1}[b, i, J]; flag[b, jb] = any clamped."""
+        """Program (b, jb, s) over rows I = [s rows, (s + 1) rows):
+        H_{t+1}[b, I, J] = rule(H_t[b, I, J], pre[b, I], post[b, J]) (clamped),
+        z[s, b, J] = sum_I post[b, i] alpha[i, J] H_{t+1}[b, i, J]; flag[s, b, jb] = any clamped."""
         b = tl.program_id(0)
         jb = tl.program_id(1)
+        s = tl.program_id(2)
         j = jb * BJ + tl.arange(0, BJ)
         jm = j < n
         row = tl.cast(b, tl.int64) * n
@@ -104,7 +107,7 @@ if triton is not None:
         clip = tl.load(clip_ptr).to(ACC)
         z = tl.zeros([BJ], dtype=ACC)
         hits = tl.zeros([BJ], dtype=tl.int32)
-        for i0 in range(0, n, BI):
+        for i0 in range(s * rows, tl.minimum(s * rows + rows, n), BI):
             i = i0 + tl.arange(0, BI)
             im = i < n
             m = im[:, None] & jm[None, :]
@@ -126,10 +129,11 @@ if triton is not None:
                 a = tl.load(alpha_ptr + i[:, None] * s_ai + j[None, :] * s_aj, mask=m, other=0.0).to(ACC)
                 q_next = tl.load(post_ptr + row + i, mask=im, other=0.0).to(ACC)
                 z += tl.sum(q_next[:, None] * a * stored.to(ACC), axis=0)
+        part = tl.cast(s * batch + b, tl.int64)
         if WANT_Z:
-            tl.store(z_ptr + row + j, _rounded(z, z_ptr.dtype.element_ty), mask=jm)
+            tl.store(z_ptr + part * n + j, z, mask=jm)
         if CLIP:
-            tl.store(flag_ptr + b * tl.num_programs(1) + jb, tl.max(hits, axis=0))
+            tl.store(flag_ptr + part * tl.num_programs(1) + jb, tl.max(hits, axis=0))
 
     def _backward_kernel(h_ptr, g_ptr, ck_ptr, pre_ptr, post_ptr, ga_ptr, keep_ptr, prep_ptr, postp_ptr,
                          alpha_ptr, eta_ptr, dpre_ptr, col_ptr, dalpha_ptr, deta_ptr,
@@ -220,6 +224,21 @@ def _blocks(n: int) -> tuple[int, int]:
     return side, side
 
 
+def _row_splits(b: int, n: int, bi: int, bj: int, device: torch.device) -> tuple[int, int]:
+    """(splits, rows per split) of the forward's rows: enough programs to fill a GPU
+    (about 4 per multiprocessor) when B x column blocks alone are too few (small batches);
+    at most 2 in the interpreter, so that the tests cover the split. Rows per split are
+    a multiple of the tile side."""
+    blocks = triton.cdiv(n, bi)
+    if interpreted() or device.type != "cuda":
+        splits = min(blocks, 2)
+    else:
+        want = 4 * torch.cuda.get_device_properties(device).multi_processor_count
+        splits = max(1, min(blocks, triton.cdiv(want, b * triton.cdiv(n, bj))))
+    rows = triton.cdiv(blocks, splits) * bi
+    return triton.cdiv(n, rows), rows
+
+
 class TritonKernels:
     """`forward_step` / `backward_stage` of `fused.py` for one rule, in Triton (CUDA
     tensors; CPU tensors under `TRITON_INTERPRET=1`)."""
@@ -249,16 +268,18 @@ class TritonKernels:
         b, n = pre.shape
         (a, s_ai, s_aj), (e, s_ei, s_ej) = _strides(alpha), _strides(eta)
         bi, bj = _blocks(n)
-        grid = (b, triton.cdiv(n, bj))
+        splits, rows = _row_splits(b, n, bi, bj, pre.device)
+        grid = (b, triton.cdiv(n, bj), splits)
         (forward, _), f = self._kernels()
-        z = torch.empty(b, n, dtype=pre.dtype, device=pre.device) if want_z else pre
-        flags = torch.zeros(grid[0] * grid[1], dtype=torch.int32, device=pre.device) if clip else z
+        acc = torch.float64 if h_next.dtype == torch.float64 else torch.float32
+        z = torch.empty(splits, b, n, dtype=acc, device=pre.device) if want_z else pre
+        flags = torch.zeros(splits * b * grid[1], dtype=torch.int32, device=pre.device) if clip else z
         forward[grid](h_next if h is None else h, h_next, pre.contiguous(), post.contiguous(), a, e, z,
-                              flags, n, s_ai, s_aj, s_ei, s_ej, self._clip(clip, h_next),
-                              UPDATE=f["update"], HAS_H=h is not None, CLIP=bool(clip), WANT_Z=bool(want_z),
-                              ACC=_acc(h_next.dtype), BI=bi, BJ=bj)
+                      flags, b, n, rows, s_ai, s_aj, s_ei, s_ej, self._clip(clip, h_next),
+                      UPDATE=f["update"], HAS_H=h is not None, CLIP=bool(clip), WANT_Z=bool(want_z),
+                      ACC=_acc(h_next.dtype), BI=bi, BJ=bj)
         clipped = bool(flags.any()) if clip else False
-        return clipped, (z if want_z else None)
+        return clipped, (z.sum(0).to(pre.dtype) if want_z else None)
 
     def backward_stage(self, h, g, ckpt, prev, stage, pre, post, ga, keep, pre_p, post_p, alpha, eta, clip, oja,
                        dpre, dalpha, deta):
@@ -290,9 +311,9 @@ def _compiled(interpret: bool) -> tuple:
     interpret, so one pair is made per mode."""
     # Sizes and strides are not specialised on (Triton would compile a variant for values
     # equal to 1 or divisible by 16): one compiled kernel serves every N, B and alpha / eta mode.
-    ints = ["n", "s_ai", "s_aj", "s_ei", "s_ej"]
-    return (triton.jit(_forward_kernel, do_not_specialize=ints),
-            triton.jit(_backward_kernel, do_not_specialize=["batch", *ints]))
+    ints = ["batch", "n", "s_ai", "s_aj", "s_ei", "s_ej"]
+    return (triton.jit(_forward_kernel, do_not_specialize=[*ints, "rows"]),
+            triton.jit(_backward_kernel, do_not_specialize=ints))
 
 
 @cache
