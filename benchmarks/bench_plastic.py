@@ -205,7 +205,7 @@ def main() -> None:
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--memory-limit-gib", type=float, default=20.0)
     ap.add_argument("--smoke-test", action="store_true", help="tiny sizes, to check the script runs")
-    ap.add_argument("--json", help="also write the rows to this file (one JSON object per line)")
+    ap.add_argument("--json", help="also write the rows to this file (one JSON object per line, as they come)")
     ap.add_argument("--one", nargs=3, metavar=("SIZE", "PATH", "BATCH"), help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.one:
@@ -222,6 +222,8 @@ def main() -> None:
     print(header)
     print("-" * len(header))
     rows, failed = [], 0
+    if args.json:
+        open(args.json, "w").close()
     for size_name in args.sizes:
         plain_1 = None
         for path in args.paths:
@@ -242,6 +244,9 @@ def main() -> None:
                 row = json.loads(proc.stdout.strip().splitlines()[-1])
                 row["device"] = name
                 rows.append(row)
+                if args.json:  # row by row: a run stopped part-way keeps its rows
+                    with open(args.json, "a") as f:
+                        f.write(json.dumps(row) + "\n")
                 if path == "plain" and batch == 1:
                     plain_1 = row
                 eps = row["episodes_per_s"]
@@ -250,9 +255,6 @@ def main() -> None:
                               f"{100 * eps / row['floor_episodes_per_s']:>7.0f}% {row['rmw_gbs']:>9.1f} "
                               f"{100 * eps / row['rmw_floor_episodes_per_s']:>5.0f}% {row['peak_mib']:>9.0f} "
                               f"{row['peak_mib'] - row['idle_mib']:>10.0f}", row["kernels"]), flush=True)
-    if args.json:
-        with open(args.json, "w") as f:
-            f.writelines(json.dumps(r) + "\n" for r in rows)
     if failed:
         sys.exit(f"{failed} row(s) failed")
 
