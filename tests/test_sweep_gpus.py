@@ -25,6 +25,7 @@ def fake_gpu_ray(tmp_path, monkeypatch):
     ray.shutdown()
 
 
+@pytest.mark.slow
 def test_quarter_gpu_trials_run_four_at_once_each_on_its_gpu(fake_gpu_ray, tmp_path):
     from tune.sweep import SweepArgs, run_sweep
 
@@ -57,6 +58,7 @@ def test_quarter_gpu_trials_run_four_at_once_each_on_its_gpu(fake_gpu_ray, tmp_p
         assert r.metrics["episodes"] == 1024
 
 
+@pytest.mark.slow
 def test_more_gpu_than_the_cluster_has_is_refused(fake_gpu_ray):
     from plasticity.errors import ConfigError
     from tune.sweep import SweepArgs, run_sweep
