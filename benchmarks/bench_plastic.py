@@ -25,6 +25,10 @@ steps, Adam. Paths:
                       through all its steps (forward, then backward) before the next
                       (`--chunk` sets the episodes per chunk; the library's default
                       is the batch schedule, `chunk_episodes="auto"` selects this one)
+  fused-torch  the fused path with its torch-op kernels (the CUDA path before Triton)
+  fused-bf16   the fused path with the network and Hebb stored in bfloat16 (Triton on CUDA
+           computes in float32; the floor counts 2-byte tensors)
+  The `kernels` column names the fused path's kernels (`auto`: C++ on CPU, Triton on CUDA).
 
 The floor: the fused algorithm must move, per step, its `[B, N, N]` float32 tensors
 6 times (forward: read H_t, write H_t+1; backward: read H_t and dL/dH, write H_t-1 and
@@ -60,7 +64,7 @@ from dataclasses import dataclass
 import torch
 
 from plasticity.nn import PlasticRNN
-from plasticity.nn.fused import chunk_episodes_for
+from plasticity.nn.fused import chosen_backend, chunk_episodes_for
 from plasticity.nn.naive import plastic_rnn_naive
 
 
@@ -73,7 +77,7 @@ class Size:
 
 SIZES = {"patterns": Size(1001, 106, "add"), "images": Size(1025, 201, "clamp")}
 SMOKE = {"patterns": Size(51, 106, "add"), "images": Size(65, 13, "clamp")}
-PATHS = ("naive", "plain", "fused")
+PATHS = ("naive", "plain", "fused", "fused-torch", "fused-bf16")
 SCHEDULES = ("batch", "chunked")
 
 
@@ -152,13 +156,14 @@ def run_one(size_name: str, path: str, batch: int, reps: int, smoke: bool, devic
     device = torch.device(device_name)
     torch.manual_seed(0)
     chunk = 0 if schedule == "batch" else ("auto" if chunk is None else chunk)
-    net = PlasticRNN(size.n, input_mode=size.input_mode, impl="plain" if path == "naive" else path,
-                     chunk_episodes=chunk).to(device)
+    dtype = torch.bfloat16 if path == "fused-bf16" else torch.float32
+    net = PlasticRNN(size.n, input_mode=size.input_mode, impl="plain" if path in ("naive", "plain") else "fused",
+                     fused_backend="torch" if path == "fused-torch" else "auto", chunk_episodes=chunk).to(device, dtype)
     opt = torch.optim.Adam(net.parameters(), lr=1e-4)
     g = torch.Generator().manual_seed(0)
     episodes = [episode(size, batch, g) for _ in range(reps + 1)]
-    batches = [x.to(device) for x, _ in episodes]
-    targets = [y.to(device) for _, y in episodes]
+    batches = [x.to(device, dtype) for x, _ in episodes]
+    targets = [y.to(device, dtype) for _, y in episodes]
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     idle = current_mib(device)
@@ -182,26 +187,27 @@ def run_one(size_name: str, path: str, batch: int, reps: int, smoke: bool, devic
         step(x, target)
     sync(device)
     seconds = (time.perf_counter() - t0) / reps
-    if path != "fused":
+    if not path.startswith("fused"):
         label = "-"
     elif schedule == "batch" or (device.type != "cpu" and chunk == "auto"):
         label = "batch"  # the chunked schedule is for CPU caches: elsewhere it is the batch one
     else:
         label = f"chunked/{chunk_episodes_for(batch, size.n, 4, False, chunk)}"  # episodes per chunk
     row = {"size": size_name, "path": path, "schedule": label, "batch": batch, "episodes_per_s": batch / seconds,
-           "peak_mib": peak_mib(device), "idle_mib": idle}
+           "peak_mib": peak_mib(device), "idle_mib": idle,
+           "kernels": (chosen_backend() or "?") if path.startswith("fused") else "autograd"}
     # Right after the timing, in the same process: this machine's bandwidth drifts (it
     # is shared), so each row is compared with what memory delivered at the time.
     del batches, targets, episodes
     copy, rmw = bandwidths(device, 64 if smoke else 512)
-    floor = batch * copy / (size.steps * floor_bytes_per_step(size.n, batch))
+    floor = batch * copy / (size.steps * floor_bytes_per_step(size.n, batch, dtype.itemsize))
     row.update(copy_gbs=copy / 1e9, rmw_gbs=rmw / 1e9, floor_episodes_per_s=floor,
                rmw_floor_episodes_per_s=floor * rmw / copy)
     return row
 
 
-def fmt_row(size: str, path: str, schedule: str, batch: int, rest: str) -> str:
-    return f"{size:<9} {path:<6} {schedule:<10} {batch:>5} {rest}"
+def fmt_row(size: str, path: str, schedule: str, batch: int, rest: str, kernels: str = "") -> str:
+    return f"{size:<9} {path:<11} {kernels:<8} {schedule:<10} {batch:>5} {rest}"
 
 
 def runs(args) -> list[tuple[str, int, str]]:
@@ -209,7 +215,7 @@ def runs(args) -> list[tuple[str, int, str]]:
     rows = []
     for path in args.paths:
         for batch in (args.naive_batches if path == "naive" else args.batches):
-            for schedule in (args.schedules if path == "fused" else ["-"]):
+            for schedule in (args.schedules if path.startswith("fused") else ["-"]):
                 rows.append((path, batch, schedule))
     return rows
 
@@ -228,7 +234,7 @@ def main() -> None:
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--memory-limit-gib", type=float, default=20.0)
     ap.add_argument("--smoke-test", action="store_true", help="tiny sizes, to check the script runs")
-    ap.add_argument("--json", help="also write the rows to this file (one JSON object per line)")
+    ap.add_argument("--json", help="also write the rows to this file (one JSON object per line, as they come)")
     ap.add_argument("--one", nargs=4, metavar=("SIZE", "PATH", "SCHEDULE", "BATCH"), help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.chunk is not None and args.chunk < 1:
@@ -244,10 +250,12 @@ def main() -> None:
     print(f"torch {torch.__version__}, {name}; bandwidths measured in each row's process right after its timing")
     header = fmt_row("size", "path", "schedule", "batch", f"{'episodes/s':>11} {'copy GB/s':>10} {'floor ep/s':>11} "
                                               f"{'% floor':>8} {'rmw GB/s':>9} {'% rmw':>6} {'peak MiB':>9} "
-                                              f"{'over idle':>10}")
+                                              f"{'over idle':>10}", kernels="kernels")
     print(header)
     print("-" * len(header))
     rows, failed = [], 0
+    if args.json:
+        open(args.json, "w").close()
     for size_name in args.sizes:
         plain_1 = None
         for path, batch, schedule in runs(args):
@@ -269,6 +277,9 @@ def main() -> None:
             row = json.loads(proc.stdout.strip().splitlines()[-1])
             row["device"] = name
             rows.append(row)
+            if args.json:  # row by row: a run stopped part-way keeps its rows
+                with open(args.json, "a") as f:
+                    f.write(json.dumps(row) + "\n")
             if path == "plain" and batch == 1:
                 plain_1 = row
             eps = row["episodes_per_s"]
@@ -276,10 +287,7 @@ def main() -> None:
                           f"{eps:>11.2f} {row['copy_gbs']:>10.1f} {row['floor_episodes_per_s']:>11.2f} "
                           f"{100 * eps / row['floor_episodes_per_s']:>7.0f}% {row['rmw_gbs']:>9.1f} "
                           f"{100 * eps / row['rmw_floor_episodes_per_s']:>5.0f}% {row['peak_mib']:>9.0f} "
-                          f"{row['peak_mib'] - row['idle_mib']:>10.0f}"), flush=True)
-    if args.json:
-        with open(args.json, "w") as f:
-            f.writelines(json.dumps(r) + "\n" for r in rows)
+                          f"{row['peak_mib'] - row['idle_mib']:>10.0f}", row["kernels"]), flush=True)
     if failed:
         sys.exit(f"{failed} row(s) failed")
 

@@ -44,6 +44,7 @@ def test_train_logs_run_to_default_sqlite_and_evaluate(tmp_path):
     params = run_info.data.params
     assert params["rule"] == "hebb" and params["preset"] == "small" and params["eta"] == "0.01"
     assert params["alpha_mode"] == "free" and params["batch_size"] == "32"
+    assert run_info.data.tags["perf/backend"] in ("cpp", "torch")  # the fused kernels that ran (CPU)
     history = client.get_metric_history(run_info.info.run_id, "eval/bit_error_erased")
     assert [m.step for m in history] == [2016, 4000]
     assert history[-1].value < 0.3

@@ -143,6 +143,16 @@ def connect_ray(address: str | None):
                           "the cluster (`ray start --head`) or fix --address / RAY_ADDRESS") from None
 
 
+def check_gpus(per_trial: float) -> None:
+    """Trials asking for more GPU than the cluster has would wait forever: say so instead."""
+    import ray
+
+    have = ray.cluster_resources().get("GPU", 0.0)
+    if per_trial > have:
+        raise ConfigError(f"--gpus-per-trial {per_trial:g} but the Ray cluster has {have:g} GPUs: pass "
+                          "--gpus-per-trial 0, or start Ray on GPU nodes (`ray start --num-gpus N`)")
+
+
 def resolve(args: SweepArgs) -> SweepArgs:
     if args.smoke_test:
         args.num_samples, args.max_episodes = min(args.num_samples, 4), 1024
@@ -196,6 +206,7 @@ def run_sweep(args: SweepArgs):
         check_tracking(tracking_uri)
     optuna_storage = check_optuna_storage(args.storage)
     connect_ray(args.address)
+    check_gpus(args.gpus_per_trial)
 
     from ray import tune
     from ray.tune.schedulers import ASHAScheduler, FIFOScheduler

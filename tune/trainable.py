@@ -7,7 +7,10 @@ writing to the same MLflow run (the run id travels in the checkpoint folder).
 
 from __future__ import annotations
 
+import json
+import os
 import shutil
+import sys
 import tempfile
 import time
 from dataclasses import dataclass, field
@@ -81,10 +84,34 @@ def open_tracker(sweep: SweepContext, cfg, run_id: str | None, trial_id: str, tr
             time.sleep(2.0)
 
 
+def trial_device(requested: str) -> tuple[str, dict[str, str]]:
+    """(device, placement) of this trial. With `auto`, a trial that Ray gave GPUs
+    (`--gpus-per-trial`) trains on them: Ray sets CUDA_VISIBLE_DEVICES to its GPUs, so
+    `cuda` is its own (shared with other trials for a fraction); without a GPU it
+    trains on CPU, also on a GPU node. A GPU that CUDA cannot reach (e.g. a cluster that
+    advertises GPUs it does not have) falls back to CPU with a one-line notice."""
+    import torch
+
+    gpu_ids = [str(i) for i in ray.get_gpu_ids()]
+    device = requested
+    if requested == "auto":
+        device = "cuda" if gpu_ids and torch.cuda.is_available() else "cpu"
+        if gpu_ids and device == "cpu":
+            print(f"plasticity: trial assigned GPU {','.join(gpu_ids)} but CUDA is not available here: "
+                  "training on CPU", file=sys.stderr, flush=True)
+    placement = {"device": device, "gpu_ids": ",".join(gpu_ids) or "none",
+                 "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES", "unset")}
+    return device, placement
+
+
 def train_trial(config: dict[str, Any], sweep: SweepContext) -> None:
     ctx = tune.get_context()
     trial_dir = Path(ctx.get_trial_dir())
     cfg = trial_config(sweep, config, out=str(trial_dir))
+    device, placement = trial_device(cfg.device)
+    cfg = cfg.replace(device=device)
+    # Where (and on what) each attempt ran: read by the placement test, kept with the trial.
+    (trial_dir / "placement.json").write_text(json.dumps({**placement, "started": time.time()}))
     run_dir, resume, run_id = trial_dir / "run", None, None
     previous = tune.get_checkpoint()
     if previous is not None:
@@ -97,6 +124,8 @@ def train_trial(config: dict[str, Any], sweep: SweepContext) -> None:
     if tracker is not None:
         # Which node ran (the latest attempt of) this trial: shown in MLflow, used by tests.
         tracker.attempt(tracker.client.set_tag, tracker.run_id, "ray_node_id", ray.get_runtime_context().get_node_id())
+        for key, value in placement.items():
+            tracker.attempt(tracker.client.set_tag, tracker.run_id, f"ray_{key}", value)
 
     def report(step: int, metrics: dict[str, float], files: dict[str, Path]) -> None:
         if tracker is not None:

@@ -11,6 +11,9 @@ rules backwards". Nothing here is specific to a rule: the kernels are built from
 rule's elementwise form (`plasticity.rules.Elementwise`): the torch-op kernels call its
 functions, the C++ kernels (`fused_cpu.cpp`) are compiled with its functions translated
 to C++ (`plasticity/rules/elementwise.py`), one module per rule.
+The Triton kernels (`fused_triton.py`, CUDA) are built from the same functions, each
+wrapped with `triton.jit`. `backend="auto"` picks Triton on CUDA, C++ on CPU, torch ops
+otherwise; the choice is printed once (`chosen_backend()` reads it).
 """
 
 from __future__ import annotations
@@ -33,7 +36,9 @@ from plasticity.rules import RULES, Elementwise, Rule, get_rule
 from plasticity.rules.base import apply_elementwise
 from plasticity.rules.elementwise import FormError, check_elementwise, cpp_rule, uses
 
-BACKENDS = ("auto", "cpp", "torch")
+BACKENDS = ("auto", "cpp", "torch", "triton")
+TRITON_DTYPES = (torch.float32, torch.bfloat16, torch.float64)
+"""Hebb storage the Triton kernels take (they compute in float32, float64 for float64)."""
 NONE, INVERT, CKPT = 0, 1, 2
 """How a backward pass gets `H_{t-1}`: not at all (t = 0), by inversion, from a checkpoint."""
 DEFAULT_MAX_AMPLIFICATION = {torch.float64: 1e6, torch.float32: 10.0}
@@ -193,20 +198,60 @@ def cpp_kernels(rule: Rule) -> CppKernels | None:
         return None
 
 
+def _triton_kernels(rule, device: torch.device, dtype: torch.dtype):
+    """The Triton kernels for `rule` where they can run here: CUDA tensors, or CPU tensors
+    under Triton's interpreter (`TRITON_INTERPRET=1`); else None."""
+    from plasticity.nn import fused_triton
+
+    if rule is None or dtype not in TRITON_DTYPES:
+        return None
+    if device.type != "cuda" and not (device.type == "cpu" and fused_triton.interpreted()):
+        return None
+    return fused_triton.triton_kernels(rule)
+
+
+_chosen: dict[tuple[str, str, torch.dtype], None] = {}
+
+
+def _announce(kernels, device: torch.device, dtype: torch.dtype):
+    """Print the kernel choice once per (kernels, device, dtype): one line on stderr."""
+    key = (kernels.name, device.type, dtype)
+    if key not in _chosen:
+        _chosen[key] = None
+        print(f"plasticity: fused kernels: {kernels.name} ({device.type}, {str(dtype).removeprefix('torch.')})",
+              file=sys.stderr, flush=True)
+    return kernels
+
+
+def chosen_backend() -> str | None:
+    """The kernel set the fused path used last in this process (`triton`, `cpp`, `torch`),
+    or None before its first episode: what the training loop logs as `perf/backend`."""
+    return next(reversed(_chosen))[0] if _chosen else None
+
+
 def get_kernels(backend: str, device: torch.device, dtype: torch.dtype, rule: Rule):
-    """`auto`: the C++ kernels for float32/float64 on CPU where they build, else torch ops."""
+    """`auto`: Triton on CUDA (where triton imports), the C++ kernels for float32/float64
+    on CPU where they build, else torch ops. `rule` (a `Rule`) is needed by Triton, whose
+    kernels are built from the rule's elementwise form."""
     if backend not in BACKENDS:
         raise ConfigError(f"unknown fused backend {backend!r}: choose one of {', '.join(BACKENDS)}")
+    if backend == "triton" or (backend == "auto" and device.type == "cuda"):
+        kernels = _triton_kernels(rule, device, dtype)
+        if kernels is not None:
+            return _announce(kernels, device, dtype)
+        if backend == "triton":
+            raise ConfigError(f"the triton backend cannot run {dtype} on {device} here (it needs triton installed "
+                              "and CUDA tensors, or TRITON_INTERPRET=1 for CPU tensors): use backend='auto'")
     cpp_ok = device.type == "cpu" and dtype in (torch.float32, torch.float64)
     if backend == "cpp" and not cpp_ok:
         raise ConfigError(f"the cpp backend runs float32/float64 on CPU, got {dtype} on {device}: use backend='auto'")
     if backend in ("auto", "cpp") and cpp_ok:
         kernels = cpp_kernels(rule)
         if kernels is not None:
-            return kernels
+            return _announce(kernels, device, dtype)
         if backend == "cpp":
             raise ConfigError("the C++ kernels could not be built (see the warning above): use backend='torch'")
-    return TorchKernels(rule.elementwise)
+    return _announce(TorchKernels(rule.elementwise), device, dtype)
 
 
 _NOTICES: set[str] = set()

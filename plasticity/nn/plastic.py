@@ -277,8 +277,8 @@ class PlasticRNN(nn.Module):
             (memory falls from O(T) to O(T / k + k) Hebb-sized tensors per episode);
             `fused` stores an exact Hebb state every this many steps (bounds the
             rounding error of the inversion further).
-        fused_backend: kernels of the fused path: `auto` (C++ on CPU, torch ops elsewhere),
-            `cpp` or `torch`.
+        fused_backend: kernels of the fused path: `auto` (Triton on CUDA, C++ on CPU, torch
+            ops elsewhere), `triton`, `cpp` or `torch`.
         chunk_episodes: schedule of the fused path: episodes per chunk, each chunk run
             through all its steps before the next (0: the whole batch stepped together,
             the default; `auto`: as many as fit in the CPU's cache; None:

@@ -116,6 +116,7 @@ class MlflowTracker:
         self.client, self.run_id, self.uri = client, run_id, uri
         self.pending: list[tuple[int, dict[str, float]]] = []
         self._warned = False
+        self._backend_tagged = False
 
     @classmethod
     def open(cls, uri: str | None, experiment: str, run_name: str, params: dict[str, Any],
@@ -157,9 +158,21 @@ class MlflowTracker:
     def __call__(self, step: int, metrics: dict[str, float], files: dict[str, Path]) -> None:
         self.pending.append((step, dict(metrics)))
         self.flush()
+        self._tag_backend()
         for name, path in files.items():
             if name != "checkpoint" and Path(path).suffix == ".png":
                 self.attempt(self.client.log_artifact, self.run_id, str(path), f"figures/{name}_{step:09d}")
+
+    def _tag_backend(self) -> None:
+        """Tag `perf/backend` with the fused kernels the run used (`triton`, `cpp`, `torch`),
+        known once training has run a fused episode; not tagged for models without one."""
+        if self._backend_tagged:
+            return
+        from plasticity.nn.fused import chosen_backend
+
+        backend = chosen_backend()
+        if backend is not None:
+            self._backend_tagged = self.attempt(self.client.set_tag, self.run_id, "perf/backend", backend)
 
     def flush(self) -> bool:
         """Send buffered metrics; keep them if the server does not answer."""
