@@ -29,7 +29,7 @@ import tyro
 
 from plasticity.config import PRESETS
 from plasticity.errors import ConfigError, PlasticityError, TrackingError, check_positive
-from tune.spaces import SPACES, check_constants, define_by_run, load_space, validate_space
+from tune.spaces import SPACES, check_constants, check_space_limits, define_by_run, load_space, validate_space
 
 
 @dataclass
@@ -190,6 +190,7 @@ def run_sweep(args: SweepArgs):
     args = resolve(args)
     space = validate_space(load_space(args.space) if args.space else SPACES[args.task], args.task)
     check_constants(args.task, args.preset, args.overrides)
+    check_space_limits(space, args.task, args.preset, args.overrides)
     tracking_uri = None if args.no_tracking else (args.tracking_uri or default_tracking_uri())
     if tracking_uri is not None:
         check_tracking(tracking_uri)
@@ -262,7 +263,17 @@ def main(argv: list[str] | None = None, prog: str = "python -m tune.sweep") -> i
         _fail(str(e))
     ok = [r for r in results if r.error is None]
     print(f"sweep {args.name}: {len(ok)}/{len(results)} trials finished without error")
+    if len(results) and not ok:
+        print(f"plasticity sweep: error: all {len(results)} trials failed; the first: "
+              f"{first_error_line(results[0].error)}", file=sys.stderr)
+        return 1
     return 0
+
+
+def first_error_line(error: BaseException | None) -> str:
+    """The line of a trial's error that says what went wrong (Ray wraps it in a traceback)."""
+    lines = [ln.strip() for ln in str(error or "").strip().splitlines() if ln.strip()]
+    return (lines[-1] if lines else type(error).__name__)[:300]
 
 
 if __name__ == "__main__":
