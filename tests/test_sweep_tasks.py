@@ -12,7 +12,8 @@ from tests.test_sweep import _mlflow, one_error_line, sweep
 @pytest.mark.slow
 @pytest.mark.parametrize("task,fixed,metric_key", [
     ("images", ["image_size=8", "num_cycles=1", "present_steps=2", "gap_steps=1"], "eval/erased_loss"),
-    ("omniglot", ["channels=16"], "eval/accuracy"),
+    # 24 generated characters: a quarter each for validation and test (>= n_way = 5).
+    ("omniglot", ["channels=16", "val_fraction=0.25", "test_fraction=0.25"], "eval/accuracy"),
 ], ids=["images", "omniglot"])
 def test_task_sweep(tmp_path, generated_data, task, fixed, metric_key):
     proc = sweep(["--task", task, "--num-samples", "2", "--max-episodes", "256", "--eval-every", "128",
