@@ -262,3 +262,37 @@ def main_exit(argv) -> int:
     with pytest.raises(SystemExit) as e:
         main(argv)
     return e.value.code
+
+
+@pytest.mark.parametrize("style", ["py3-p2", "py3-p3", "py3-p4", "py3-p5", "py3-str-p2", "py3-str-p4", "py3-str-p5"])
+def test_cifar_batches_written_by_python3_load_like_the_official_format(tmp_path, root, style):
+    """Any pickle protocol, bytes or str keys: the same images as the Python 2 files."""
+    from tests.datagen import write_cifar
+
+    mine = write_cifar(tmp_path / style, style=style)
+    for split in ("test", "train"):
+        a, b = load_cifar10(mine, split), load_cifar10(root, split)
+        assert np.array_equal(a.images, b.images) and np.array_equal(a.labels, b.labels)
+
+
+def test_cifar_pickle_without_the_batch_entries_says_what_is_wrong(tmp_path, CIFAR):  # noqa: N803
+    root = _cifar_copy(tmp_path, CIFAR, lambda d: (d / "test_batch").write_bytes(pickle.dumps({"pixels": [1]})))
+    with pytest.raises(DataError, match=r"test_batch has no 'data' and 'labels' entries \(it holds pixels\)"):
+        load_cifar10(root, "test")
+
+
+def test_foreign_pickle_is_refused_saying_why_not_to_delete(tmp_path, CIFAR):  # noqa: N803
+    root = _cifar_copy(tmp_path, CIFAR, lambda d: (d / "test_batch").write_bytes(pickle.dumps(_RunsCode(d / "x"))))
+    with pytest.raises(DataError, match="refused without running it") as e:
+        load_cifar10(root, "test")
+    assert "delete it" not in str(e.value)
+
+
+def test_data_check_reports_a_test_only_folder(tmp_path, capsys):
+    from tests.datagen import write_cifar
+
+    write_cifar(tmp_path, files=("test_batch",))
+    assert main(["data", "check", "cifar10", "--data-dir", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert "cifar10 train: not present (data_batch_1, data_batch_2, data_batch_3, data_batch_4 missing)" in out
+    assert "cifar10 test: 30 images [32, 32]" in out

@@ -104,3 +104,26 @@ def test_plastic_network_learns_to_complete_unseen_images(tmp_path, monkeypatch)
     cue_only = float(((ep.cue - ep.target) ** 2)[ep.erased].mean())
     assert last["eval/erased_loss"] < 0.6 * cue_only, (last, cue_only)
     assert last["eval/loss"] < first["eval/loss"]
+
+
+def test_evaluate_scores_the_folder_the_user_points_at(tmp_path, monkeypatch, capsys, generated_data):
+    """`evaluate --data-dir` (or $PLASTICITY_DATA) scores that folder's images, says which
+    folder it used, and the test split needs only test_batch."""
+    from plasticity.cli import main
+    from tests.datagen import write_cifar
+
+    cfg = small(image_size=8, num_cycles=1, present_steps=2, gap_steps=1, episodes=32, batch_size=16,
+                eval_every=32, eval_episodes=16, checkpoint_every=32, out=str(tmp_path / "runs"),
+                data_dir=str(generated_data))
+    ckpt = train(cfg, progress=False).checkpoint
+    mine = tmp_path / "mine"
+    write_cifar(mine, per_batch=12, style="py3-str-p5", files=("test_batch",))
+    assert main(["evaluate", str(ckpt), "--episodes", "16", "--data-dir", str(mine)]) == 0
+    out = capsys.readouterr().out
+    assert f"data: {mine.resolve()} (from --data-dir)" in out and "erased_loss" in out
+    monkeypatch.setenv("PLASTICITY_DATA", str(mine))
+    assert main(["evaluate", str(ckpt), "--episodes", "16"]) == 0
+    assert f"data: {mine.resolve()} (from $PLASTICITY_DATA)" in capsys.readouterr().out
+    monkeypatch.delenv("PLASTICITY_DATA")
+    assert main(["evaluate", str(ckpt), "--episodes", "16"]) == 0
+    assert f"data: {generated_data.resolve()} (from the checkpoint)" in capsys.readouterr().out

@@ -210,11 +210,15 @@ def _learning_curve_png(history: list[dict], run_dir: Path) -> Path | None:
     return path
 
 
-def model_from_checkpoint(path: str | Path, config_cls, device: str = "cpu"):
-    """(model, cfg, checkpoint) rebuilt from a checkpoint: the architecture comes from it."""
+def model_from_checkpoint(path: str | Path, config_cls, device: str = "cpu", split: str | None = None,
+                          data_dir: str | None = None):
+    """(model, cfg, checkpoint) rebuilt from a checkpoint: the architecture comes from it.
+    `split` / `data_dir`: the data the model will be scored on (only that split is loaded)."""
     ckpt = load_checkpoint(path, map_location=device)
     cfg = config_cls.from_dict(ckpt["config"])
-    task = make_task(cfg)
+    if data_dir is not None and hasattr(cfg, "data_dir"):
+        cfg = cfg.replace(data_dir=str(data_dir))  # the user's folder, not the one training used
+    task = make_task(cfg, split)
     check_task_state(task, ckpt, path)
     model = load_weights(make_model(cfg, task), ckpt, path)
     return model.to(device), cfg, ckpt
@@ -224,7 +228,7 @@ __all__ = ["ModelConfig", "TrainResult", "evaluate", "model_from_checkpoint", "t
 
 
 def evaluate_checkpoint(path: str | Path, config_cls, *, episodes: int, seed: int, figure: Path,
-                        device: str = "cpu", split: str = "test") -> dict:
+                        device: str = "cpu", split: str = "test", data_dir: str | None = None) -> dict:
     """Score a checkpoint on `episodes` fresh episodes drawn from `seed` (from the data
     split `split` for tasks with data); write its figure. Accuracies get a 95% interval.
 
@@ -233,10 +237,8 @@ def evaluate_checkpoint(path: str | Path, config_cls, *, episodes: int, seed: in
 
     check_positive("episodes", episodes)
     dev = resolve_device(device)
-    model, cfg, ckpt = model_from_checkpoint(path, config_cls, device=str(dev))
-    task = make_task(cfg)
-    if hasattr(task, "for_split"):
-        task = task.for_split(split)
+    model, cfg, ckpt = model_from_checkpoint(path, config_cls, device=str(dev), split=split, data_dir=data_dir)
+    task = make_task(cfg, split)
     g = torch.Generator().manual_seed(seed)
     chunk = task_eval_chunk(task, cfg)
     batches = [task.sample(min(chunk, episodes - i), g) for i in range(0, episodes, chunk)]
