@@ -16,7 +16,10 @@ trial starts. Run it again with `--resume` after a crash: finished trials are ke
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import io
+import logging
 import os
 import socket
 import sys
@@ -226,7 +229,10 @@ def run_sweep(args: SweepArgs):
         check_tracking(tracking_uri)
     optuna_storage = check_optuna_storage(args.storage)
     build_kernels_first(args)
-    connect_ray(args.address)
+    said = io.StringIO()
+    # Ray's start-up notices (it sets up its console logging while starting) go to the log.
+    with contextlib.redirect_stderr(said) if held is not None else contextlib.nullcontext():
+        connect_ray(args.address)
     log_file = None
     if held is not None:
         from tune.progress import log_to_file
@@ -235,6 +241,8 @@ def run_sweep(args: SweepArgs):
         local = "://" not in args.storage_path
         log_file = (Path(args.storage_path) / args.name if local else Path.cwd()) / f"sweep-{args.name}.log"
         log_to_file(held, log_file)
+        for line in said.getvalue().strip().splitlines():
+            logging.getLogger("ray").info(line)
 
     from ray import tune
     from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
