@@ -216,18 +216,32 @@ class EvaluateArgs:
     """Where to write the figure; default evaluation.png next to the checkpoint."""
     device: str = "cpu"
     """Device to run on."""
+    data_dir: str | None = None
+    """Data folder to score on (tasks with data; the standard layout, e.g. only test_batch
+    for CIFAR-10's test split); default $PLASTICITY_DATA, else the folder training used."""
 
 
 def cmd_evaluate(argv: list[str]) -> int:
+    import os
+
     args = parse_args(EvaluateArgs, argv, prog="plasticity evaluate")
-    from plasticity.train import trainer_module
+    from plasticity.train import load_checkpoint, trainer_module
 
     # The architecture comes from the checkpoint's own config.
     config_cls = CONFIGS[_peek_task(args.checkpoint)]
     figure = Path(args.figure) if args.figure else Path(args.checkpoint).with_name("evaluation.png")
+    extra = {}
+    if "data_dir" in {f.name for f in fields(config_cls)}:
+        data_dir, source = args.data_dir, "--data-dir"
+        if data_dir is None and os.environ.get("PLASTICITY_DATA"):
+            data_dir, source = os.environ["PLASTICITY_DATA"], "$PLASTICITY_DATA"
+        if data_dir is None:
+            data_dir, source = load_checkpoint(args.checkpoint)["config"].get("data_dir") or "data", "the checkpoint"
+        print(f"data: {Path(data_dir).resolve()} (from {source})")
+        extra["data_dir"] = data_dir
     result = trainer_module(config_cls).evaluate_checkpoint(args.checkpoint, config_cls, episodes=args.episodes,
                                                            seed=args.seed, figure=figure, device=args.device,
-                                                           split=args.split)
+                                                           split=args.split, **extra)
     cfg = result["config"]
     print(f"{cfg.task}/{cfg.model} after {result['episode']} training episodes, {args.episodes} fresh episodes:")
     for k, v in result["metrics"].items():
@@ -292,8 +306,17 @@ def _data_check(argv: list[str]) -> int:
     from plasticity.data import load_cifar10, load_omniglot, load_omniglot_runs
 
     if args.dataset == "cifar10":
+        from plasticity.data.cifar import SPLITS, cifar_dir
+
+        folder = cifar_dir(args.data_dir)  # one line if there is no batch at all
+        print(f"cifar10 in {folder}")
         for split in ("train", "validation", "test"):
-            data = load_cifar10(args.data_dir, split)
+            # Check what is there: a folder with only test_batch can still score checkpoints.
+            missing = [name for name in SPLITS[split] if not (folder / name).is_file()]
+            if missing:
+                print(f"cifar10 {split}: not present ({', '.join(missing)} missing)")
+                continue
+            data = load_cifar10(folder, split)
             print(f"cifar10 {split}: {len(data)} images {list(data.images.shape[1:])}, "
                   f"range [{data.images.min():.2f}, {data.images.max():.2f}]")
         return 0

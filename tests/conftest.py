@@ -1,4 +1,5 @@
-"""Shared fixtures: data paths, float64 helpers, a relative-error assert."""
+"""Shared fixtures: data paths (the real data, or small files generated in its layout),
+float64 helpers, a relative-error assert."""
 
 from __future__ import annotations
 
@@ -10,6 +11,25 @@ import torch
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = Path(os.environ.get("PLASTICITY_TEST_DATA", REPO.parent / "shared" / "data"))
+HAS_SHARED_DATA = (SHARED_DATA / "cifar10").is_dir() and (SHARED_DATA / "omniglot").is_dir()
+needs_shared_data = pytest.mark.skipif(
+    not HAS_SHARED_DATA, reason=f"needs the real CIFAR-10/Omniglot files: set PLASTICITY_TEST_DATA to the shared "
+                                f"data folder (none at {SHARED_DATA})")
+"""For tests that need the real images (their counts, or learning on them); tests of the
+file formats use `generated_data` instead."""
+
+
+@pytest.fixture(scope="session")
+def generated_data(tmp_path_factory) -> Path:
+    """A data folder in the standard layouts (tests/datagen.py): CIFAR-10 python batches
+    of 30 images each, an Omniglot minimal set of 3 alphabets x 8 characters x 4 drawings
+    and 2 one-shot runs."""
+    from tests.datagen import write_cifar, write_omniglot
+
+    root = tmp_path_factory.mktemp("generated-data")
+    write_cifar(root, subdir="cifar10")
+    write_omniglot(root)
+    return root
 
 
 def assert_close(actual: torch.Tensor, expected: torch.Tensor, rtol: float = 1e-10, name: str = "") -> None:

@@ -1,5 +1,6 @@
-"""Data loaders on the shared CIFAR-10 / Omniglot files, their errors, the cache, and
-`plasticity data download` against a real local HTTP mirror."""
+"""Data loaders on CIFAR-10 / Omniglot files in their standard layouts (small generated
+ones, tests/datagen.py; the real shared files where `PLASTICITY_TEST_DATA` has them),
+their errors, the cache, and `plasticity data download` against a real local HTTP mirror."""
 
 from __future__ import annotations
 
@@ -17,75 +18,95 @@ from plasticity.cli import main
 from plasticity.data import DataError, load_cifar10, load_omniglot, load_omniglot_runs
 from plasticity.data import cifar as cifar_module
 from plasticity.data.download import SOURCES, Resource, download, fetch
-from tests.conftest import SHARED_DATA
+from tests.conftest import SHARED_DATA, needs_shared_data
 from tests.servers import FileServer
 
-CIFAR = SHARED_DATA / "cifar10"
-OMNIGLOT = SHARED_DATA / "omniglot"
 # Per-class counts of the shared test batch (shared/data/README.md).
 TEST_LABEL_COUNTS = [105, 93, 100, 104, 92, 87, 114, 102, 110, 110]
+PER_BATCH = 30  # images per generated batch (tests/conftest.py generated_data)
 
 
 @pytest.fixture(autouse=True)
 def private_cache(tmp_path, monkeypatch):
     monkeypatch.setenv("PLASTICITY_CACHE", str(tmp_path / "cache"))
-    assert CIFAR.is_dir() and OMNIGLOT.is_dir(), f"test data missing under {SHARED_DATA}: set PLASTICITY_TEST_DATA"
 
 
-@pytest.mark.parametrize("split,count", [("train", 4 * 1017), ("validation", 1017), ("test", 1017),
-                                         ("all-train", 5085)])
-def test_cifar_splits_shapes_and_ranges(split, count):
-    data = load_cifar10(SHARED_DATA, split)
+@pytest.fixture
+def root(generated_data):
+    return generated_data
+
+
+@pytest.fixture
+def CIFAR(generated_data):  # noqa: N802 - the folder, named as in the data layout
+    return generated_data / "cifar10"
+
+
+@pytest.fixture
+def OMNIGLOT(generated_data):  # noqa: N802
+    return generated_data / "omniglot"
+
+
+@pytest.mark.parametrize("split,count", [("train", 4 * PER_BATCH), ("validation", PER_BATCH), ("test", PER_BATCH),
+                                         ("all-train", 5 * PER_BATCH)])
+def test_cifar_splits_shapes_and_ranges(root, split, count):
+    data = load_cifar10(root, split)
     assert data.images.shape == (count, 32, 32) and data.images.dtype == np.float32
     assert data.labels.shape == (count,) and set(np.unique(data.labels)) == set(range(10))
     assert data.images.min() >= -1.0 and data.images.max() <= 1.0
     # Every image reaches +-1 exactly and has zero mean (the reference normalisation).
     assert np.allclose(np.abs(data.images).max(axis=(1, 2)), 1.0)
     assert np.abs(data.images.mean(axis=(1, 2))).max() < 1e-5
-    if split == "test":
-        assert np.bincount(data.labels).tolist() == TEST_LABEL_COUNTS
-        assert data.labels[:10].tolist() == [3, 8, 8, 0, 6, 6, 1, 6, 3, 1]
+    if split == "test":  # written as (i + 5) % 10 by tests/datagen.py
+        assert data.labels[:10].tolist() == [5, 6, 7, 8, 9, 0, 1, 2, 3, 4]
 
 
-def test_cifar_grayscale_matches_the_reference_formula():
+@needs_shared_data
+def test_shared_cifar_test_batch():
+    data = load_cifar10(SHARED_DATA, "test")
+    assert data.images.shape == (1017, 32, 32) and len(load_cifar10(SHARED_DATA, "all-train")) == 5085
+    assert np.bincount(data.labels).tolist() == TEST_LABEL_COUNTS
+    assert data.labels[:10].tolist() == [3, 8, 8, 0, 6, 6, 1, 6, 3, 1]
+
+
+def test_cifar_grayscale_matches_the_reference_formula(root, CIFAR):  # noqa: N803
     with open(CIFAR / "test_batch", "rb") as f:
         raw = pickle.load(f, encoding="bytes")[b"data"][:5].reshape(5, 3, 32, 32).astype(np.float64)
     gray = raw.sum(1)
     gray -= gray.mean(axis=(1, 2), keepdims=True)
     gray /= np.abs(gray).max(axis=(1, 2), keepdims=True)
-    assert np.allclose(load_cifar10(SHARED_DATA, "test").images[:5], gray, atol=1e-6)
+    assert np.allclose(load_cifar10(root, "test").images[:5], gray, atol=1e-6)
 
 
-def test_cifar_is_converted_once_then_read_from_the_cache(monkeypatch, tmp_path):
-    first = load_cifar10(SHARED_DATA, "validation")
+def test_cifar_is_converted_once_then_read_from_the_cache(monkeypatch, tmp_path, root):
+    first = load_cifar10(root, "validation")
     assert list((tmp_path / "cache").glob("cifar10-gray-*.npz"))
 
     def no_reading(path):
         raise AssertionError(f"{path} was read again although it is cached")
 
     monkeypatch.setattr(cifar_module, "read_batch", no_reading)
-    again = load_cifar10(SHARED_DATA, "validation")
+    again = load_cifar10(root, "validation")
     assert np.array_equal(first.images, again.images) and np.array_equal(first.labels, again.labels)
 
 
-def _cifar_copy(tmp_path, damage=None):
+def _cifar_copy(tmp_path, cifar, damage=None):
     d = tmp_path / "cifar-10-batches-py"
-    shutil.copytree(CIFAR, d)
+    shutil.copytree(cifar, d)
     if damage:
         damage(d)
     return tmp_path
 
 
 @pytest.mark.parametrize("damage,message", [
-    (lambda d: (d / "data_batch_5").write_bytes((d / "data_batch_5").read_bytes()[:200_000]),
+    (lambda d: (d / "data_batch_5").write_bytes((d / "data_batch_5").read_bytes()[:50_000]),
      "data_batch_5 is truncated or corrupt"),
     (lambda d: (d / "data_batch_5").write_bytes(b"not a pickle at all"), "data_batch_5 is truncated or corrupt"),
     (lambda d: (d / "data_batch_5").unlink(), "data_batch_5 is missing"),
     (lambda d: (d / "data_batch_5").write_bytes(pickle.dumps(_RunsCode(d / "pwned"))),
      r"data_batch_5 is not a CIFAR-10 batch \(it refers to posix.system"),
 ], ids=["truncated", "garbage", "missing", "foreign-pickle"])
-def test_cifar_damaged_files_name_the_file_and_the_fix(tmp_path, damage, message):
-    root = _cifar_copy(tmp_path, damage)
+def test_cifar_damaged_files_name_the_file_and_the_fix(tmp_path, CIFAR, damage, message):  # noqa: N803
+    root = _cifar_copy(tmp_path, CIFAR, damage)
     with pytest.raises(DataError, match=message) as e:
         load_cifar10(root, "validation")
     assert "plasticity data download cifar10" in str(e.value) and "\n" not in str(e.value)
@@ -107,7 +128,18 @@ def test_cifar_missing_directory_error(tmp_path):
         load_cifar10(tmp_path, "train")
 
 
-def test_omniglot_sets_characters_and_pixels():
+def test_omniglot_set_characters_and_pixels(root):
+    chars = load_omniglot(root)
+    # 3 alphabets x 8 characters x 4 drawings of 105x105 (tests/datagen.py), resized to 31x31.
+    assert chars.images.shape == (24, 4, 31, 31) and len(chars.names) == 24
+    assert chars.alphabets() == ["Alphabet_0", "Alphabet_1", "Alphabet_2"]
+    assert chars.names[0] == "Alphabet_0/character01" and set(chars.sets) == {"images_background_small1"}
+    assert chars.images.min() >= 0.0 and chars.images.max() <= 1.0
+    assert 0.02 < chars.images.mean() < 0.3  # strokes are ink (1) on an empty background
+
+
+@needs_shared_data
+def test_shared_omniglot_sets_characters_and_pixels():
     chars = load_omniglot(SHARED_DATA)
     # 136 + 156 characters, Greek and Latin (50) in both small sets: 242 distinct.
     assert chars.images.shape == (242, 20, 31, 31) and len(chars.names) == 242
@@ -120,14 +152,14 @@ def test_omniglot_sets_characters_and_pixels():
     assert len(only_small1) == 136 and set(only_small1.sets) == {"images_background_small1"}
 
 
-def test_omniglot_runs():
-    runs = load_omniglot_runs(SHARED_DATA)
-    assert runs.support.shape == runs.queries.shape == (20, 20, 31, 31)
+def test_omniglot_runs(root):
+    runs = load_omniglot_runs(root)
+    assert runs.support.shape == runs.queries.shape == (2, 20, 31, 31)
     # Each run's 20 test items map onto its 20 training classes, one each.
     assert all(sorted(a) == list(range(20)) for a in runs.answers.tolist())
 
 
-def test_omniglot_corrupt_zip_names_the_file(tmp_path):
+def test_omniglot_corrupt_zip_names_the_file(tmp_path, OMNIGLOT):  # noqa: N803
     d = tmp_path / "omniglot"
     d.mkdir()
     (d / "images_background_small1.zip").write_bytes((OMNIGLOT / "images_background_small1.zip").read_bytes()[:5000])
@@ -135,13 +167,13 @@ def test_omniglot_corrupt_zip_names_the_file(tmp_path):
         load_omniglot(tmp_path)
 
 
-def test_omniglot_reads_an_extracted_tree(tmp_path):
+def test_omniglot_reads_an_extracted_tree(tmp_path, root, OMNIGLOT):  # noqa: N803
     import zipfile
 
     with zipfile.ZipFile(OMNIGLOT / "images_background_small1.zip") as z:
         z.extractall(tmp_path)
     from_tree = load_omniglot(tmp_path)
-    from_zip = load_omniglot(SHARED_DATA, ("images_background_small1",))
+    from_zip = load_omniglot(root, ("images_background_small1",))
     assert from_tree.names == from_zip.names
     assert np.array_equal(from_tree.images, from_zip.images)
 
@@ -149,7 +181,14 @@ def test_omniglot_reads_an_extracted_tree(tmp_path):
 # --- download ---------------------------------------------------------------------------
 
 @pytest.fixture
-def mirror():
+def mirror(OMNIGLOT, monkeypatch):  # noqa: N803
+    """A local HTTP server holding the generated Omniglot files, with `omniglot-small`'s
+    checksums set to theirs (the official files are not needed)."""
+    official = {r.filename: r for r in SOURCES["omniglot-small"]}
+    local = tuple(Resource(name, official[name].url, "omniglot",
+                           sha256=hashlib.sha256((OMNIGLOT / name).read_bytes()).hexdigest())
+                  for name in ("images_background_small1.zip", "all_runs.zip"))
+    monkeypatch.setitem(SOURCES, "omniglot-small", local)
     server = FileServer(OMNIGLOT)
     yield server
     server.close()
@@ -161,7 +200,7 @@ def test_download_omniglot_small_from_a_mirror_verifies_and_loads(tmp_path, mirr
     for res in SOURCES["omniglot-small"]:
         got = tmp_path / "omniglot" / res.filename
         assert hashlib.sha256(got.read_bytes()).hexdigest() == res.sha256
-    assert len(load_omniglot(tmp_path)) == 242
+    assert len(load_omniglot(tmp_path)) == 24
     # A second run finds everything verified and downloads nothing.
     before = len(mirror.requests)
     assert main(["data", "download", "omniglot-small", "--data-dir", str(tmp_path), "--mirror", mirror.url]) == 0
@@ -171,13 +210,15 @@ def test_download_omniglot_small_from_a_mirror_verifies_and_loads(tmp_path, mirr
 def test_interrupted_download_resumes_with_a_range_request(tmp_path, mirror):
     res = SOURCES["omniglot-small"][0]
     dest = tmp_path / res.filename
-    mirror.fail_after = 300_000  # the connection drops after 300 kB
+    cut = 20_000
+    assert mirror.root.joinpath(res.filename).stat().st_size > 2 * cut
+    mirror.fail_after = cut  # the connection drops after 20 kB
     with pytest.raises(DataError, match="run the same command again to resume"):
         fetch(f"{mirror.url}/{res.filename}", dest, res, progress=False)
     part = dest.with_name(dest.name + ".part")
-    assert part.stat().st_size == 300_000 and not dest.exists()
+    assert part.stat().st_size == cut and not dest.exists()
     fetch(f"{mirror.url}/{res.filename}", dest, res, progress=False)
-    assert mirror.requests[-1] == (f"/{res.filename}", "bytes=300000-")
+    assert mirror.requests[-1] == (f"/{res.filename}", f"bytes={cut}-")
     assert hashlib.sha256(dest.read_bytes()).hexdigest() == res.sha256 and not part.exists()
 
 
@@ -194,9 +235,9 @@ def test_missing_file_on_the_mirror(tmp_path, mirror, capsys):
     assert err.startswith("plasticity: error:") and "HTTP 404" in err and "\n" not in err
 
 
-def test_cifar_archive_is_verified_and_extracted(tmp_path, monkeypatch):
-    """The CIFAR-10 path end to end on a tar.gz of the shared batches (its own checksum:
-    the official archive is not in the shared data)."""
+def test_cifar_archive_is_verified_and_extracted(tmp_path, monkeypatch, CIFAR):  # noqa: N803
+    """The CIFAR-10 path end to end on a tar.gz of generated batches (its own checksum:
+    the official archive is not needed)."""
     served = tmp_path / "served"
     served.mkdir()
     buf = io.BytesIO()
@@ -214,10 +255,44 @@ def test_cifar_archive_is_verified_and_extracted(tmp_path, monkeypatch):
     finally:
         server.close()
     assert not (tmp_path / "data" / "cifar-10-python.tar.gz").exists()
-    assert len(load_cifar10(tmp_path / "data", "test")) == 1017
+    assert len(load_cifar10(tmp_path / "data", "test")) == PER_BATCH
 
 
 def main_exit(argv) -> int:
     with pytest.raises(SystemExit) as e:
         main(argv)
     return e.value.code
+
+
+@pytest.mark.parametrize("style", ["py3-p2", "py3-p3", "py3-p4", "py3-p5", "py3-str-p2", "py3-str-p4", "py3-str-p5"])
+def test_cifar_batches_written_by_python3_load_like_the_official_format(tmp_path, root, style):
+    """Any pickle protocol, bytes or str keys: the same images as the Python 2 files."""
+    from tests.datagen import write_cifar
+
+    mine = write_cifar(tmp_path / style, style=style)
+    for split in ("test", "train"):
+        a, b = load_cifar10(mine, split), load_cifar10(root, split)
+        assert np.array_equal(a.images, b.images) and np.array_equal(a.labels, b.labels)
+
+
+def test_cifar_pickle_without_the_batch_entries_says_what_is_wrong(tmp_path, CIFAR):  # noqa: N803
+    root = _cifar_copy(tmp_path, CIFAR, lambda d: (d / "test_batch").write_bytes(pickle.dumps({"pixels": [1]})))
+    with pytest.raises(DataError, match=r"test_batch has no 'data' and 'labels' entries \(it holds pixels\)"):
+        load_cifar10(root, "test")
+
+
+def test_foreign_pickle_is_refused_saying_why_not_to_delete(tmp_path, CIFAR):  # noqa: N803
+    root = _cifar_copy(tmp_path, CIFAR, lambda d: (d / "test_batch").write_bytes(pickle.dumps(_RunsCode(d / "x"))))
+    with pytest.raises(DataError, match="refused without running it") as e:
+        load_cifar10(root, "test")
+    assert "delete it" not in str(e.value)
+
+
+def test_data_check_reports_a_test_only_folder(tmp_path, capsys):
+    from tests.datagen import write_cifar
+
+    write_cifar(tmp_path, files=("test_batch",))
+    assert main(["data", "check", "cifar10", "--data-dir", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert "cifar10 train: not present (data_batch_1, data_batch_2, data_batch_3, data_batch_4 missing)" in out
+    assert "cifar10 test: 30 images [32, 32]" in out

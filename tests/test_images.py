@@ -9,12 +9,14 @@ from plasticity.config import preset
 from plasticity.models import make_model
 from plasticity.tasks import ImageTask
 from plasticity.train import train
-from tests.conftest import SHARED_DATA
+from tests.conftest import SHARED_DATA, needs_shared_data
+
+PER_BATCH = 30  # images per generated CIFAR-10 batch (tests/conftest.py generated_data)
 
 
 @pytest.fixture(autouse=True)
-def data_env(tmp_path, monkeypatch):
-    monkeypatch.setenv("PLASTICITY_DATA", str(SHARED_DATA))
+def data_env(tmp_path, monkeypatch, generated_data):
+    monkeypatch.setenv("PLASTICITY_DATA", str(generated_data))
     monkeypatch.setenv("PLASTICITY_CACHE", str(tmp_path / "cache"))
 
 
@@ -52,7 +54,7 @@ def test_splits_use_different_images():
     task = ImageTask(small(image_size=32))
     held, test = task.heldout(), task.for_split("test")
     train_set = {tuple(x[:64].tolist()) for x in task.images}
-    assert len(task.images) == 4 * 1017 and len(held.images) == len(test.images) == 1017
+    assert len(task.images) == 4 * PER_BATCH and len(held.images) == len(test.images) == PER_BATCH
     assert not any(tuple(x[:64].tolist()) in train_set for x in held.images)
     assert not any(tuple(x[:64].tolist()) in train_set for x in test.images)
 
@@ -88,9 +90,11 @@ def test_figure_has_images_cue_output_target(tmp_path):
 
 
 @pytest.mark.slow
-def test_plastic_network_learns_to_complete_unseen_images(tmp_path):
+@needs_shared_data
+def test_plastic_network_learns_to_complete_unseen_images(tmp_path, monkeypatch):
     """8x8 images, short episodes: the held-out loss (images never trained on) falls well
     below the loss of answering with the cue alone."""
+    monkeypatch.setenv("PLASTICITY_DATA", str(SHARED_DATA))
     cfg = small(image_size=8, num_cycles=2, present_steps=3, gap_steps=1, episodes=1600, batch_size=16, lr=3e-3,
                 eval_every=800, eval_episodes=128, checkpoint_every=800, out=str(tmp_path), seed=0)
     result = train(cfg, progress=False)
@@ -100,3 +104,27 @@ def test_plastic_network_learns_to_complete_unseen_images(tmp_path):
     cue_only = float(((ep.cue - ep.target) ** 2)[ep.erased].mean())
     assert last["eval/erased_loss"] < 0.6 * cue_only, (last, cue_only)
     assert last["eval/loss"] < first["eval/loss"]
+
+
+def test_evaluate_scores_the_folder_the_user_points_at(tmp_path, monkeypatch, capsys, generated_data):
+    """`evaluate --data-dir` (or $PLASTICITY_DATA) scores that folder's images, says which
+    folder it used, and the test split needs only test_batch."""
+    from tests.datagen import write_cifar
+
+    from plasticity.cli import main
+
+    cfg = small(image_size=8, num_cycles=1, present_steps=2, gap_steps=1, episodes=32, batch_size=16,
+                eval_every=32, eval_episodes=16, checkpoint_every=32, out=str(tmp_path / "runs"),
+                data_dir=str(generated_data))
+    ckpt = train(cfg, progress=False).checkpoint
+    mine = tmp_path / "mine"
+    write_cifar(mine, per_batch=12, style="py3-str-p5", files=("test_batch",))
+    assert main(["evaluate", str(ckpt), "--episodes", "16", "--data-dir", str(mine)]) == 0
+    out = capsys.readouterr().out
+    assert f"data: {mine.resolve()} (from --data-dir)" in out and "erased_loss" in out
+    monkeypatch.setenv("PLASTICITY_DATA", str(mine))
+    assert main(["evaluate", str(ckpt), "--episodes", "16"]) == 0
+    assert f"data: {mine.resolve()} (from $PLASTICITY_DATA)" in capsys.readouterr().out
+    monkeypatch.delenv("PLASTICITY_DATA")
+    assert main(["evaluate", str(ckpt), "--episodes", "16"]) == 0
+    assert f"data: {generated_data.resolve()} (from the checkpoint)" in capsys.readouterr().out

@@ -14,12 +14,14 @@ from plasticity.errors import CheckpointError, ConfigError
 from plasticity.models import OmniglotNet, count_parameters
 from plasticity.tasks.omniglot import OmniglotTask, rotate, split_characters
 from plasticity.train import train
-from tests.conftest import SHARED_DATA
+from tests.conftest import SHARED_DATA, needs_shared_data
 
 
 @pytest.fixture(autouse=True)
-def data_env(tmp_path, monkeypatch):
-    monkeypatch.setenv("PLASTICITY_DATA", str(SHARED_DATA))
+def data_env(tmp_path, monkeypatch, generated_data):
+    # Generated files in the standard layout (tests/datagen.py); the tests marked
+    # needs_shared_data point PLASTICITY_DATA at the real ones.
+    monkeypatch.setenv("PLASTICITY_DATA", str(generated_data))
     monkeypatch.setenv("PLASTICITY_CACHE", str(tmp_path / "cache"))
 
 
@@ -91,7 +93,16 @@ def test_rotation_is_per_class_and_shared_by_the_query():
     assert ep.images.shape[-2:] == (31, 31)
 
 
-def test_real_split_and_official_runs():
+def test_split_and_runs_on_files_in_the_standard_layout():
+    task = OmniglotTask(preset("omniglot", "small"))
+    assert sum(len(v) for v in task.splits.values()) == 24  # tests/datagen.py: 3 alphabets x 8 characters
+    ep = task.for_split("runs").sample(8, torch.Generator().manual_seed(0))
+    assert ep.images.shape == (8, 6, 1, 31, 31)
+
+
+@needs_shared_data
+def test_real_split_and_official_runs(monkeypatch):
+    monkeypatch.setenv("PLASTICITY_DATA", str(SHARED_DATA))
     task = OmniglotTask(preset("omniglot", "small"))
     sizes = {k: len(v) for k, v in task.splits.items()}
     assert sizes == {"train": 170, "validation": 24, "test": 48}  # 242 characters, random split
@@ -123,7 +134,9 @@ def test_bad_config_is_one_line():
 
 
 @pytest.mark.slow
-def test_learns_one_shot_on_held_out_characters_and_evaluates(tmp_path, capsys):
+@needs_shared_data
+def test_learns_one_shot_on_held_out_characters_and_evaluates(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("PLASTICITY_DATA", str(SHARED_DATA))
     cfg = preset("omniglot", "small", episodes=16_000, eval_every=8000, eval_episodes=512, checkpoint_every=8000,
                  out=str(tmp_path), seed=0)
     result = train(cfg, progress=False)

@@ -5,8 +5,9 @@ from __future__ import annotations
 import optuna
 import pytest
 
+from plasticity.config import PRESETS
 from plasticity.errors import ConfigError
-from tune.spaces import SPACES, define_by_run, load_space, validate_space
+from tune.spaces import SPACES, check_space_limits, define_by_run, load_space, validate_space
 
 
 def test_builtin_space_is_valid_and_conditional_clip_follows_its_switch():
@@ -53,3 +54,26 @@ def test_yaml_space_file(tmp_path):
         load_space(tmp_path / "bad.yaml")
     with pytest.raises(ConfigError, match="not found"):
         load_space(tmp_path / "missing.yaml")
+
+
+def test_builtin_spaces_stay_within_every_presets_limits():
+    for task, space in SPACES.items():
+        for name in PRESETS[task]:
+            check_space_limits(space, task, name, {})
+
+
+@pytest.mark.parametrize("space,message", [
+    ({"eta": {"type": "float", "low": 0.01, "high": 1.5}},
+     r"parameter 'eta' can draw 1.5 \(high\), which a trial refuses: eta must be in \(0, 1\]"),
+    ({"extra_neurons": {"type": "int", "low": -3, "high": 4}},
+     r"parameter 'extra_neurons' can draw -3 \(low\), which a trial refuses: extra_neurons must be >= 0"),
+    ({"rule": {"type": "categorical", "choices": ["hebb", "neuromod"]}}, r"parameter 'rule' can draw 'neuromod'"),
+    # A conditional parameter is checked with the switch that draws it.
+    ({"use_clip": {"type": "categorical", "choices": [False, True]},
+      "clip": {"type": "float", "low": 0.0, "high": 2.0, "when": {"use_clip": True}}},
+     r"parameter 'clip' can draw 0.0 \(low\), which a trial refuses: clip must be > 0"),
+], ids=["eta-high", "int-low", "choice", "conditional"])
+def test_space_outside_the_configs_limits_is_refused(space, message):
+    with pytest.raises(ConfigError, match=message) as e:
+        check_space_limits(validate_space(space, "patterns"), "patterns", "small", {})
+    assert "\n" not in str(e.value)

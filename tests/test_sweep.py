@@ -48,6 +48,26 @@ def test_bad_input_fails_before_any_trial(tmp_path, args, message):
     assert not (tmp_path / "ray_results").exists()
 
 
+def test_space_outside_the_configs_limits_fails_before_any_trial(tmp_path):
+    (tmp_path / "space.yaml").write_text("eta: {type: float, low: 0.01, high: 1.5, log: true}\n")
+    proc = sweep([*SMOKE, "--space", "space.yaml"], tmp_path, timeout=120)
+    line = one_error_line(proc)
+    assert "search space parameter 'eta' can draw 1.5 (high)" in line and "eta must be in (0, 1]" in line
+    assert not (tmp_path / "ray_results").exists()
+
+
+@pytest.mark.slow
+def test_sweep_in_which_every_trial_fails_exits_non_zero_with_the_first_error(tmp_path):
+    (tmp_path / "space.yaml").write_text("lr: {type: categorical, choices: [1.0e+32]}\n")
+    proc = sweep(["--task", "patterns", "--num-samples", "2", "--max-episodes", "256", "--eval-every", "64",
+                  "--space", "space.yaml", "--scheduler", "fifo", "--max-failures", "0", "--name", "allfail",
+                  "--no-tracking"], tmp_path)
+    assert proc.returncode == 1, proc.stderr[-3000:]
+    last = proc.stderr.strip().splitlines()[-1]
+    assert last.startswith("plasticity sweep: error: all 2 trials failed; the first: "), last
+    assert "loss became nan" in last or "loss became inf" in last, last
+
+
 def _mlflow(uri):
     from mlflow.tracking import MlflowClient
 

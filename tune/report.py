@@ -5,7 +5,10 @@ objective against eta per rule, and registers the best model.
 
 from __future__ import annotations
 
+import contextlib
 import csv
+import io
+import logging
 import math
 import tempfile
 import time
@@ -51,12 +54,13 @@ class TrialCounter(Callback):
 
 class _CloseChildRuns(TrialCounter):
     """Marks a trial's MLflow run FINISHED/FAILED when Ray ends the trial (also when
-    ASHA stops it early, which ends the trial's process before it can do so itself), and
-    tags it with its retry count."""
+    ASHA stops it early, which ends the trial's process before it can do so itself), at
+    that moment (its own end time), with a tag `ended` (completed / stopped early /
+    failed), the metric `episodes_run`, and its retry count."""
 
-    def __init__(self, tracker: SweepTracker):
+    def __init__(self, tracker: SweepTracker, max_episodes: int):
         super().__init__()
-        self.tracker = tracker
+        self.tracker, self.max_episodes = tracker, max_episodes
 
     def on_trial_recover(self, iteration, trials, trial, **info):
         super().on_trial_recover(iteration, trials, trial, **info)
@@ -64,11 +68,13 @@ class _CloseChildRuns(TrialCounter):
 
     def on_trial_complete(self, iteration, trials, trial, **info):
         super().on_trial_complete(iteration, trials, trial, **info)
-        self.tracker.close_child(trial.trial_id, "FINISHED")
+        episodes = int((trial.last_result or {}).get("episodes", 0))
+        ended = "completed" if episodes >= self.max_episodes else "stopped early"
+        self.tracker.close_child(trial.trial_id, "FINISHED", ended, episodes)
 
     def on_trial_error(self, iteration, trials, trial, **info):
         super().on_trial_error(iteration, trials, trial, **info)
-        self.tracker.close_child(trial.trial_id, "FAILED")
+        self.tracker.close_child(trial.trial_id, "FAILED", "failed", int((trial.last_result or {}).get("episodes", 0)))
 
 
 @dataclass
@@ -85,10 +91,13 @@ class SweepTracker:
     def open(cls, uri: str, experiment: str, name: str, params: dict) -> SweepTracker:
         parent = MlflowTracker.open(uri, experiment, name, params, tags={"sweep": name, "role": "sweep"})
         exp_id = parent.client.get_run(parent.run_id).info.experiment_id
+        # MLflow 3's UI opens an experiment without this tag in its GenAI view (traces);
+        # "custom_model_development" opens the classic one: runs table, compare, charts.
+        parent.attempt(parent.client.set_experiment_tag, exp_id, "mlflow.experimentKind", "custom_model_development")
         return cls(parent, exp_id, name)
 
-    def callback(self) -> TrialCounter:
-        return _CloseChildRuns(self)
+    def callback(self, max_episodes: int) -> TrialCounter:
+        return _CloseChildRuns(self, max_episodes)
 
     def child_run(self, trial_id: str):
         runs = self.parent.client.search_runs(
@@ -107,10 +116,15 @@ class SweepTracker:
         self.parent.attempt(self.child_run, trial_id)  # warns once
         return None
 
-    def close_child(self, trial_id: str, status: str) -> None:
+    def close_child(self, trial_id: str, status: str, ended: str, episodes: int) -> None:
         run = self._child(trial_id)
-        if run is not None and run.info.status == "RUNNING":
-            self.parent.attempt(self.parent.client.set_terminated, run.info.run_id, status)
+        if run is None:
+            return
+        client, run_id = self.parent.client, run.info.run_id
+        self.parent.attempt(client.set_tag, run_id, "ended", ended)
+        self.parent.attempt(client.log_metric, run_id, "episodes_run", episodes, step=episodes)
+        if run.info.status == "RUNNING":
+            self.parent.attempt(client.set_terminated, run_id, status)
 
     def tag_child(self, trial_id: str, key: str, value: str) -> None:
         run = self._child(trial_id)
@@ -130,13 +144,9 @@ class SweepTracker:
             save_figure(objective_plot(rows, args.metric), figure)
             for path in (table, Path(d) / "trials.md", figure):
                 self.parent.attempt(self.parent.client.log_artifact, self.run_id, str(path), "summary")
-        best_uri = self._log_trial_models(results, args)
-        if best_uri is not None:
-            import mlflow
-
-            mlflow.set_tracking_uri(self.parent.uri)
-            version = mlflow.register_model(best_uri, args.register_model)
-            self.parent.client.set_tag(self.run_id, "best_model", f"{args.register_model}/{version.version}")
+        best = self._log_trial_models(results, args)
+        if best is not None:
+            self._register(best, args)
         finished = [r for r in rows if r["status"] == "ok"]
         if finished:
             best = min(finished, key=lambda r: r["objective"])
@@ -147,30 +157,62 @@ class SweepTracker:
             self.parent(0, {f"trials/session_{k}": v for k, v in counts.items()}, {})
         self.parent.finish()
 
-    def _log_trial_models(self, results, args) -> str | None:
-        """Log every trial's best checkpoint as a model in its child run; return the
-        model URI of the sweep's best trial."""
-        best_uri, best_value = None, math.inf
+    def _log_trial_models(self, results, args) -> dict | None:
+        """Log every trial's best checkpoint (the one at its best evaluation: its score) as
+        a model in its child run; return what the sweep's best trial's looks like."""
+        best = None
         for result in results:
             ckpt = _best_checkpoint(result, args.metric)
             run = self.child_run(result.metrics.get("trial_id", "")) if result.metrics else None
             if ckpt is None or run is None:
                 continue
-            checkpoint, value = ckpt
+            checkpoint, value, metrics = ckpt
             with checkpoint.as_directory() as d:
                 model, _, _ = model_from_checkpoint(Path(d) / "checkpoint.pt", CONFIGS[args.task])
             child = MlflowTracker(self.parent.client, run.info.run_id, self.parent.uri)
             uri = child.log_model(model)
-            if value < best_value:
-                best_uri, best_value = uri, value
-        return best_uri
+            # Logging a model reopens the run and closes it "now" as FINISHED: give it back
+            # its own status and end time.
+            self.parent.attempt(self.parent.client.set_terminated, run.info.run_id, run.info.status or "FINISHED",
+                                end_time=run.info.end_time)
+            if best is None or value < best["score"]:
+                best = {"uri": uri, "score": value, "episode": int(metrics.get("episodes", 0)), "run": run}
+        return best
+
+    def _register(self, best: dict, args) -> None:
+        """Register the best trial's model; the version says its score, its checkpoint's
+        episode, its trial and its settings."""
+        import mlflow
+
+        mlflow.set_tracking_uri(self.parent.uri)
+        run = best["run"]
+        # register_model prints its news to stderr itself; they belong in the sweep's log.
+        said = io.StringIO()
+        with contextlib.redirect_stderr(said):
+            version = mlflow.register_model(best["uri"], args.register_model).version
+        for line in said.getvalue().strip().splitlines():
+            logging.getLogger("mlflow").info(line)
+        client, name = self.parent.client, args.register_model
+        trial = run.data.tags.get("trial", run.data.tags.get("trial_id", ""))
+        tags = {"score": f"{best['score']:.6g}", "metric": args.metric, "score_rule": "best evaluation",
+                "checkpoint_episode": str(best["episode"]), "trial": trial, "sweep": self.name,
+                "run_id": run.info.run_id}
+        for key, value in tags.items():
+            self.parent.attempt(client.set_model_version_tag, name, version, key, value)
+        settings = ", ".join(f"{k}={v}" for k, v in sorted(run.data.params.items()))
+        self.parent.attempt(client.update_model_version, name, version,
+                            description=f"Best trial {trial} of sweep {self.name}: {args.metric} {best['score']:.6g} "
+                                        f"(its best evaluation), checkpoint at episode {best['episode']}. "
+                                        f"Settings: {settings}")
+        client.set_tag(self.run_id, "best_model", f"{name}/{version}")
 
 
 def _best_checkpoint(result, metric: str):
-    """(checkpoint, value) with the lowest `metric` among the trial's kept checkpoints."""
-    scored = [(c, m.get(metric)) for c, m in (result.best_checkpoints or []) if m.get(metric) is not None]
-    scored = [(c, v) for c, v in scored if not math.isnan(v)]
-    return min(scored, key=lambda cv: cv[1]) if scored else None
+    """(checkpoint, value, metrics) with the lowest `metric` among the trial's kept
+    checkpoints (the best is always kept: CheckpointConfig scores them by it)."""
+    scored = [(c, m.get(metric), m) for c, m in (result.best_checkpoints or []) if m.get(metric) is not None]
+    scored = [(c, v, m) for c, v, m in scored if not math.isnan(v)]
+    return min(scored, key=lambda cvm: cvm[1]) if scored else None
 
 
 def trial_rows(results, metric: str) -> list[dict]:
@@ -180,7 +222,8 @@ def trial_rows(results, metric: str) -> list[dict]:
         rows.append({
             "trial_id": m.get("trial_id", ""),
             "status": "ok" if result.error is None else "error",
-            "objective": m.get(metric, math.nan),
+            # The trial's score: its best evaluation of the metric (tune/trainable.py).
+            "objective": m.get("objective", math.nan) if math.isfinite(m.get("objective", math.nan)) else math.nan,
             "episodes": m.get("episodes", 0),
             "eval/bit_error_all": m.get("eval/bit_error_all", math.nan),
             "eval/bit_error_erased": m.get("eval/bit_error_erased", math.nan),
@@ -221,9 +264,10 @@ def objective_plot(rows: list[dict], metric: str):
     ax.set_xscale("log")
     ax.set_yscale("log")
     ax.set_xlabel("eta (initial plasticity rate)")
-    ax.set_ylabel(f"{metric} (last reported)")
+    ax.set_ylabel(f"{metric} (best evaluation of each trial)")
     ax.set_title("objective against eta, per rule")
     ax.grid(True, alpha=0.3)
-    ax.legend()
+    if ax.get_legend_handles_labels()[0]:  # no finished trial, nothing to label
+        ax.legend()
     fig.tight_layout()
     return fig

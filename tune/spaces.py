@@ -163,3 +163,38 @@ def check_constants(task: str, preset_name: str, overrides: dict[str, Any]) -> N
     from plasticity.train import preflight
 
     preflight(preset(task, preset_name, **overrides))
+
+
+def _gates(space: dict[str, dict[str, Any]], name: str) -> dict[str, Any]:
+    """Values of the parameters that `name` depends on (`when`), transitively: the first
+    allowed value of each, so that `name` is drawn."""
+    out: dict[str, Any] = {}
+    for other, allowed in (space[name].get("when") or {}).items():
+        if other in space:
+            out.update(_gates(space, other))
+        out[other] = allowed[0] if isinstance(allowed, list) else allowed
+    return out
+
+
+def check_space_limits(space: dict[str, dict[str, Any]], task: str, preset_name: str,
+                       overrides: dict[str, Any]) -> None:
+    """Refuse a space that can draw a value a trial's config rejects, before any trial
+    runs: every choice and both ends of every range, each with the preset and the fixed
+    values (and the switches it depends on). Raises one `ConfigError` naming the parameter,
+    the value and the config's limit."""
+    from plasticity.config import preset
+
+    for name, spec in space.items():
+        if name.startswith(SWITCH_PREFIX):
+            continue
+        values = spec["choices"] if spec["type"] == "categorical" else [spec["low"], spec["high"]]
+        gates = {k: v for k, v in _gates(space, name).items() if not k.startswith(SWITCH_PREFIX)}
+        for value in values:
+            if spec["type"] == "int":
+                value = int(value)
+            try:
+                preset(task, preset_name, **{**overrides, **gates, name: value})
+            except ConfigError as e:
+                where = "" if spec["type"] == "categorical" else (" (low)" if value == spec["low"] else " (high)")
+                raise ConfigError(f"search space parameter {name!r} can draw {value!r}{where}, which a trial "
+                                  f"refuses: {e}") from None

@@ -16,21 +16,28 @@ trial starts. Run it again with `--resume` after a crash: finished trials are ke
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import io
+import logging
 import os
 import socket
 import sys
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
 import tyro
 
+from plasticity.cli import parse_args
 from plasticity.config import PRESETS
 from plasticity.errors import ConfigError, PlasticityError, TrackingError, check_positive
 from plasticity.redact import redact
-from tune.spaces import SPACES, check_constants, define_by_run, load_space, validate_space
+from tune.spaces import SPACES, check_constants, check_space_limits, define_by_run, load_space, validate_space
+
+OBJECTIVE = "objective"
+"""The key under which trials report their score (see tune/trainable.py)."""
 
 
 @dataclass
@@ -72,8 +79,8 @@ class SweepArgs:
     address: str | None = None
     """Ray cluster address (e.g. ray://host:10001 or auto); default: $RAY_ADDRESS or a local Ray."""
     tracking_uri: str | None = None
-    """MLflow tracking URI; default $MLFLOW_TRACKING_URI, else sqlite:///mlruns.db here."""
-    no_tracking: bool = False
+    """MLflow tracking URI; when unset, $MLFLOW_TRACKING_URI or sqlite:///mlruns.db here."""
+    no_tracking: Annotated[bool, tyro.conf.FlagCreatePairsOff] = False
     """Do not log to MLflow."""
     experiment: str = "plasticity-sweeps"
     """MLflow experiment for the parent and child runs."""
@@ -92,6 +99,9 @@ class SweepArgs:
     """Seed of the searcher."""
     smoke_test: bool = False
     """A tiny sweep (4 trials x 1024 episodes) to check the setup end to end."""
+    verbose: bool = False
+    """Show Ray's, MLflow's and Optuna's own output on the terminal (default: one progress
+    view; their logging goes to sweep.log in the results folder)."""
 
 
 def _fail(message: str) -> None:
@@ -194,33 +204,73 @@ def parse_fixed(items: list[str], task: str) -> dict:
     return out
 
 
+def build_kernels_first(args: SweepArgs) -> None:
+    """Build the fused C++ kernels once, here, before any trial: the trials on this machine
+    load them from the shared on-disk cache, so no trial's clock or speed includes the
+    build. Where they cannot be built the trials run the torch-op kernels (said here)."""
+    from plasticity.config import preset
+
+    cfg = preset(args.task, args.preset, **args.overrides)
+    if getattr(cfg, "impl", None) != "fused" or args.task == "maze" or args.gpus_per_trial > 0:
+        return
+    from plasticity.nn.fused import build_kernels
+
+    seconds, ok = build_kernels()
+    if ok:
+        print(f"fused C++ kernels ready ({seconds:.1f} s, before any trial)", flush=True)
+    else:
+        print("fused C++ kernels cannot be built here (no C++ compiler?): the trials run the slower torch-op "
+              "kernels; install g++ (e.g. apt-get install g++) to build them", flush=True)
+
+
 def run_sweep(args: SweepArgs):
     """Check everything, run the sweep, write the summary. Returns the ResultGrid."""
     from plasticity.tracking.mlflow import check_tracking, default_tracking_uri
 
     args = resolve(args)
+    held = None
+    if not args.verbose:
+        from tune.progress import quiet_logging
+
+        held = quiet_logging()
     space = validate_space(load_space(args.space) if args.space else SPACES[args.task], args.task)
     check_constants(args.task, args.preset, args.overrides)
+    check_space_limits(space, args.task, args.preset, args.overrides)
     tracking_uri = None if args.no_tracking else (args.tracking_uri or default_tracking_uri())
     if tracking_uri is not None:
         check_tracking(tracking_uri)
     optuna_storage = check_optuna_storage(args.storage)
-    connect_ray(args.address)
+    build_kernels_first(args)
+    said = io.StringIO()
+    # Ray's start-up notices (it sets up its console logging while starting) go to the log.
+    with contextlib.redirect_stderr(said) if held is not None else contextlib.nullcontext():
+        connect_ray(args.address)
     check_gpus(args.gpus_per_trial)
+    log_file = None
+    if held is not None:
+        from tune.progress import log_to_file
+
+        # After Ray started (it gives its loggers handlers then), before any trial.
+        local = "://" not in args.storage_path
+        log_file = (Path(args.storage_path) / args.name if local else Path.cwd()) / f"sweep-{args.name}.log"
+        log_to_file(held, log_file)
+        for line in said.getvalue().strip().splitlines():
+            logging.getLogger("ray").info(line)
 
     from ray import tune
     from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
     from ray.tune.search import ConcurrencyLimiter
-    from ray.tune.search.optuna import OptunaSearch
 
+    from tune.progress import ProgressView
     from tune.report import SweepTracker, TrialCounter
+    from tune.search import SweepSearch
     from tune.trainable import SweepContext, train_trial
 
     tracker = SweepTracker.open(tracking_uri, args.experiment, args.name, asdict(args)) if tracking_uri else None
-    counter = tracker.callback() if tracker else TrialCounter()
+    counter = tracker.callback(args.max_episodes) if tracker else TrialCounter()
     sweep = SweepContext(task=args.task, preset=args.preset, max_episodes=args.max_episodes, overrides=args.overrides,
                          eval_every=args.eval_every, tracking_uri=tracking_uri, experiment=args.experiment,
-                         parent_run_id=tracker.run_id if tracker else None, sweep_name=args.name)
+                         parent_run_id=tracker.run_id if tracker else None, sweep_name=args.name, metric=args.metric)
     trainable = tune.with_resources(tune.with_parameters(train_trial, sweep=sweep),
                                     {"cpu": args.cpus_per_trial, "gpu": args.gpus_per_trial})
     path = f"{args.storage_path.rstrip('/')}/{args.name}"
@@ -233,13 +283,15 @@ def run_sweep(args: SweepArgs):
 
         sampler = (optuna.samplers.TPESampler(seed=args.seed) if args.search == "optuna"
                    else optuna.samplers.RandomSampler(seed=args.seed))
-        metrics = [args.metric, "model/params"] if args.multi_objective else args.metric
+        # A trial's score is its best evaluation of the metric so far (`objective`, reported
+        # by the trainable): Optuna, ASHA, the summary and the registered model all use it.
+        metrics = [OBJECTIVE, "model/params"] if args.multi_objective else OBJECTIVE
         modes = ["min", "min"] if args.multi_objective else "min"
-        searcher = OptunaSearch(define_by_run(space, {}), metric=metrics, mode=modes, sampler=sampler,
-                                study_name=args.name, storage=optuna_storage, seed=args.seed)
+        searcher = SweepSearch(define_by_run(space, {}), metric=metrics, mode=modes, sampler=sampler,
+                               study_name=args.name, storage=optuna_storage, max_t=args.max_episodes)
         searcher = ConcurrencyLimiter(searcher, max_concurrent=args.max_concurrent)
         if args.scheduler == "asha":
-            scheduler = ASHAScheduler(time_attr="episodes", metric=args.metric, mode="min",
+            scheduler = ASHAScheduler(time_attr="episodes", metric=OBJECTIVE, mode="min",
                                       max_t=args.max_episodes, grace_period=2 * args.eval_every,
                                       reduction_factor=2)
         else:
@@ -248,33 +300,101 @@ def run_sweep(args: SweepArgs):
             trainable,
             tune_config=tune.TuneConfig(search_alg=searcher, scheduler=scheduler, num_samples=args.num_samples),
             run_config=tune.RunConfig(
-                name=args.name, storage_path=args.storage_path, verbose=1,
+                name=args.name, storage_path=args.storage_path, verbose=1 if args.verbose else 0,
                 failure_config=tune.FailureConfig(max_failures=args.max_failures),
-                checkpoint_config=tune.CheckpointConfig(num_to_keep=2, checkpoint_score_attribute=args.metric,
+                # Every checkpoint is kept (one per evaluation, eval_every = max_episodes / 8 by
+                # default): keeping fewer forces an experiment snapshot each time a trial has
+                # written that many, which Ray warns about at every evaluation.
+                checkpoint_config=tune.CheckpointConfig(checkpoint_score_attribute=args.metric,
                                                         checkpoint_score_order="min"),
                 callbacks=[counter]),
         )
-    if args.resume:
-        # Tuner.restore brings back the callbacks pickled by the first driver; use this
-        # session's (its counts, its MLflow client). Tune has no public setter for this.
-        tuner._local_tuner.get_run_config().callbacks = [counter]
-    results = tuner.fit()
+    # Trials report `objective` from their first finite evaluation on, not before.
+    os.environ.setdefault("TUNE_DISABLE_STRICT_METRIC_CHECKING", "1")
+    progress = ProgressView(args.num_samples, args.max_episodes, args.metric)
+    # Tuner.restore brings back the callbacks pickled by the first driver; use this
+    # session's (its counts, its MLflow client). Tune has no public setter for this.
+    tuner._local_tuner.get_run_config().callbacks = [counter, progress]
+    print(f"sweep {args.name}: {args.num_samples} trials of up to {args.max_episodes} episodes, "
+          f"{args.max_concurrent} at a time" + (f"; logs in {log_file}" if log_file else ""), flush=True)
+    try:
+        results = tuner.fit()
+    finally:
+        progress.close()
     counts = counter.counts()
-    print(f"sweep {args.name}: trials " + ", ".join(f"{k} {v}" for k, v in counts.items()), flush=True)
     if tracker is not None:
         tracker.summarise(results, args, sweep, counts)
+    from tune.summary import collect, results_folder, show
+
+    view = collect(args.name, args.storage, tracking_uri, args.experiment,
+                   results=results_folder(args.storage_path, args.name))
+    print(show(view), flush=True)
+    # This driver session's trial events (the cluster fault tests read this line).
+    print(f"sweep {args.name}: trials " + ", ".join(f"{k} {v}" for k, v in counts.items()), flush=True)
     return results
 
 
+@dataclass
+class ShowArgs:
+    """Print a sweep's answer from its stores (Optuna + MLflow): the top trials, the best
+    trial as a `plasticity train` command, the registered model and where to look. Works
+    while the sweep runs."""
+
+    name: Annotated[str, tyro.conf.Positional]
+    """The sweep's name (printed when it started; the Optuna study's name)."""
+    tracking_uri: str | None = None
+    """MLflow tracking URI; when unset, $MLFLOW_TRACKING_URI or sqlite:///mlruns.db here."""
+    no_tracking: Annotated[bool, tyro.conf.FlagCreatePairsOff] = False
+    """Read the Optuna study only."""
+    experiment: str = "plasticity-sweeps"
+    """MLflow experiment of the sweep."""
+    storage: str | None = None
+    """Optuna storage URL; default $OPTUNA_STORAGE, else sqlite:///optuna.db here."""
+    storage_path: str | None = None
+    """Folder of Ray's results; default $PLASTICITY_STORAGE_PATH, else ray_results here."""
+
+
+def show_main(argv: list[str], prog: str) -> int:
+    from plasticity.tracking.mlflow import default_tracking_uri
+    from tune.summary import collect, results_folder, show
+
+    args = parse_args(ShowArgs, argv, prog=f"{prog} show")
+    storage = args.storage or os.environ.get("OPTUNA_STORAGE") or f"sqlite:///{Path.cwd() / 'optuna.db'}"
+    if storage.startswith("sqlite:///") and not Path(storage.removeprefix("sqlite:///")).is_file():
+        _fail(f"no Optuna storage at {storage}: run this where the sweep ran, or pass --storage")
+    tracking = None if args.no_tracking else (args.tracking_uri or default_tracking_uri())
+    storage_path = args.storage_path or os.environ.get("PLASTICITY_STORAGE_PATH") or "ray_results"
+    storage_path = str(Path(storage_path).resolve()) if "://" not in storage_path else storage_path
+    try:
+        print(show(collect(args.name, storage, tracking, args.experiment,
+                           results=results_folder(storage_path, args.name))))
+    except (PlasticityError, TrackingError) as e:
+        _fail(str(e))
+    return 0
+
+
 def main(argv: list[str] | None = None, prog: str = "python -m tune.sweep") -> int:
-    args = tyro.cli(SweepArgs, args=sys.argv[1:] if argv is None else argv, prog=prog)
+    argv = sys.argv[1:] if argv is None else argv
+    if argv and argv[0] == "show":
+        return show_main(argv[1:], prog)
+    args = parse_args(SweepArgs, argv, prog=prog)
     try:
         results = run_sweep(args)
     except (PlasticityError, TrackingError) as e:
         _fail(str(e))
     ok = [r for r in results if r.error is None]
     print(f"sweep {args.name}: {len(ok)}/{len(results)} trials finished without error")
+    if len(results) and not ok:
+        print(f"plasticity sweep: error: all {len(results)} trials failed; the first: "
+              f"{first_error_line(results[0].error)}", file=sys.stderr)
+        return 1
     return 0
+
+
+def first_error_line(error: BaseException | None) -> str:
+    """The line of a trial's error that says what went wrong (Ray wraps it in a traceback)."""
+    lines = [ln.strip() for ln in str(error or "").strip().splitlines() if ln.strip()]
+    return (lines[-1] if lines else type(error).__name__)[:300]
 
 
 if __name__ == "__main__":

@@ -8,6 +8,7 @@ writing to the same MLflow run (the run id travels in the checkpoint folder).
 from __future__ import annotations
 
 import json
+import math
 import os
 import shutil
 import sys
@@ -23,10 +24,14 @@ from ray import tune
 from plasticity.config import preset
 from plasticity.errors import TrackingError
 from plasticity.tracking.mlflow import MlflowTracker, check_tracking, experiment_id
+from plasticity.tracking.params import applicable_params
 from plasticity.train import train
+from tune.search import TRIAL_NUMBER
 from tune.spaces import SWITCH_PREFIX
+from tune.summary import HEADLINE, trial_label
 
 RUN_ID_FILE = "mlflow_run_id"
+BEST_FILE = "best.json"
 # How long a trial waits for the tracking server (a restart) before going on without it.
 TRACKING_WAIT_S = 300.0
 
@@ -44,17 +49,54 @@ class SweepContext:
     experiment: str = "plasticity-sweeps"
     parent_run_id: str | None = None
     sweep_name: str = "sweep"
+    metric: str = "eval/loss"
+    """The objective (minimised). A trial's score is its best (lowest) evaluation of it,
+    reported as `objective`; Optuna, ASHA, the summary and the registered model use it."""
+
+
+def label(trial_id: str, drawn: dict[str, Any]) -> str:
+    """`t003` for the study's trial number 3 (Ray's id where there is none)."""
+    number = drawn.get(TRIAL_NUMBER)
+    return f"t{number:03d}" if isinstance(number, int) else trial_label(trial_id)
+
+
+def run_name(name: str, cfg) -> str:
+    """`t003 eta=0.031 oja yoked`: the run's number and the settings people compare."""
+    parts = [name]
+    if cfg.model not in ("plastic",):
+        parts.append(cfg.model)
+    if cfg.model not in ("rnn", "lstm"):
+        parts += [f"eta={cfg.eta:.2g}", cfg.rule, cfg.alpha_mode]
+    return " ".join(parts)
+
+
+def trial_params(sweep: SweepContext, cfg, drawn: dict[str, Any]) -> dict[str, Any]:
+    """What the child run logs: the resolved config, only fields that apply to its model
+    and task, `episodes_planned` instead of `episodes`, and the drawn switches."""
+    params = applicable_params(cfg)
+    params["episodes_planned"] = params.pop("episodes")
+    params.update({k: v for k, v in drawn.items() if k.startswith(SWITCH_PREFIX)})
+    return params
+
+
+def trial_tags(trial_id: str, name: str, sweep: SweepContext, cfg) -> dict[str, str]:
+    """Tags the MLflow runs table can show as columns without opening a run."""
+    tags = {"trial_id": trial_id, "trial": name, "sweep": sweep.sweep_name, "task": cfg.task,
+            "model": cfg.model, "objective_metric": sweep.metric}
+    if cfg.model not in ("rnn", "lstm"):
+        tags.update(eta=f"{cfg.eta:.3g}", rule=cfg.rule, alpha_mode=cfg.alpha_mode)
+    return tags
 
 
 def trial_config(sweep: SweepContext, params: dict[str, Any], out: str):
     # Ray hands over every drawn Optuna parameter; switches only gate others.
-    params = {k: v for k, v in params.items() if not k.startswith(SWITCH_PREFIX)}
+    params = {k: v for k, v in params.items() if not k.startswith(SWITCH_PREFIX) and k != TRIAL_NUMBER}
     cfg = preset(sweep.task, sweep.preset, **{**sweep.overrides, **params})
     return cfg.replace(episodes=sweep.max_episodes, eval_every=sweep.eval_every,
                        checkpoint_every=sweep.eval_every, out=out)
 
 
-def _open_tracker(sweep: SweepContext, cfg, run_id: str | None, trial_id: str, trial_name: str):
+def _open_tracker(sweep: SweepContext, cfg, run_id: str | None, trial_id: str, drawn: dict[str, Any]):
     """The trial's MLflow run: the one named in its checkpoint, else the one an earlier
     attempt of this trial created (it failed before its first checkpoint), else a new one."""
     if sweep.tracking_uri is None:
@@ -66,18 +108,19 @@ def _open_tracker(sweep: SweepContext, cfg, run_id: str | None, trial_id: str, t
         run_id = runs[0].info.run_id if runs else None
     if run_id:
         return MlflowTracker(client, run_id, sweep.tracking_uri)
-    return MlflowTracker.open(sweep.tracking_uri, sweep.experiment, trial_name, cfg.to_dict(),
-                              tags={"trial_id": trial_id, "sweep": sweep.sweep_name, "task": cfg.task},
+    name = label(trial_id, drawn)
+    return MlflowTracker.open(sweep.tracking_uri, sweep.experiment, run_name(name, cfg),
+                              trial_params(sweep, cfg, drawn), tags=trial_tags(trial_id, name, sweep, cfg),
                               parent_run_id=sweep.parent_run_id)
 
 
-def open_tracker(sweep: SweepContext, cfg, run_id: str | None, trial_id: str, trial_name: str):
+def open_tracker(sweep: SweepContext, cfg, run_id: str | None, trial_id: str, drawn: dict[str, Any]):
     """`_open_tracker`, waiting up to TRACKING_WAIT_S for a tracking server that is down
     (restarting): the trial must not fail because of it. Wrong credentials fail at once."""
     deadline = time.monotonic() + TRACKING_WAIT_S
     while True:
         try:
-            return _open_tracker(sweep, cfg, run_id, trial_id, trial_name)
+            return _open_tracker(sweep, cfg, run_id, trial_id, drawn)
         except TrackingError as e:
             if "credentials refused" in str(e) or time.monotonic() >= deadline:
                 raise
@@ -113,6 +156,8 @@ def train_trial(config: dict[str, Any], sweep: SweepContext) -> None:
     # Where (and on what) each attempt ran: read by the placement test, kept with the trial.
     (trial_dir / "placement.json").write_text(json.dumps({**placement, "started": time.time()}))
     run_dir, resume, run_id = trial_dir / "run", None, None
+    # The trial's score so far (kept across a retry in the checkpoint folder).
+    best: dict[str, float] = {"objective": math.inf}
     previous = tune.get_checkpoint()
     if previous is not None:
         with previous.as_directory() as d:
@@ -120,19 +165,31 @@ def train_trial(config: dict[str, Any], sweep: SweepContext) -> None:
             resume = shutil.copy(Path(d) / "checkpoint.pt", run_dir / "checkpoint.pt")
             id_file = Path(d) / RUN_ID_FILE
             run_id = id_file.read_text().strip() if id_file.is_file() else None
-    tracker = open_tracker(sweep, cfg, run_id, ctx.get_trial_id(), ctx.get_trial_name())
+            if (Path(d) / BEST_FILE).is_file():
+                best = json.loads((Path(d) / BEST_FILE).read_text())
+    tracker = open_tracker(sweep, cfg, run_id, ctx.get_trial_id(), config)
     if tracker is not None:
         # Which node ran (the latest attempt of) this trial: shown in MLflow, used by tests.
         tracker.attempt(tracker.client.set_tag, tracker.run_id, "ray_node_id", ray.get_runtime_context().get_node_id())
         for key, value in placement.items():
             tracker.attempt(tracker.client.set_tag, tracker.run_id, f"ray_{key}", value)
 
+    headline = HEADLINE.get(cfg.task)
+
     def report(step: int, metrics: dict[str, float], files: dict[str, Path]) -> None:
+        value = metrics.get(sweep.metric)
+        if value is not None and not math.isnan(value) and value < best["objective"]:
+            best.update({"objective": value, "objective_episode": step})
+            if headline in metrics:
+                best[f"best/{headline}"] = metrics[headline]
         if tracker is not None:
-            tracker(step, metrics, files)
+            tracker(step, {**metrics, **best} if math.isfinite(best["objective"]) else metrics, files)
             # Tune may stop this process at this report (ASHA): leave nothing buffered.
             tracker.deliver(TRACKING_WAIT_S)
-        metrics = {**metrics, "episodes": step}
+        # Tune gets finite values only (a diverged evaluation fails the trial by itself, and
+        # its NaN would only make Ray's loggers complain); `objective` from the first finite one.
+        metrics = {k: v for k, v in {**metrics, **best, "episodes": step}.items()
+                   if not isinstance(v, float) or math.isfinite(v)}
         if "checkpoint" not in files:
             tune.report(metrics)
             return
@@ -140,6 +197,7 @@ def train_trial(config: dict[str, Any], sweep: SweepContext) -> None:
             shutil.copy(files["checkpoint"], Path(d) / "checkpoint.pt")
             if tracker is not None:
                 (Path(d) / RUN_ID_FILE).write_text(tracker.run_id)
+            (Path(d) / BEST_FILE).write_text(json.dumps(best))
             tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(d))
 
     try:

@@ -55,10 +55,13 @@ class _ForeignObject(pickle.UnpicklingError):
 
 class _BatchUnpickler(pickle.Unpickler):
     """Unpickles a CIFAR-10 batch and nothing else: the only globals a batch refers to are
-    numpy's array reconstruction (a foreign pickle could otherwise run code on load)."""
+    numpy's array reconstruction (any pickle protocol, numpy 1 or 2 module names) and, in
+    protocol 2 pickles written by Python 3, `_codecs.encode` for byte strings. Anything
+    else is refused before it is called (a foreign pickle could otherwise run code)."""
 
     ALLOWED = {("numpy", "ndarray"), ("numpy", "dtype"), ("numpy.core.multiarray", "_reconstruct"),
-               ("numpy._core.multiarray", "_reconstruct")}
+               ("numpy._core.multiarray", "_reconstruct"), ("numpy.core.numeric", "_frombuffer"),
+               ("numpy._core.numeric", "_frombuffer"), ("_codecs", "encode")}
 
     def find_class(self, module: str, name: str):
         if (module, name) not in self.ALLOWED:
@@ -73,12 +76,20 @@ def read_batch(path: Path) -> tuple[np.ndarray, np.ndarray]:
     try:
         with open(path, "rb") as f:
             batch = _BatchUnpickler(f, encoding="bytes").load()
-        data, labels = batch[b"data"], batch[b"labels"]
     except _ForeignObject as e:
-        raise DataError(f"CIFAR-10 file {path} is not a CIFAR-10 batch ({e}): delete it and {FIX}") from None
-    except (pickle.UnpicklingError, EOFError, ValueError, TypeError, KeyError, AttributeError, IndexError) as e:
+        raise DataError(f"CIFAR-10 file {path} is not a CIFAR-10 batch ({e}; refused without running it): "
+                        f"replace it with a real batch: {FIX}") from None
+    except (pickle.UnpicklingError, EOFError, ValueError, TypeError, KeyError, AttributeError, IndexError,
+            MemoryError, OverflowError) as e:
         raise DataError(f"CIFAR-10 file {path} is truncated or corrupt ({type(e).__name__}): delete it and "
                         f"{FIX}") from None
+    # Python 2 wrote the keys as byte strings; a Python 3 writer may use str keys.
+    keys = {k.decode("latin1") if isinstance(k, bytes) else k: k for k in batch} if isinstance(batch, dict) else {}
+    if "data" not in keys or "labels" not in keys:
+        found = ", ".join(sorted(map(str, keys))) or type(batch).__name__
+        raise DataError(f"CIFAR-10 file {path} has no 'data' and 'labels' entries (it holds {found[:120]}): "
+                        f"a batch is a dict with data (uint8 [n, 3072]) and labels; {FIX}")
+    data, labels = batch[keys["data"]], batch[keys["labels"]]
     data, labels = np.asarray(data), np.asarray(labels, dtype=np.int64)
     if data.dtype != np.uint8 or data.ndim != 2 or data.shape[1] != 3072 or len(labels) != len(data):
         raise DataError(f"CIFAR-10 file {path} has data {data.dtype}{list(data.shape)} and {len(labels)} labels, "

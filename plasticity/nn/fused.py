@@ -24,6 +24,8 @@ import os
 import platform
 import shutil
 import sys
+import time
+import warnings
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
@@ -596,3 +598,17 @@ def plastic_rnn_fused(inputs: Tensor, w: Tensor, alpha: Tensor, eta: Tensor, *, 
     save = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
     out, hebb = _Episode.apply(inputs, keep, y0, h0, w, alpha, eta, spec, save)
     return out, (out[:, -1], hebb)
+
+
+def build_kernels(rules=None) -> tuple[float, bool]:
+    """Build the C++ kernels of `rules` (names; default every rule with a fused form) now,
+    or load them from the on-disk cache that every process of this machine shares, so
+    that no training clock, `--max-minutes` budget or speed metric includes compile time.
+    Returns (seconds it took, whether all are available); where they cannot be built the
+    torch-op kernels run instead (`cpp_kernels` warns once)."""
+    names = [n for n, r in RULES.items() if supports(r)] if rules is None else list(rules)
+    start = time.perf_counter()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # the caller reports the outcome in one line
+        ok = all(cpp_kernels(get_rule(name)) is not None for name in names)
+    return time.perf_counter() - start, ok

@@ -9,9 +9,18 @@ __all__ = ["TASKS", "EpisodicTask", "ImageEpisode", "ImageTask", "OmniglotEpisod
            "PatternTask", "make_task", "register_task"]
 
 
-def make_task(cfg):
-    """The task object named by `cfg.task`, built from `cfg`."""
+def make_task(cfg, split: str | None = None):
+    """The task object named by `cfg.task`, built from `cfg`; with `split`, drawing its
+    episodes from that data split (tasks with data), loading only what that split needs."""
+    import inspect
+
     from plasticity.errors import check_choice
 
     check_choice("task", cfg.task, TASKS)
-    return TASKS[cfg.task](cfg)
+    cls = TASKS[cfg.task]
+    if split is None:
+        return cls(cfg)
+    if "split" in inspect.signature(cls).parameters and hasattr(cls, "SPLITS") and split in cls.SPLITS:
+        return cls(cfg, split=split)
+    task = cls(cfg)
+    return task.for_split(split) if hasattr(task, "for_split") else task

@@ -51,6 +51,9 @@ def downsample(images: Tensor, size: int) -> Tensor:
 
 @register_task("images")
 class ImageTask:
+    SPLITS = SPLITS
+    """Data splits this task can draw from (make_task builds one without loading the others)."""
+
     def __init__(self, cfg, split: str = "train", images: Tensor | None = None):
         self.cfg, self.split = cfg, split
         self.side = cfg.image_size

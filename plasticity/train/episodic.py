@@ -194,6 +194,15 @@ class EpisodicAlgorithm:
         _learning_curve_png(history, run_dir)
 
 
+def prepare_kernels(cfg, device: torch.device) -> None:
+    """Build the fused C++ kernels of the run's rule before the training clock starts (a
+    one-time compile that says so on stderr, then cached on disk)."""
+    from plasticity.nn.fused import build_kernels
+
+    if cfg.model == "plastic" and cfg.impl == "fused" and device.type == "cpu":
+        build_kernels([cfg.rule])
+
+
 def train(cfg, report: Report | None = None, *, resume: str | Path | None = None,
           progress: bool = True, run_dir: str | Path | None = None, given: set[str] | None = None) -> TrainResult:
     """Train the model described by `cfg`; see the module docstring and `plasticity.train.loop`
@@ -207,6 +216,7 @@ def train(cfg, report: Report | None = None, *, resume: str | Path | None = None
     if ckpt is not None:
         check_task_state(task, ckpt, resume)
         restore_state(model, optimizer, ckpt)
+    prepare_kernels(cfg, device)
     algo = EpisodicAlgorithm(cfg, task, model, device)
     n_params = count_parameters(model)
     result = run_loop(cfg, algo, optimizer, run_dir=run_dir, report=report, ckpt=ckpt, progress=progress,
@@ -235,11 +245,15 @@ def _learning_curve_png(history: list[dict], run_dir: Path) -> Path | None:
     return path
 
 
-def model_from_checkpoint(path: str | Path, config_cls, device: str = "cpu"):
-    """(model, cfg, checkpoint) rebuilt from a checkpoint: the architecture comes from it."""
+def model_from_checkpoint(path: str | Path, config_cls, device: str = "cpu", split: str | None = None,
+                          data_dir: str | None = None):
+    """(model, cfg, checkpoint) rebuilt from a checkpoint: the architecture comes from it.
+    `split` / `data_dir`: the data the model will be scored on (only that split is loaded)."""
     ckpt = load_checkpoint(path, map_location=device)
     cfg = config_cls.from_dict(ckpt["config"])
-    task = make_task(cfg)
+    if data_dir is not None and hasattr(cfg, "data_dir"):
+        cfg = cfg.replace(data_dir=str(data_dir))  # the user's folder, not the one training used
+    task = make_task(cfg, split)
     check_task_state(task, ckpt, path)
     model = load_weights(make_model(cfg, task), ckpt, path)
     return model.to(device), cfg, ckpt
@@ -249,7 +263,7 @@ __all__ = ["ModelConfig", "TrainResult", "evaluate", "model_from_checkpoint", "t
 
 
 def evaluate_checkpoint(path: str | Path, config_cls, *, episodes: int, seed: int, figure: Path,
-                        device: str = "cpu", split: str = "test") -> dict:
+                        device: str = "cpu", split: str = "test", data_dir: str | None = None) -> dict:
     """Score a checkpoint on `episodes` fresh episodes drawn from `seed` (from the data
     split `split` for tasks with data); write its figure. Accuracies and per-episode
     metrics get a 95% interval (`*_ci95`); learned plasticity values are included.
@@ -259,11 +273,9 @@ def evaluate_checkpoint(path: str | Path, config_cls, *, episodes: int, seed: in
 
     check_positive("episodes", episodes)
     dev = resolve_device(device)
-    model, cfg, ckpt = model_from_checkpoint(path, config_cls, device=str(dev))
-    task = make_task(cfg)
-    if hasattr(task, "for_split"):
-        task = task.for_split(split)
-    else:
+    model, cfg, ckpt = model_from_checkpoint(path, config_cls, device=str(dev), split=split, data_dir=data_dir)
+    task = make_task(cfg, split)
+    if not hasattr(task, "for_split"):
         check_no_split(cfg.task, split)
     g = torch.Generator().manual_seed(seed)
     chunk = task_eval_chunk(task, cfg)

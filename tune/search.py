@@ -1,0 +1,66 @@
+"""Ray Tune's OptunaSearch with the trial states Optuna should hold.
+
+Ray's searcher tells Optuna COMPLETE for every trial that reported a value, also for a
+trial ASHA stopped early and for one that failed after reporting. Here:
+
+- a trial that ran its planned episodes: COMPLETE with its score (`objective`: the best
+  evaluation of the sweep's metric);
+- a trial stopped before them (ASHA): PRUNED, with its last reported intermediate
+  value (for `objective`, its best so far);
+- a trial that failed for good: FAIL.
+
+Each Optuna trial carries its Ray trial id (user attribute `ray_trial_id`), which joins
+the study with the MLflow child runs (tag `trial_id`).
+"""
+
+from __future__ import annotations
+
+from ray.tune.result import TRAINING_ITERATION
+from ray.tune.search.optuna import OptunaSearch
+
+TRIAL_NUMBER = "trial_number"
+"""Config key carrying the Optuna trial's number to the trainable (not a config field)."""
+
+
+class SweepSearch(OptunaSearch):
+    def __init__(self, *args, max_t: int, time_attr: str = "episodes", **kwargs):
+        super().__init__(*args, **kwargs)
+        self.max_t, self.time_attr = max_t, time_attr
+
+    def suggest(self, trial_id: str):
+        config = super().suggest(trial_id)
+        ot_trial = self._ot_trials.get(trial_id)
+        if ot_trial is not None and isinstance(config, dict):
+            ot_trial.set_user_attr("ray_trial_id", trial_id)
+            # The trial's number in the study names it everywhere (t003): runs, table, progress.
+            config = {**config, TRIAL_NUMBER: ot_trial.number}
+        return config
+
+    def on_trial_result(self, trial_id: str, result: dict):
+        # A trial reports its score only once it has a finite evaluation.
+        if isinstance(self.metric, list) or self.metric in result:
+            super().on_trial_result(trial_id, result)
+
+    def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False):
+        if trial_id in self._completed_trials or trial_id not in self._ot_trials:
+            return super().on_trial_complete(trial_id, result, error)
+        from optuna.trial import TrialState
+
+        ot_trial = self._ot_trials[trial_id]
+        stopped_early = bool(result) and result.get(self.time_attr, 0) < self.max_t
+        if error:
+            state, values = TrialState.FAIL, None
+        elif stopped_early and not isinstance(self.metric, list):
+            # Optuna takes the last intermediate value. The result at which the scheduler
+            # stopped the trial comes here, not through on_trial_result: report it first.
+            if result.get(self.metric) is not None:
+                ot_trial.report(result[self.metric], result[TRAINING_ITERATION])
+            state, values = TrialState.PRUNED, None
+        else:
+            values = ([result.get(m) for m in self.metric] if isinstance(self.metric, list)
+                      else result.get(self.metric)) if result else None
+            state = TrialState.COMPLETE if values is not None else TrialState.FAIL
+        if stopped_early:
+            ot_trial.set_user_attr("stopped_at", result.get(self.time_attr))
+        self._ot_study.tell(ot_trial, values, state=state)
+        self._completed_trials.add(trial_id)
