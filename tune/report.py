@@ -157,10 +157,11 @@ class SweepTracker:
             if ckpt is None or run is None:
                 continue
             checkpoint, value = ckpt
+            child = MlflowTracker(self.parent.client, run.info.run_id, self.parent.uri)
             with checkpoint.as_directory() as d:
                 model, _, _ = model_from_checkpoint(Path(d) / "checkpoint.pt", CONFIGS[args.task])
-            child = MlflowTracker(self.parent.client, run.info.run_id, self.parent.uri)
-            uri = child.log_model(model)
+                # The checkpoint gives the model its episode pyfunc (plasticity.serving).
+                uri = child.log_model(model, checkpoint=Path(d) / "checkpoint.pt")
             if value < best_value:
                 best_uri, best_value = uri, value
         return best_uri
