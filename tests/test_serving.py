@@ -20,10 +20,15 @@ SMALL = dict(episodes=512, eval_every=512, eval_episodes=32, checkpoint_every=51
 
 @pytest.fixture(scope="session")
 def checkpoint(tmp_path_factory):
-    """A tiny patterns model (50 bits, 2 patterns) trained in process: ~20 s on 2 cores."""
+    """A tiny patterns model (50 bits, 2 patterns) trained in process: ~20 s on 2 cores.
+    Kept in the session's base folder, so test_serving_http.py (which imports this
+    fixture) finds it instead of training again."""
     from plasticity.train import train
 
-    out = tmp_path_factory.mktemp("runs")
+    out = tmp_path_factory.getbasetemp() / "serving-runs"
+    found = sorted(out.glob("*/checkpoint.pt"))
+    if found:
+        return found[0]
     result = train(preset("patterns", "small", out=str(out), **SMALL), progress=False)
     return result.checkpoint
 

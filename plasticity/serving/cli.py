@@ -49,6 +49,8 @@ class ServeArgs:
     """How long a step waits for others to join its batch."""
     threads: int = 0
     """torch threads per shard (0: torch's default)."""
+    shard_cpus: float = 1.0
+    """CPUs Ray reserves for each shard (the gateway reserves none)."""
     token_file: str | None = None
     """File holding the API token (chmod 600); else $PLASTICITY_SERVE_TOKEN; else no token."""
 
@@ -72,7 +74,8 @@ def main(argv: list[str]) -> int:
     token = ray_app.read_token(args.token_file)
     settings = ray_app.ServeSettings(shards=args.shards, max_sessions=args.max_sessions,
                                      idle_timeout_s=args.idle_timeout, max_batch_size=args.max_batch_size,
-                                     batch_wait_s=args.batch_wait_ms / 1000, threads=args.threads)
+                                     batch_wait_s=args.batch_wait_ms / 1000, threads=args.threads,
+                                     shard_cpus=args.shard_cpus)
     ray_app.start(args.model, settings, host=args.host, port=args.port, address=args.address,
                   num_cpus=args.num_cpus, token=token)
     print(f"serving {args.model} on http://{args.host}:{args.port} ({args.shards} shard(s), "
