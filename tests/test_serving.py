@@ -88,8 +88,9 @@ def random_schedule(served: ServedModel, seed: int) -> np.ndarray:
     return served.layout.schedule(torch.from_numpy(ex[:-1]), torch.from_numpy(ex[-1])).numpy()
 
 
-def test_session_steps_equal_one_run_and_sessions_do_not_share_memory(served):
-    store = SessionStore(served)
+@pytest.mark.parametrize("max_forward", [None, 2], ids=["one-forward", "forwards-of-2"])
+def test_session_steps_equal_one_run_and_sessions_do_not_share_memory(served, max_forward):
+    store = SessionStore(served, max_forward=max_forward)
     a, b, c = store.create(), store.create(), store.create()
     sa, sb, sc = (random_schedule(served, s) for s in (1, 2, 3))
     outs = {a: [], b: [], c: []}
