@@ -54,23 +54,38 @@ def wait_http(url: str, proc: subprocess.Popen, log: Path, timeout: float = 240)
         try:
             urllib.request.urlopen(url, timeout=2)
             return
-        except urllib.error.HTTPError:
-            return  # it answers (401 without a token)
+        except urllib.error.HTTPError as e:
+            if e.code not in (404, 503):
+                return  # the app answers (401 without a token)
+            time.sleep(1)  # Serve's proxy is up, the app not yet
         except OSError:
             time.sleep(1)
     raise TimeoutError(f"{url} not answering after {timeout} s:\n{log.read_text()[-3000:]}")
 
 
 @pytest.fixture(scope="module")
-def serve_url(checkpoint):  # noqa: F811
-    """`plasticity serve` with 2 shards, at most 4 sessions, a token from the environment."""
+def registry(checkpoint, tmp_path_factory):  # noqa: F811
+    """A SQLite tracking store where the checkpoint is registered as plasticity-patterns/1."""
+    from plasticity.serving.mlflow_pyfunc import log_checkpoint
+
+    work = tmp_path_factory.mktemp("registry")
+    uri = f"sqlite:///{work / 'mlruns.db'}"
+    log_checkpoint(checkpoint, uri, register="plasticity-patterns")
+    return uri
+
+
+@pytest.fixture(scope="module")
+def serve_url(registry):
+    """`plasticity serve models:/plasticity-patterns/1` with 2 shards, at most 4 sessions,
+    a token from the environment."""
     port = free_port()
     # A short private folder for Ray's sockets and logs (other Rays run on this machine).
     ray_tmp = tempfile.mkdtemp(prefix="pls", dir="/tmp")
     log = Path(ray_tmp) / "serve.log"
-    env = {**os.environ, "PLASTICITY_SERVE_TOKEN": TOKEN, "RAY_TMPDIR": ray_tmp}
+    env = {**os.environ, "PLASTICITY_SERVE_TOKEN": TOKEN, "RAY_TMPDIR": ray_tmp, "MLFLOW_TRACKING_URI": registry}
     proc = subprocess.Popen(
-        [sys.executable, "-m", "plasticity.cli", "serve", str(checkpoint), "--port", str(port), "--shards", "2",
+        [sys.executable, "-m", "plasticity.cli", "serve", "models:/plasticity-patterns/1", "--port", str(port),
+         "--shards", "2",
          "--max-sessions", "4", "--num-cpus", "2", "--shard-cpus", "0.5", "--batch-wait-ms", "20",
          "--threads", "1"],
         stdout=open(log, "w"), stderr=subprocess.STDOUT, env=env, start_new_session=True)
@@ -191,13 +206,10 @@ def test_serve_command_errors_are_one_line(tmp_path):
 
 
 @pytest.fixture(scope="module")
-def mlflow_url(checkpoint, tmp_path_factory):  # noqa: F811
+def mlflow_url(registry, tmp_path_factory):
     """`mlflow models serve -m models:/plasticity-patterns/1 --env-manager local`."""
-    from plasticity.serving.mlflow_pyfunc import log_checkpoint
-
     work = tmp_path_factory.mktemp("mlflow-serve")
-    uri = f"sqlite:///{work / 'mlruns.db'}"
-    log_checkpoint(checkpoint, uri, register="plasticity-patterns")
+    uri = registry
     port = free_port()
     log = work / "serve.log"
     proc = subprocess.Popen(
