@@ -29,6 +29,17 @@ from plasticity.serving.model import ServedModel, copy_state_into, stack_states,
 from plasticity.train.episodic import eval_chunk
 
 
+def default_max_forward(n_neurons: int) -> int:
+    """Sessions per forward: up to ~16 MB of Hebb per forward while one session's Hebb is
+    under 1 MB (256 at N = 51), else 1. A step is bound by reading and writing each
+    session's own N^2 Hebb, which batching cannot share; stacking the states into a batch
+    and copying them back costs two more passes. Measured on 2 shared cores
+    (benchmarks/bench_serve.py): at N = 51, 64 sessions in one forward made 8x the steps/s
+    of one forward each; at N = 1001, forwards of 4 made 0.6-0.75x."""
+    per_session = 4 * n_neurons * n_neurons
+    return 1 if per_session > (1 << 20) else eval_chunk(n_neurons)
+
+
 @dataclass
 class Session:
     state: object
@@ -48,9 +59,7 @@ class SessionStore:
         idle_timeout_s: a session not stepped, read or reset for this long is deleted.
         id_prefix: put in front of every id (the Serve app routes ids to shards by it).
         max_forward: sessions per forward at most (a larger batch runs as several
-            forwards); default: as many as keep the batch's Hebb near 16 MB (256 at N = 51,
-            4 at N = 1001). Measured on 2 cores at N = 1001: 16 sessions in one forward
-            ran 2.5x slower per step than one at a time (64 MB of Hebb falls out of cache).
+            forwards); default `default_max_forward(N)`.
         clock: seconds, monotonic (tests pass a fake one).
     """
 
@@ -60,7 +69,7 @@ class SessionStore:
         check_positive("idle_timeout_s", idle_timeout_s)
         self.served, self.max_sessions, self.idle_timeout_s = served, max_sessions, idle_timeout_s
         self.id_prefix, self.clock = id_prefix, clock
-        self.max_forward = max_forward or eval_chunk(served.n_neurons)
+        self.max_forward = max_forward or default_max_forward(served.n_neurons)
         check_positive("max_forward", self.max_forward)
         self.sessions: dict[str, Session] = {}
         self.evicted = 0
