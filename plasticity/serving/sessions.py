@@ -35,7 +35,7 @@ def default_max_forward(n_neurons: int) -> int:
     session's own N^2 Hebb, which batching cannot share; stacking the states into a batch
     and copying them back costs two more passes. Measured on 2 shared cores
     (benchmarks/bench_serve.py): at N = 51, 64 sessions in one forward made 8x the steps/s
-    of one forward each; at N = 1001, forwards of 4 made 0.6-0.75x."""
+    of one forward each; at N = 1001, forwards of 4 made 0.58-0.75x."""
     per_session = 4 * n_neurons * n_neurons
     return 1 if per_session > (1 << 20) else eval_chunk(n_neurons)
 
