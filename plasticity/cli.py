@@ -4,6 +4,7 @@
     plasticity evaluate runs/<run>/checkpoint.pt      score a checkpoint on fresh episodes
     plasticity data download cifar10 --data-dir DIR   fetch a dataset (checksums verified, resumable)
     plasticity sweep --task patterns ...              Ray Tune + Optuna sweep (needs [sweep])
+    plasticity serve models:/plasticity-patterns/1    live sessions over HTTP (needs [serve])
 
 Every flag comes from the config dataclasses (`plasticity.config`), parsed by tyro;
 `--help` on any command lists them with their documentation. Usage errors and bad
@@ -34,6 +35,7 @@ commands:
   evaluate CKPT  score a checkpoint on fresh held-out episodes and draw its figure
   data ACTION    `download cifar10|omniglot|omniglot-small` or `check cifar10|omniglot` (--data-dir DIR)
   sweep          hyperparameter sweep with Ray Tune + Optuna (pip install 'plasticity[sweep]')
+  serve MODEL    live sessions of a trained network over HTTP, with Ray Serve (pip install 'plasticity[serve]')
 
 Run `plasticity COMMAND --help` for the flags of a command."""
 
@@ -341,7 +343,13 @@ def cmd_sweep(argv: list[str]) -> int:
     return sweep_main(argv, prog="plasticity sweep")
 
 
-COMMANDS = {"train": cmd_train, "evaluate": cmd_evaluate, "data": cmd_data, "sweep": cmd_sweep}
+def cmd_serve(argv: list[str]) -> int:
+    from plasticity.serving.cli import main as serve_main
+
+    return serve_main(argv)
+
+
+COMMANDS = {"train": cmd_train, "evaluate": cmd_evaluate, "data": cmd_data, "sweep": cmd_sweep, "serve": cmd_serve}
 
 
 def main(argv: list[str] | None = None) -> int:

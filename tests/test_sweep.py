@@ -106,6 +106,14 @@ def test_local_sweep_on_embedded_defaults(tmp_path):
     assert "3/3 trials finished without error" in proc.stdout
     uri = f"sqlite:///{tmp_path / 'mlruns.db'}"
     check_sweep_in_mlflow(uri, "plasticity-sweeps", 3, "plasticity-patterns")
+    # The registered model's pyfunc answers whole episodes (plasticity/serving/mlflow_pyfunc.py).
+    import mlflow
+
+    mlflow.set_tracking_uri(uri)
+    best = mlflow.pyfunc.load_model("models:/plasticity-patterns/1")
+    assert best.loader_module == "plasticity.serving.mlflow_pyfunc"
+    example = best.input_example
+    assert best.predict(example).shape == (1, example.shape[-1])
     import optuna
 
     study = optuna.load_study(study_name="local", storage=f"sqlite:///{tmp_path / 'optuna.db'}")

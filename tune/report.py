@@ -167,10 +167,11 @@ class SweepTracker:
             if ckpt is None or run is None:
                 continue
             checkpoint, value, metrics = ckpt
+            child = MlflowTracker(self.parent.client, run.info.run_id, self.parent.uri)
             with checkpoint.as_directory() as d:
                 model, _, _ = model_from_checkpoint(Path(d) / "checkpoint.pt", CONFIGS[args.task])
-            child = MlflowTracker(self.parent.client, run.info.run_id, self.parent.uri)
-            uri = child.log_model(model)
+                # The checkpoint gives the model its episode pyfunc (plasticity.serving).
+                uri = child.log_model(model, checkpoint=Path(d) / "checkpoint.pt")
             # Logging a model reopens the run and closes it "now" as FINISHED: give it back
             # its own status and end time.
             self.parent.attempt(self.parent.client.set_terminated, run.info.run_id, run.info.status or "FINISHED",

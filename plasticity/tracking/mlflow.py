@@ -225,17 +225,32 @@ class MlflowTracker:
                 if path.is_file() and not path.name.startswith("."):
                     self.attempt(self.client.log_artifact, self.run_id, str(path), "run")
         if model is not None:
-            self.attempt(self.log_model, model)
+            checkpoint = None if run_dir is None else Path(run_dir) / "checkpoint.pt"
+            self.attempt(self.log_model, model, checkpoint=checkpoint)
         self.attempt(self.client.set_terminated, self.run_id, status)
 
-    def log_model(self, model, name: str = "model") -> str:
-        """Log `model` with `mlflow.pytorch` under this run; returns its model URI."""
+    def log_model(self, model, name: str = "model", checkpoint: Path | None = None) -> str:
+        """Log `model` under this run; returns its model URI. With the run's `checkpoint`
+        (for its config) and a task that `plasticity.serving` covers, the model's pyfunc
+        answers whole episodes (`plasticity/serving/mlflow_pyfunc.py`); it loads with
+        `mlflow.pytorch.load_model` either way."""
+        import mlflow
+
+        mlflow.set_tracking_uri(self.uri)
+        with mlflow.start_run(run_id=self.run_id, nested=mlflow.active_run() is not None):
+            config = _served_config(checkpoint)
+            if config is not None:
+                from plasticity.serving.mlflow_pyfunc import log_episode_model
+
+                return log_episode_model(model, config["cfg"], name=name, episode=config["episode"])
+            return self._log_pytorch(model, name)
+
+    def _log_pytorch(self, model, name: str) -> str:
         import mlflow
         import torch
 
         import plasticity
 
-        mlflow.set_tracking_uri(self.uri)
         # mlflow.pytorch logs a warning about pickle on every call; the choice is deliberate.
         logger = logging.getLogger("mlflow.pytorch")
         level = logger.level
@@ -243,13 +258,27 @@ class MlflowTracker:
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
-                with mlflow.start_run(run_id=self.run_id, nested=mlflow.active_run() is not None):
-                    # "pickle": the whole module, loadable with mlflow.pytorch.load_model. The
-                    # "pt2" export cannot trace the episode loop's Python control flow.
-                    info = mlflow.pytorch.log_model(
-                        model.cpu(), name=name, serialization_format="pickle",
-                        pip_requirements=[f"torch=={torch.__version__.split('+')[0]}",
-                                          f"plasticity=={plasticity.__version__}"])
+                # "pickle": the whole module, loadable with mlflow.pytorch.load_model. The
+                # "pt2" export cannot trace the episode loop's Python control flow.
+                info = mlflow.pytorch.log_model(
+                    model.cpu(), name=name, serialization_format="pickle",
+                    pip_requirements=[f"torch=={torch.__version__.split('+')[0]}",
+                                      f"plasticity=={plasticity.__version__}"])
         finally:
             logger.setLevel(level)
         return info.model_uri
+
+
+def _served_config(checkpoint: Path | None) -> dict | None:
+    """{"cfg", "episode"} of a checkpoint whose task has an episode pyfunc, else None."""
+    if checkpoint is None or not Path(checkpoint).is_file():
+        return None
+    from plasticity.config import CONFIGS
+    from plasticity.serving import SERVED_TASKS
+    from plasticity.train.checkpoint import load_checkpoint
+
+    ckpt = load_checkpoint(checkpoint)
+    task = ckpt["config"].get("task")
+    if task not in SERVED_TASKS:
+        return None
+    return {"cfg": CONFIGS[task].from_dict(ckpt["config"]), "episode": int(ckpt["episode"])}

@@ -1,0 +1,181 @@
+"""Speed of live sessions: steps/s and step latency (p50/p99) with 1, 16 and 64 concurrent
+sessions, at the small (N = 51) and reference (N = 1001) pattern sizes, batched
+(`@serve.batch`, up to 64 steps per forward) against unbatched (one step per forward).
+
+Two layers are measured in one run:
+  in-process  `SessionStore.step_many` with all sessions (batched) or one call per
+              session (unbatched): the forward pass and the state copies only;
+  http        a real `plasticity serve` app on 127.0.0.1 (Ray Serve, one shard), driven by
+              one asyncio client per session, each sending its next step when the last
+              answered: HTTP, the proxy, the gateway, the handle call and the batch queue.
+
+The weights are untrained (speed does not depend on them). Prints a Markdown table.
+
+    flock /tmp/plasticity-bench.lock python benchmarks/bench_serve.py [--seconds 4] [--smoke-test]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import platform
+import socket
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from plasticity.config import preset
+from plasticity.models import build_model
+from plasticity.serving import ServedModel, SessionStore
+from plasticity.serving.episode import EpisodeLayout
+from plasticity.train.checkpoint import save_checkpoint
+
+SIZES = {"small": dict(pattern_size=50, num_patterns=2), "reference": dict(pattern_size=1000, num_patterns=5)}
+
+
+def make_checkpoint(size: str, folder: Path) -> Path:
+    cfg = preset("patterns", "small" if size == "small" else "reference", **SIZES[size])
+    torch.manual_seed(0)
+    model = build_model(cfg, EpisodeLayout.from_config(cfg).n_io)
+    return save_checkpoint(folder / f"{size}.pt", model=model, config=cfg.to_dict(), episode=0)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def percentile(values: list[float], q: float) -> float:
+    return float(np.percentile(np.array(values), q)) if values else float("nan")
+
+
+def bench_in_process(served: ServedModel, sessions: int, seconds: float, batched: bool) -> dict:
+    store = SessionStore(served, max_sessions=sessions)
+    ids = [store.create() for _ in range(sessions)]
+    rng = np.random.default_rng(0)
+    x = np.where(rng.random((sessions, served.layout.item_size)) < 0.5, -1.0, 1.0).astype(np.float32)
+    lat, steps = [], 0
+    start = time.perf_counter()
+    while time.perf_counter() - start < seconds:
+        t0 = time.perf_counter()
+        if batched:
+            store.step_many(list(zip(ids, x, strict=True)))
+            lat += [time.perf_counter() - t0] * sessions
+        else:
+            for sid, xi in zip(ids, x, strict=True):
+                t1 = time.perf_counter()
+                store.step(sid, xi)
+                lat.append(time.perf_counter() - t1)
+        steps += sessions
+    wall = time.perf_counter() - start
+    # Sessions per forward: a batch is split into forwards of at most store.max_forward.
+    return {"steps_s": steps / wall, "p50_ms": 1e3 * percentile(lat, 50), "p99_ms": 1e3 * percentile(lat, 99),
+            "mean_batch": min(sessions, store.max_forward) if batched else 1}
+
+
+async def _drive(url: str, sessions: int, seconds: float, item_size: int) -> dict:
+    import aiohttp
+
+    rng = np.random.default_rng(0)
+    body = {"input": np.where(rng.random(item_size) < 0.5, -1.0, 1.0).tolist()}
+    lat: list[float] = []
+    batches: list[int] = []
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as http:
+        ids = []
+        for _ in range(sessions):
+            async with http.post(f"{url}/sessions") as r:
+                ids.append((await r.json())["id"])
+        stop_at = time.perf_counter() + seconds
+
+        async def one(sid: str):
+            while time.perf_counter() < stop_at:
+                t0 = time.perf_counter()
+                async with http.post(f"{url}/sessions/{sid}/step", json=body) as r:
+                    answer = await r.json()
+                    if r.status != 200:
+                        raise RuntimeError(f"step failed: {r.status} {answer}")
+                lat.append(time.perf_counter() - t0)
+                batches.append(answer["batch"])
+
+        start = time.perf_counter()
+        await asyncio.gather(*(one(sid) for sid in ids))
+        wall = time.perf_counter() - start
+        for sid in ids:
+            async with http.delete(f"{url}/sessions/{sid}"):
+                pass
+    return {"steps_s": len(lat) / wall, "p50_ms": 1e3 * percentile(lat, 50), "p99_ms": 1e3 * percentile(lat, 99),
+            "mean_batch": statistics.fmean(batches) if batches else float("nan")}
+
+
+def start_apps(checkpoints: dict[str, Path], port: int, max_sessions: int) -> dict[tuple[str, bool], str]:
+    """One Serve instance, an app per (size, batched), each under its own route prefix."""
+    import ray
+    from ray import serve
+
+    from plasticity.serving.ray_app import ServeSettings, build_app
+
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    serve.start(http_options={"host": "127.0.0.1", "port": port})
+    urls = {}
+    for size, path in checkpoints.items():
+        for batched in (True, False):
+            name = f"{size}-{'batched' if batched else 'unbatched'}"
+            settings = ServeSettings(shards=1, max_sessions=max_sessions, max_batch_size=64 if batched else 1,
+                                     shard_cpus=0, threads=1)
+            serve.run(build_app(path.read_bytes(), settings), name=name, route_prefix=f"/{name}")
+            urls[(size, batched)] = f"http://127.0.0.1:{port}/{name}"
+    return urls
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--seconds", type=float, default=4.0, help="measuring time per cell")
+    parser.add_argument("--sessions", type=int, nargs="+", default=[1, 16, 64])
+    parser.add_argument("--sizes", nargs="+", default=list(SIZES), choices=list(SIZES))
+    parser.add_argument("--no-http", action="store_true", help="in-process numbers only")
+    parser.add_argument("--smoke-test", action="store_true", help="tiny run: small size, 1 and 4 sessions, 0.5 s")
+    args = parser.parse_args(argv)
+    if args.smoke_test:
+        args.seconds, args.sessions, args.sizes = 0.5, [1, 4], ["small"]
+    torch.set_num_threads(1)
+    folder = Path(tempfile.mkdtemp(prefix="bench-serve-"))
+    checkpoints = {size: make_checkpoint(size, folder) for size in args.sizes}
+    rows = []
+    for size, path in checkpoints.items():
+        served = ServedModel.from_checkpoint(path)
+        served.warm_up()
+        for n in args.sessions:
+            for batched in (True, False):
+                r = bench_in_process(served, n, args.seconds, batched)
+                rows.append(("in-process", size, served.n_neurons, n, batched, r))
+                print(f"in-process {size} sessions={n} batched={batched}: {r}", file=sys.stderr, flush=True)
+    if not args.no_http:
+        urls = start_apps(checkpoints, free_port(), max(args.sessions))
+        for (size, batched), url in urls.items():
+            n_neurons = ServedModel.from_checkpoint(checkpoints[size]).n_neurons
+            item = SIZES[size]["pattern_size"]
+            for n in args.sessions:
+                r = asyncio.run(_drive(url, n, args.seconds, item))
+                rows.append(("http", size, n_neurons, n, batched, r))
+                print(f"http {size} sessions={n} batched={batched}: {r}", file=sys.stderr, flush=True)
+        from ray import serve
+
+        serve.shutdown()
+    print(f"\n{platform.processor() or platform.machine()}, {torch.get_num_threads()} torch thread(s), "
+          f"{args.seconds:g} s per cell\n")
+    print("| layer | size | N | sessions | batched | steps/s | p50 ms | p99 ms | sessions per forward |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    for layer, size, n_neurons, n, batched, r in rows:
+        print(f"| {layer} | {size} | {n_neurons} | {n} | {'yes' if batched else 'no'} | {r['steps_s']:.0f} | "
+              f"{r['p50_ms']:.2f} | {r['p99_ms']:.2f} | {r['mean_batch']:.1f} |")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

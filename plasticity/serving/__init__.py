@@ -1,0 +1,14 @@
+"""Serving a trained network that keeps learning (no Ray or MLflow imports here).
+
+    episode.py        the request layouts (whole episodes, single steps) and their checks
+    model.py          `ServedModel`: a checkpoint rebuilt without the task's data
+    sessions.py       `SessionStore`: per-session state, batched steps, limits, idle expiry
+    mlflow_pyfunc.py  edge: the MLflow pyfunc flavour (whole episodes, Hebb from zero)
+    ray_app.py        edge: the Ray Serve application of live sessions (`plasticity serve`)
+"""
+
+from plasticity.serving.episode import SERVED_TASKS, EpisodeLayout, RequestError, bit_error
+from plasticity.serving.model import ServedModel
+from plasticity.serving.sessions import SessionStore
+
+__all__ = ["SERVED_TASKS", "EpisodeLayout", "RequestError", "ServedModel", "SessionStore", "bit_error"]
