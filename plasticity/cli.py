@@ -146,7 +146,14 @@ def cmd_train(argv: list[str]) -> int:
 
     # Resolve the run first (config from the checkpoint, run folder), and check the data,
     # before an MLflow run is opened for nothing.
-    cfg, ckpt, run_dir = start_run(cfg, opts.resume, None, given, announce=True, check=preflight)
+    def check(cfg) -> None:
+        preflight(cfg)
+        if opts.tracking:
+            from plasticity.tracking.mlflow import check_tracking, default_tracking_uri
+
+            check_tracking(opts.tracking_uri or default_tracking_uri())
+
+    cfg, ckpt, run_dir = start_run(cfg, opts.resume, None, given, announce=True, check=check)
     tracker = None
     if opts.tracking:
         tracker = _open_tracker(opts, cfg, run_dir, resumed=ckpt is not None)

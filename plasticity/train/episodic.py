@@ -277,9 +277,7 @@ def evaluate_checkpoint(path: str | Path, config_cls, *, episodes: int, seed: in
     task = make_task(cfg, split)
     if not hasattr(task, "for_split"):
         check_no_split(cfg.task, split)
-    g = torch.Generator().manual_seed(seed)
-    chunk = task_eval_chunk(task, cfg)
-    batches = [task.sample(min(chunk, episodes - i), g) for i in range(0, episodes, chunk)]
+    batches = HeldOut(task, episodes, seed, task_eval_chunk(task, cfg))
     metrics = evaluate(model, task, batches, dev)
     if "accuracy" in metrics:
         # Normal approximation of the binomial 95% interval over the episodes.
