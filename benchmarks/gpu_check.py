@@ -153,7 +153,7 @@ def main() -> int:
     if history:
         last = json.loads(history[0].read_text().splitlines()[-1])
         eps = f"{last.get('perf/episodes_per_s', float('nan')):.0f}"
-        detail = f"{last['step']} episodes, held-out bit error {last.get('eval/bit_error', float('nan')):.3f}"
+        detail = f"{last['step']} episodes, held-out bit error {last.get('eval/bit_error_erased', float('nan')):.3f}"
     kernels = next((ln.split("fused kernels:")[1].strip() for ln in text.splitlines() if "fused kernels:" in ln), "?")
     rows.append((f"train patterns --preset small --device {args.device}", status(rc, LIMITS_S["train"]),
                  f"{detail}; kernels {kernels}", eps, "", "", f"{secs:.0f}"))

@@ -235,6 +235,8 @@ def check_rule(cfg: TaskConfig) -> None:
     check_choice("plasticity rule", cfg.rule, choices)
 
 
+MAX_LR = 1e6
+"""Largest learning rate accepted (Adam's arithmetic overflows float32 far above it)."""
 MAX_INT = 2**62
 """Largest integer any field takes (seeds and counts stay clear of 64-bit overflow)."""
 
@@ -250,6 +252,12 @@ def check_numbers(cfg: TaskConfig) -> None:
             raise ConfigError(f"{flag} is too large ({value}): pass a value below 2**62")
     if cfg.seed < 0:
         raise ConfigError(f"--seed must be >= 0, got {cfg.seed}: pass e.g. --seed 0")
+    for name in ("lr", "eta_lr"):
+        # Adam's step is about lr: above float32's range its own arithmetic overflows.
+        value = getattr(cfg, name, None)
+        if value is not None and value > MAX_LR:
+            raise ConfigError(f"--{name.replace('_', '-')} {value:g} is too large: pass a learning rate of at most "
+                              f"{MAX_LR:g}")
 
 
 def physical_memory() -> int:

@@ -64,6 +64,7 @@ CASES = [
     # (id, args, exit code, words the line must contain)
     ("lr-nan", ["train", "patterns", "--lr", "nan"], 2, "--lr must be a finite number"),
     ("lr-inf", ["train", "patterns", "--lr", "inf"], 2, "--lr must be a finite number"),
+    ("lr-huge", ["train", "patterns", "--lr", "1e38"], 2, "--lr 1e+38 is too large"),
     ("eta-nan", ["train", "patterns", "--eta", "nan"], 2, "--eta must be a finite number"),
     ("clip-nan", ["train", "patterns", "--clip", "nan"], 2, "--clip must be a finite number"),
     ("grad-clip-inf", ["train", "patterns", "--grad-clip", "inf"], 2, "--grad-clip must be a finite number"),

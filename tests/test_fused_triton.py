@@ -22,6 +22,7 @@ import torch
 from plasticity.nn import PlasticRNN
 from plasticity.nn.fused import CKPT, INVERT, NONE, TorchKernels, chosen_backend, get_kernels
 from plasticity.nn.naive import plastic_rnn_naive
+from plasticity.nn.plastic import eta_from_logit
 from plasticity.rules import RULES, Elementwise, Rule, get_rule
 from plasticity.rules.base import apply_elementwise
 from tests.conftest import assert_close
@@ -52,7 +53,7 @@ def _calm(rule, n, alpha_mode="free", eta_mode="scalar", clip=None, **kw):
     with torch.no_grad():
         net.plastic.alpha.mul_(3)
         if eta_mode == "per-connection":
-            net.plastic.eta.uniform_(0.05, 0.3)
+            net.plastic.eta = torch.empty(net.plastic.eta.shape).uniform_(0.05, 0.3)
     return net
 
 
@@ -75,7 +76,8 @@ def _compare_with_naive(net, x, device="cpu", rtol=1e-10, h0_scale=0.2):
         v.requires_grad_()
     naive_loss, outs = 0, []
     for i in range(b):
-        o, (y_i, h_i) = plastic_rnn_naive(ref["w"], ref["alpha"], ref["eta"], net.plastic.rule.name, x[i],
+        o, (y_i, h_i) = plastic_rnn_naive(ref["w"], ref["alpha"], eta_from_logit(ref["eta_logit"]),
+                                          net.plastic.rule.name, x[i],
                                           input_mode=net.input_mode, clip=net.plastic.clip,
                                           initial_state=(y0[i], h0[i]))
         outs.append(o)
@@ -83,7 +85,7 @@ def _compare_with_naive(net, x, device="cpu", rtol=1e-10, h0_scale=0.2):
         assert_close(y_final[i].double().cpu(), y_i, rtol, name="final y")
         assert_close(h_final[i].double().cpu(), h_i, rtol, name="final hebb")
     assert_close(out.double().cpu(), torch.stack(outs), rtol, name="outputs")
-    naive = torch.autograd.grad(naive_loss, [ref["w"], ref["alpha"], ref["eta"], y0, h0])
+    naive = torch.autograd.grad(naive_loss, [ref["w"], ref["alpha"], ref["eta_logit"], y0, h0])
     for name, a, c in zip(("w", "alpha", "eta", "y0", "hebb0"), fast, naive, strict=True):
         assert_close(a, c, rtol, name=f"grad {name}")
 
@@ -276,7 +278,9 @@ def test_bfloat16_episode_follows_the_float64_reference(rule):
         exact = [e.detach() for e in exact]
         errors[backend] = max(float((a.detach().double() - e).abs().max() / e.abs().max())
                               for a, e in zip(got, exact, strict=True))
-    assert errors["triton"] < 0.06, errors  # measured: 0.043 (hebb), 0.016 (oja); torch ops 0.073, 0.034
+    # Measured: 0.063 (hebb) with eta the sigmoid of a bfloat16 logit (0.043 with a raw
+    # eta), torch ops 0.077 on the same run.
+    assert errors["triton"] < 0.08, errors
     assert errors["triton"] <= errors["torch"] * 1.5, errors
 
 

@@ -198,4 +198,4 @@ def test_pyfunc_predicts_what_plasticity_evaluate_scores(checkpoint, tmp_path):
         expected, _ = model(ep.inputs)
     assert_close(torch.from_numpy(out), expected[:, -1, :50], rtol=1e-6)
     wrong = np.sign(out) != ep.target.numpy()
-    assert float(wrong[ep.erased.numpy()].mean()) == pytest.approx(result["metrics"]["bit_error"], abs=1e-6)
+    assert float(wrong[ep.erased.numpy()].mean()) == pytest.approx(result["metrics"]["bit_error_erased"], abs=1e-6)

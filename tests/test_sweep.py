@@ -58,7 +58,8 @@ def test_space_outside_the_configs_limits_fails_before_any_trial(tmp_path):
 
 @pytest.mark.slow
 def test_sweep_in_which_every_trial_fails_exits_non_zero_with_the_first_error(tmp_path):
-    (tmp_path / "space.yaml").write_text("lr: {type: categorical, choices: [1.0e+32]}\n")
+    # An input gain of 1e39 overflows float32: every trial's loss is NaN.
+    (tmp_path / "space.yaml").write_text("input_gain: {type: categorical, choices: [1.0e+39]}\n")
     proc = sweep(["--task", "patterns", "--num-samples", "2", "--max-episodes", "256", "--eval-every", "64",
                   "--space", "space.yaml", "--scheduler", "fifo", "--max-failures", "0", "--name", "allfail",
                   "--no-tracking"], tmp_path)
@@ -124,8 +125,8 @@ def test_local_sweep_on_embedded_defaults(tmp_path):
 @pytest.mark.slow
 def test_diverging_trial_is_failed_with_reason_and_the_sweep_goes_on(tmp_path):
     space = tmp_path / "space.yaml"
-    # lr 3e-3 or 1e32: the latter blows up (a real NaN); seed 7 draws each twice.
-    space.write_text("lr: {type: categorical, choices: [0.003, 1.0e+32]}\n")
+    # input gain 20 or 1e39: the latter overflows float32 (a real NaN); seed 7 draws each twice.
+    space.write_text("input_gain: {type: categorical, choices: [20.0, 1.0e+39]}\n")
     proc = sweep(["--task", "patterns", "--num-samples", "4", "--max-episodes", "256", "--eval-every", "64",
                   "--space", str(space), "--search", "random", "--scheduler", "fifo", "--max-failures", "0",
                   "--name", "nan", "--seed", "7"], tmp_path)
@@ -135,8 +136,8 @@ def test_diverging_trial_is_failed_with_reason_and_the_sweep_goes_on(tmp_path):
     children = [r for r in client.search_runs([exp.experiment_id]) if "mlflow.parentRunId" in r.data.tags]
     by_lr = {}
     for r in children:
-        by_lr.setdefault(r.data.params["lr"], []).append(r.info.status)
-    assert set(by_lr.get("1e+32", [])) == {"FAILED"} and set(by_lr.get("0.003", [])) == {"FINISHED"}, by_lr
+        by_lr.setdefault(r.data.params["input_gain"], []).append(r.info.status)
+    assert set(by_lr.get("1e+39", [])) == {"FAILED"} and set(by_lr.get("20.0", [])) == {"FINISHED"}, by_lr
     assert "loss became nan" in proc.stderr or "loss became inf" in proc.stderr
 
 

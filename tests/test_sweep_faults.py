@@ -85,7 +85,7 @@ def _worker_pids() -> list[int]:
 def test_killed_trial_is_retried_from_its_checkpoint(tmp_path):
     """SIGKILL the process running a trial: Ray restarts it (FailureConfig) from its last
     checkpoint, so training continues from the saved episode instead of from zero."""
-    args = ["--task", "patterns", "--num-samples", "1", "--max-episodes", "6144", "--eval-every", "512",
+    args = ["--task", "patterns", "--num-samples", "1", "--max-episodes", "24576", "--eval-every", "512",
             "--scheduler", "fifo", "--name", "retry", "--no-tracking", "--max-failures", "2"]
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
     env.update(PYTHONPATH=str(REPO), PYTHONUNBUFFERED="1")
@@ -112,7 +112,7 @@ def test_killed_trial_is_retried_from_its_checkpoint(tmp_path):
     episodes = [r["episodes"] for r in rows]
     # Reported up to the kill, then resumed from the last checkpoint: a restart happened
     # (iterations_since_restore back to 1) and it did not start again from episode 0.
-    assert episodes[-1] == 6144
+    assert episodes[-1] == 24576
     restarts = [i for i, r in enumerate(rows) if r["iterations_since_restore"] == 1 and i > 0]
     assert restarts and episodes[restarts[0]] > 512, episodes
     assert episodes.count(512) == 1, episodes

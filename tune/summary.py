@@ -19,7 +19,7 @@ from typing import Any
 
 from plasticity.errors import ConfigError
 
-HEADLINE = {"patterns": "eval/bit_error", "images": "eval/erased_loss", "omniglot": "eval/accuracy",
+HEADLINE = {"patterns": "eval/bit_error_erased", "images": "eval/erased_loss", "omniglot": "eval/accuracy",
             "maze": "eval/return"}
 """The metric a person reads first for each task, shown beside the objective."""
 STATES = {"COMPLETE": "completed", "PRUNED": "stopped early", "FAIL": "failed", "RUNNING": "running",

@@ -606,7 +606,7 @@ def build_kernels(rules=None) -> tuple[float, bool]:
     that no training clock, `--max-minutes` budget or speed metric includes compile time.
     Returns (seconds it took, whether all are available); where they cannot be built the
     torch-op kernels run instead (`cpp_kernels` warns once)."""
-    names = [n for n, r in RULES.items() if supports(r)] if rules is None else list(rules)
+    names = [n for n, r in RULES.items() if supports(r, notice=False)] if rules is None else list(rules)
     start = time.perf_counter()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)  # the caller reports the outcome in one line
