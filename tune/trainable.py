@@ -154,6 +154,8 @@ def train_trial(config: dict[str, Any], sweep: SweepContext) -> None:
     device, placement = trial_device(cfg.device)
     cfg = cfg.replace(device=device)
     # Where (and on what) each attempt ran: read by the placement test, kept with the trial.
+    # On a worker node the trial's folder is made by the first file written into it.
+    trial_dir.mkdir(parents=True, exist_ok=True)
     (trial_dir / "placement.json").write_text(json.dumps({**placement, "started": time.time()}))
     run_dir, resume, run_id = trial_dir / "run", None, None
     # The trial's score so far (kept across a retry in the checkpoint folder).
