@@ -109,9 +109,8 @@ def test_plastic_network_learns_to_complete_unseen_images(tmp_path, monkeypatch)
 def test_evaluate_scores_the_folder_the_user_points_at(tmp_path, monkeypatch, capsys, generated_data):
     """`evaluate --data-dir` (or $PLASTICITY_DATA) scores that folder's images, says which
     folder it used, and the test split needs only test_batch."""
-    from tests.datagen import write_cifar
-
     from plasticity.cli import main
+    from tests.datagen import write_cifar
 
     cfg = small(image_size=8, num_cycles=1, present_steps=2, gap_steps=1, episodes=32, batch_size=16,
                 eval_every=32, eval_episodes=16, checkpoint_every=32, out=str(tmp_path / "runs"),
