@@ -33,7 +33,7 @@ def run_seed(seed: int, args) -> list[dict]:
     from plasticity.train import train
 
     overrides = dict(seed=seed, episodes=args.episodes, eval_every=args.eval_every,
-                     checkpoint_every=args.episodes, out=args.out)
+                     save_every=args.episodes, out=args.out)
     for name in ("eval_episodes", "batch_size", "lr", "eta_lr", "max_minutes"):
         if getattr(args, name) is not None:
             overrides[name] = getattr(args, name)

@@ -15,7 +15,7 @@ steps, Adam. Paths:
 
   naive    the step-by-step one-episode loop (`plasticity.nn.naive`), plain autograd,
            like the 2018 code; a batch of B is B episodes one after another
-  plain    `PlasticRNN(impl="plain")`: all B episodes at once, step-by-step autograd
+  autograd `PlasticRNN(impl="autograd")`: all B episodes at once, step-by-step autograd
   fused    `PlasticRNN(impl="fused")` (the default): one pass over Hebb per step and a
            backward pass that rebuilds Hebb by inverting the rule (`plasticity/nn/fused.py`),
            in one of two schedules (`--schedules`, one row each):
@@ -77,7 +77,7 @@ class Size:
 
 SIZES = {"patterns": Size(1001, 106, "add"), "images": Size(1025, 201, "clamp")}
 SMOKE = {"patterns": Size(51, 106, "add"), "images": Size(65, 13, "clamp")}
-PATHS = ("naive", "plain", "fused", "fused-torch", "fused-bf16")
+PATHS = ("naive", "autograd", "fused", "fused-torch", "fused-bf16")
 SCHEDULES = ("batch", "chunked")
 
 
@@ -157,7 +157,7 @@ def run_one(size_name: str, path: str, batch: int, reps: int, smoke: bool, devic
     torch.manual_seed(0)
     chunk = 0 if schedule == "batch" else ("auto" if chunk is None else chunk)
     dtype = torch.bfloat16 if path == "fused-bf16" else torch.float32
-    net = PlasticRNN(size.n, input_mode=size.input_mode, impl="plain" if path in ("naive", "plain") else "fused",
+    net = PlasticRNN(size.n, input_mode=size.input_mode, impl="autograd" if path in ("naive", "autograd") else "fused",
                      fused_backend="torch" if path == "fused-torch" else "auto", chunk_episodes=chunk).to(device, dtype)
     opt = torch.optim.Adam(net.parameters(), lr=1e-4)
     g = torch.Generator().manual_seed(0)
@@ -259,7 +259,7 @@ def main() -> None:
     for size_name in args.sizes:
         plain_1 = None
         for path, batch, schedule in runs(args):
-            if path == "plain" and plain_1 is not None and batch > 1:
+            if path == "autograd" and plain_1 is not None and batch > 1:
                 need = plain_1["idle_mib"] + (plain_1["peak_mib"] - plain_1["idle_mib"]) * batch
                 if need > args.memory_limit_gib * 1024:
                     print(fmt_row(size_name, path, "-", batch, f"not run: needs ~{need / 1024:.0f} GiB "
@@ -280,7 +280,7 @@ def main() -> None:
             if args.json:  # row by row: a run stopped part-way keeps its rows
                 with open(args.json, "a") as f:
                     f.write(json.dumps(row) + "\n")
-            if path == "plain" and batch == 1:
+            if path == "autograd" and batch == 1:
                 plain_1 = row
             eps = row["episodes_per_s"]
             print(fmt_row(size_name, path, row["schedule"], batch,

@@ -33,7 +33,7 @@ def run(label: str, seed: int, args) -> list[dict]:
     from plasticity.train import train
 
     cfg = preset("patterns", "small", seed=seed, episodes=10**9, max_minutes=args.minutes,
-                 eval_every=args.eval_every, eval_episodes=args.eval_episodes, checkpoint_every=10**9,
+                 eval_every=args.eval_every, eval_episodes=args.eval_episodes, save_every=10**9,
                  out=args.out, **MODELS[label])
     result = train(cfg, progress=False)
     return [{"model": label, "seed": seed, "episode": h["step"], "wall_s": h["perf/elapsed_s"],

@@ -14,7 +14,7 @@ may have no network). Then, each step with its own time limit:
      (values and gradients, every fused rule, clip, alpha / eta modes, bfloat16
      storage), and the fused path on CUDA against the same on CPU;
   2. `plasticity train patterns --preset small --device cuda --no-tracking` (bounded);
-  3. `benchmarks/bench_plastic.py --device cuda`: episodes/s of the naive, plain and
+  3. `benchmarks/bench_plastic.py --device cuda`: episodes/s of the naive, autograd and
      fused paths (Triton kernels, torch-op kernels, bfloat16 storage) at the reference
      pattern and image sizes, each row against the HBM floor measured by a device copy
      in the row's own process.
@@ -161,7 +161,7 @@ def main() -> int:
 
     bench = [sys.executable, "benchmarks/bench_plastic.py", "--device", args.device, "--reps", "3",
              *([] if args.device == "cuda" else ["--smoke-test"])]
-    for name, extra in (("bench-patterns", ["--sizes", "patterns", "--paths", "naive", "plain", "fused",
+    for name, extra in (("bench-patterns", ["--sizes", "patterns", "--paths", "naive", "autograd", "fused",
                                             "fused-torch", "fused-bf16", "--batches", "1", "32"]),
                         ("bench-images", ["--sizes", "images", "--paths", "fused", "fused-torch", "fused-bf16",
                                           "--batches", "32"])):

@@ -1,6 +1,8 @@
 """docker-compose.yml as the one source of the cluster's settings: read it, interpolate
 `${VAR}`, `${VAR:-default}`, `${VAR:?error}` like Compose does (environment first, then
-the env file), and give each service's command and environment.
+the env file), and give each service's command and environment. That interpolation is our
+own (`interpolate`): no maintained Python library implements Compose's; the env file
+itself is parsed by python-dotenv (`read_env_file`).
 
 The local launcher (`cluster/local.py`) runs these same commands with these same
 environments as processes, with the service names resolved to 127.0.0.1 and the
@@ -9,13 +11,16 @@ container volumes under its state folder.
 
 from __future__ import annotations
 
+import io
 import os
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import yaml
+from dotenv.parser import parse_stream
 
 from plasticity.errors import ConfigError
 
@@ -27,20 +32,35 @@ _VAR = re.compile(r"\$(?:\$|\{(?P<name>[A-Za-z_][A-Za-z0-9_]*)(?:(?P<op>:?[-?])(
                   r"|(?P<bare>[A-Za-z_][A-Za-z0-9_]*))")
 
 
-def read_env_file(path: Path) -> dict[str, str]:
-    """`KEY=value` lines (comments, blank lines and `export ` ignored; quotes stripped)."""
-    env = {}
-    for n, line in enumerate(Path(path).read_text().splitlines(), 1):
-        line = line.strip()
-        if not line or line.startswith("#"):
-            continue
-        key, sep, value = line.removeprefix("export ").partition("=")
-        if not sep or not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", key.strip()):
+def read_env_file(path: Path | str, environ: Mapping[str, str] | None = None) -> dict[str, str]:
+    """The variables of a Compose env file (`.env`), parsed by python-dotenv with Compose's rules:
+    `KEY=value`, `export KEY=value`, blank lines and `#` comments; an inline comment needs a
+    space before its `#` (`KEY=a#b` is `a#b`) or must follow a closing quote. Unquoted and
+    double-quoted values are interpolated like Compose (`${VAR}`, `${VAR:-default}`, ...: the
+    environment `environ`, default `os.environ`, first, then earlier lines); single-quoted
+    ones are literal. A bare `KEY` takes the environment's value, if any. A missing file
+    raises FileNotFoundError; a malformed line a one-line ConfigError naming file and line.
+    """
+    environ = os.environ if environ is None else environ
+    env: dict[str, str] = {}
+    for binding in parse_stream(io.StringIO(Path(path).read_text(encoding="utf-8"))):
+        text = binding.original.string
+        n = binding.original.line + text[: len(text) - len(text.lstrip())].count("\n")
+        line = text.strip().partition("\n")[0]
+        if binding.error or (binding.key is not None and not re.fullmatch(r"[\w.]+", binding.key)):
             raise ConfigError(f"{path}:{n}: expected KEY=value, got {line!r}")
-        value = value.strip()
-        if len(value) >= 2 and value[0] == value[-1] and value[0] in "'\"":
-            value = value[1:-1]
-        env[key.strip()] = value
+        if binding.key is None:  # blank lines and comments
+            continue
+        if binding.value is None:
+            if binding.key in environ:
+                env[binding.key] = environ[binding.key]
+        elif re.match(r"(?:export\s+)?[^=]*=\s*'", line):
+            env[binding.key] = binding.value
+        else:
+            try:
+                env[binding.key] = interpolate(binding.value, {**env, **environ})
+            except ConfigError as e:
+                raise ConfigError(f"{path}:{n}: {e}") from None
     return env
 
 
@@ -93,7 +113,7 @@ def resolve_env(env_file: Path | str | None = None, environ: dict[str, str] | No
     env: dict[str, str] = {}
     path = Path(env_file) if env_file is not None else REPO / ".env"
     if path.is_file():
-        env.update(read_env_file(path))
+        env.update(read_env_file(path, environ))
     env.update(os.environ if environ is None else environ)
     return env
 

@@ -14,9 +14,8 @@ from __future__ import annotations
 
 from torch import Tensor, nn
 
-from plasticity.nn import PlasticRNN, RecurrentNet
-
-PLASTIC_MODELS = ("plastic", "neuromod", "retroactive")
+from plasticity.nn import PlasticRNN, PlasticWeights, RecurrentNet
+from plasticity.rules import get_rule
 
 
 class ActorCritic(nn.Module):
@@ -42,8 +41,7 @@ def build_agent(cfg, n_obs: int, n_actions: int) -> ActorCritic:
     if cfg.model == "rnn":
         core = RecurrentNet(cfg.hidden, init_std=cfg.init_std)
     else:
-        modulation = cfg.modulation if cfg.model in ("neuromod", "retroactive") else "none"
-        core = PlasticRNN(cfg.hidden, rule=cfg.rule, eta=cfg.eta, eta_mode=cfg.eta_mode, learn_eta=cfg.learn_eta,
-                          alpha_mode=cfg.alpha_mode, clip=cfg.clip, init_std=cfg.init_std, modulation=modulation,
-                          impl="plain")  # stepped one step at a time: nothing to fuse
+        modulation = cfg.modulation if get_rule(cfg.rule).modulated else "none"
+        # Stepped one step at a time: nothing to fuse.
+        core = PlasticRNN(cfg.hidden, modulation=modulation, impl="autograd", **PlasticWeights.options(cfg))
     return ActorCritic(core, n_obs, n_actions)

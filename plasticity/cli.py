@@ -25,6 +25,7 @@ from typing import Annotated, Literal
 import tyro
 
 from plasticity.config import CONFIGS, PRESETS, preset, validate
+from plasticity.config.renames import upgrade_argv
 from plasticity.errors import PlasticityError
 from plasticity.redact import redact
 
@@ -112,6 +113,9 @@ def _command_class(task: str):
 
 def parse_train(task: str, argv: list[str]):
     """(config, run options) from `plasticity train TASK ...`."""
+    argv, notices = upgrade_argv(argv)
+    for notice in notices:
+        print(f"plasticity: warning: {notice}", file=sys.stderr)
     pre = argparse.ArgumentParser(add_help=False)
     pre.add_argument("--preset", default=next(iter(PRESETS[task])))
     known, _ = pre.parse_known_args(argv)
@@ -234,12 +238,12 @@ def cmd_evaluate(argv: list[str]) -> int:
     import os
 
     args = parse_args(EvaluateArgs, argv, prog="plasticity evaluate")
-    from plasticity.train import load_checkpoint, trainer_module
+    from plasticity.train import evaluate_checkpoint, load_checkpoint
 
     # The architecture comes from the checkpoint's own config.
     config_cls = CONFIGS[_peek_task(args.checkpoint)]
     figure = Path(args.figure) if args.figure else Path(args.checkpoint).with_name("evaluation.png")
-    extra = {}
+    data_dir = None
     if "data_dir" in {f.name for f in fields(config_cls)}:
         data_dir, source = args.data_dir, "--data-dir"
         if data_dir is None and os.environ.get("PLASTICITY_DATA"):
@@ -247,10 +251,8 @@ def cmd_evaluate(argv: list[str]) -> int:
         if data_dir is None:
             data_dir, source = load_checkpoint(args.checkpoint)["config"].get("data_dir") or "data", "the checkpoint"
         print(f"data: {Path(data_dir).resolve()} (from {source})")
-        extra["data_dir"] = data_dir
-    result = trainer_module(config_cls).evaluate_checkpoint(args.checkpoint, config_cls, episodes=args.episodes,
-                                                           seed=args.seed, figure=figure, device=args.device,
-                                                           split=args.split, **extra)
+    result = evaluate_checkpoint(args.checkpoint, config_cls, episodes=args.episodes, seed=args.seed, figure=figure,
+                                 device=args.device, split=args.split, data_dir=data_dir)
     cfg = result["config"]
     print(f"{cfg.task}/{cfg.model} after {result['episode']} training episodes, {args.episodes} fresh episodes:")
     for k, v in result["metrics"].items():

@@ -69,3 +69,13 @@ def check_eta(eta: float, *, learned: bool = False) -> float:
         raise ConfigError("a learned eta must be below 1 (it is a sigmoid of a trained parameter): "
                           "pass e.g. --eta 0.99, or --no-learn-eta to keep eta at 1")
     return float(eta)
+
+
+def error_line(error: BaseException | str, *, limit: int = 200, last: bool = False) -> str:
+    """One line of an error's message to quote inside ours: its first non-empty line (the
+    last with `last`, e.g. of a traceback), at most `limit` characters; the exception's
+    type name if it has no message."""
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    if not lines:
+        return type(error).__name__ if isinstance(error, BaseException) else ""
+    return (lines[-1] if last else lines[0])[:limit]

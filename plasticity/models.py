@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from plasticity.nn import LSTMNet, PlasticLinear, PlasticRNN, RecurrentNet
+from plasticity.nn import LSTMNet, PlasticLinear, PlasticRNN, PlasticWeights, RecurrentNet
 
 
 class SequenceModel(nn.Module):
@@ -32,10 +32,8 @@ def build_model(cfg, n_io: int) -> SequenceModel:
     """The plastic network, its non-plastic twin or an LSTM, for `n_io` inputs/outputs."""
     n = n_io + cfg.extra_neurons
     if cfg.model == "plastic":
-        core = PlasticRNN(n, rule=cfg.rule, eta=cfg.eta, eta_mode=cfg.eta_mode, learn_eta=cfg.learn_eta,
-                          alpha_mode=cfg.alpha_mode, clip=cfg.clip, init_std=cfg.init_std,
-                          checkpoint_every=cfg.recompute_every, impl=cfg.impl,
-                          input_mode=getattr(cfg, "input_mode", "add"))
+        core = PlasticRNN(n, input_mode=getattr(cfg, "input_mode", "add"), segment_steps=cfg.segment_steps,
+                          impl=cfg.impl, **PlasticWeights.options(cfg))
     elif cfg.model == "rnn":
         core = RecurrentNet(n, init_std=cfg.init_std, input_mode=getattr(cfg, "input_mode", "add"))
     else:
@@ -64,10 +62,8 @@ class OmniglotNet(nn.Module):
             width = cfg.channels
         self.embed = nn.Sequential(*layers, nn.Flatten())
         self.label_gain = cfg.label_gain
-        self.plastic_out = PlasticLinear(cfg.channels, cfg.n_way, bias=False, activation=_softmax, rule=cfg.rule,
-                                         eta=cfg.eta, eta_mode=cfg.eta_mode, learn_eta=cfg.learn_eta,
-                                         alpha_mode=cfg.alpha_mode, clip=cfg.clip, init_std=cfg.init_std)
-        self.plastic = self.plastic_out.plastic
+        self.plastic_out = PlasticLinear(cfg.channels, cfg.n_way, bias=False, activation=_softmax,
+                                         **PlasticWeights.options(cfg))
 
     def forward(self, inputs: tuple[Tensor, Tensor], state=None, reset: Tensor | None = None):
         images, labels = inputs
@@ -78,13 +74,6 @@ class OmniglotNet(nn.Module):
 
 def _softmax(x: Tensor) -> Tensor:
     return torch.softmax(x, -1)
-
-
-def make_model(cfg, task) -> nn.Module:
-    """The model for `task`: the task's own builder if it has one (e.g. a conv embedding
-    + plastic read-out), else the recurrent network of `build_model`."""
-    custom = getattr(task, "build_model", None)
-    return custom(cfg) if custom is not None else build_model(cfg, task.n_io)
 
 
 def count_parameters(model: nn.Module) -> int:

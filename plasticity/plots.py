@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import matplotlib
 
@@ -90,3 +91,19 @@ def save_figure(fig, path) -> None:
                            "with a writable folder") from None
     finally:
         plt.close(fig)
+
+
+def learning_curve_png(history: list[dict], run_dir: Path, keys: tuple[str, ...], *, ylabel: str,
+                       logy: bool = True) -> Path | None:
+    """`run_dir/learning_curve.png`: the metrics `keys` (those present) against training
+    episodes, from a run's evaluation history; None if none of them is there."""
+    keys = [k for k in keys if history and k in history[0]]
+    if not keys:
+        return None
+    steps = [h["step"] for h in history]
+    floor = 1e-5 if logy else float("-inf")  # a zero error on a log axis
+    fig = curves_figure({k: (steps, [max(h[k], floor) for h in history]) for k in keys},
+                        xlabel="training episodes", ylabel=ylabel, logy=logy)
+    path = Path(run_dir) / "learning_curve.png"
+    save_figure(fig, path)
+    return path

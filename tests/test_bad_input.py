@@ -70,7 +70,7 @@ CASES = [
     ("grad-clip-inf", ["train", "patterns", "--grad-clip", "inf"], 2, "--grad-clip must be a finite number"),
     ("max-minutes-nan", ["train", "patterns", "--max-minutes", "nan"], 2, "--max-minutes must be a finite number"),
     ("huge-seed", ["train", "patterns", "--seed", str(10**30)], 2, "--seed is too large"),
-    ("negative-seed", ["train", "patterns", "--seed", "-1"], 2, "--seed must be >= 0"),
+    ("negative-seed", ["train", "patterns", "--seed", "-1"], 2, "seed must be >= 0"),
     ("zero-batch", ["train", "patterns", "--batch-size", "0"], 2, "batch_size must be > 0"),
     ("huge-pattern", ["train", "patterns", "--pattern-size", "200000"], 2, "GiB"),
     ("not-a-number", ["train", "patterns", "--lr", "abc"], 2, "Error parsing --lr"),

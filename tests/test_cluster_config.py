@@ -73,6 +73,33 @@ def test_interpolation_like_compose():
         interpolate("${B:?needed}", env)
 
 
+
+def test_env_file_is_read_like_compose(tmp_path):
+    path = tmp_path / "x.env"
+    path.write_text("# comment\n\n"
+                    "PLAIN=a b\nexport EXPORTED=1\nDOUBLE=\"x # not a comment\" # comment\nSINGLE=' y '\n"
+                    "INLINE=v # comment\nHASH=v#not-a-comment\nEMPTY=\nEMPTY_COMMENT= # comment\n"
+                    "SPACED = 3\nREF=${PLAIN}/${UNSET:-d}/$$\nQREF=\"${EXPORTED}\"\nLITERAL='${PLAIN}'\n"
+                    "FROM_ENV=${OUTSIDE}\nINHERITED\nNOT_INHERITED\n")
+    assert read_env_file(path, {"OUTSIDE": "o", "INHERITED": "i"}) == {
+        "PLAIN": "a b", "EXPORTED": "1", "DOUBLE": "x # not a comment", "SINGLE": " y ", "INLINE": "v",
+        "HASH": "v#not-a-comment", "EMPTY": "", "EMPTY_COMMENT": "", "SPACED": "3", "REF": "a b/d/$",
+        "QREF": "1", "LITERAL": "${PLAIN}", "FROM_ENV": "o", "INHERITED": "i"}
+    # The environment comes before earlier lines, as in Compose.
+    assert read_env_file(path, {"PLAIN": "env"})["REF"] == "env/d/$"
+
+
+@pytest.mark.parametrize("bad, n", [("A=1\n\nB=\"unterminated\n", 3), ("A=1\nNO-DASHES=1\n", 2),
+                                    ("A=1\nTWO WORDS\n", 2), ("A=${B:?needed}\n", 1)])
+def test_malformed_env_file_line_is_one_line_error(tmp_path, bad, n):
+    path = tmp_path / "bad.env"
+    path.write_text(bad)
+    with pytest.raises(ConfigError, match=rf"^{re.escape(str(path))}:{n}: ") as e:
+        read_env_file(path, {})
+    assert "\n" not in str(e.value)
+    with pytest.raises(FileNotFoundError):
+        read_env_file(tmp_path / "missing.env")
+
 def test_services_use_the_project_entrypoints_ports_and_volumes():
     compose = load_compose()
     defined = services(SECRETS)

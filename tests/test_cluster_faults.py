@@ -214,7 +214,7 @@ def test_worker_node_killed_mid_sweep_loses_no_trial(cluster, client_env):
 def test_mlflow_restart_mid_sweep_loses_no_metric(cluster, client_env):
     name = "mlflowrestart"
     results = Path(client_env["PLASTICITY_STORAGE_PATH"]) / name
-    job = submit(client_env, [*SWEEP, "--num-samples", "2", "--max-episodes", "1536", "--eval-every", "128",
+    job = submit(client_env, [*SWEEP, "--num-samples", "2", "--max-episodes", "4608", "--eval-every", "128",
                               "--name", name], wait=False)
     try:
         wait_rows(results, trials=2, each=2)

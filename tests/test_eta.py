@@ -31,7 +31,7 @@ def test_eta_stays_in_range_under_adversarial_gradients(rule, modulation, eta_mo
     the network's own loss): eta ends at the end of its range, never beyond, and the
     network still runs to finite outputs."""
     torch.manual_seed(0)
-    net = PlasticRNN(6, rule=rule, modulation=modulation, eta_mode=eta_mode, eta=0.1, clip=1.0, impl="plain")
+    net = PlasticRNN(6, rule=rule, modulation=modulation, eta_mode=eta_mode, eta=0.1, clip=1.0, impl="autograd")
     opt = torch.optim.Adam([net.plastic.eta_logit], lr=50.0)
     x = torch.randn(2, 3, 6)
     lowest = float(torch.tensor(ETA_MIN))  # ETA_MIN in float32
@@ -77,7 +77,7 @@ def test_gradient_is_the_chain_rule_through_the_parameterisation(rule, eta_mode)
     function given eta as a leaf) x d eta / d eta_logit, and the plain path agrees."""
     torch.manual_seed(0)
     net = PlasticRNN(5, rule=rule, eta_mode=eta_mode, eta=0.2, init_std=0.3).double()
-    plain = PlasticRNN(5, rule=rule, eta_mode=eta_mode, eta=0.2, init_std=0.3, impl="plain").double()
+    plain = PlasticRNN(5, rule=rule, eta_mode=eta_mode, eta=0.2, init_std=0.3, impl="autograd").double()
     plain.load_state_dict(net.state_dict())
     x = torch.randn(2, 9, 5, dtype=torch.float64)
     (g_logit,) = torch.autograd.grad(net(x)[0].pow(2).sum(), [net.plastic.eta_logit])
@@ -92,7 +92,7 @@ def test_gradient_is_the_chain_rule_through_the_parameterisation(rule, eta_mode)
 
 
 def _small(tmp_path, **kw):
-    base = dict(episodes=64, eval_every=64, eval_episodes=32, checkpoint_every=64, out=str(tmp_path))
+    base = dict(episodes=64, eval_every=64, eval_episodes=32, save_every=64, out=str(tmp_path))
     return preset("patterns", "small", **{**base, **kw})
 
 
@@ -113,9 +113,8 @@ def test_eta_lr_reaches_the_eta_group_and_nothing_else():
 
 
 def make_optimizer_model(cfg):
-    from plasticity.models import make_model
 
-    return make_model(cfg, make_task(cfg))
+    return make_task(cfg).build_model(cfg)
 
 
 def test_a_step_moves_only_eta_by_its_own_rate():

@@ -40,7 +40,7 @@ def _grads(net, out):
 def test_backward_stores_no_hebb_state_per_step(rule, steps):
     """A small eta is inverted all the way back: nothing of size N^2 is kept per step,
     whatever the episode length, and the gradients are still those of plain autograd."""
-    fused, plain = _net(rule), _net(rule, impl="plain")
+    fused, plain = _net(rule), _net(rule, impl="autograd")
     x = _x(2, steps, fused.n)
     out, _ = fused(x)
     assert _stored(out) == 0
@@ -53,7 +53,7 @@ def test_eta_one_cannot_be_inverted_and_every_state_is_stored(rule):
     """eta = 1 forgets Hebb entirely at each step (decaying Hebb) or makes Oja's
     inverse blow up: the fused path stores the states instead and stays exact."""
     # A learned eta is a sigmoid and never reaches 1: eta = 1 is a fixed eta.
-    fused, plain = _net(rule, eta=1.0, learn_eta=False), _net(rule, eta=1.0, learn_eta=False, impl="plain")
+    fused, plain = _net(rule, eta=1.0, learn_eta=False), _net(rule, eta=1.0, learn_eta=False, impl="autograd")
     x = _x(2, 12, fused.n)
     out, _ = fused(x)
     if rule == "hebb":
@@ -64,8 +64,8 @@ def test_eta_one_cannot_be_inverted_and_every_state_is_stored(rule):
         assert_close(a, b, rtol=1e-9)
 
 
-def test_checkpoint_every_bounds_the_inversion_run():
-    net = _net(checkpoint_every=5)
+def test_segment_steps_bounds_the_inversion_run():
+    net = _net(segment_steps=5)
     out, _ = net(_x(1, 31, net.n))
     assert _stored(out) == len(range(5, 31, 5))
 
@@ -84,18 +84,18 @@ def test_float32_reference_length_episode_is_as_accurate_as_plain_autograd(rule,
     eta = 1 the dynamics amplify any rounding difference, the forward's summation order
     included: there both paths are off by 1e-4..1e-3 and the test would only measure
     which rounding the chaos picked.)"""
-    ref = _net(rule, n=48, eta=eta, impl="plain")
+    ref = _net(rule, n=48, eta=eta, impl="autograd")
     x = torch.sign(_x(2, 106, 48)) * 3
     exact = _grads(ref, ref(x)[0])
     errors = {}
-    for impl in ("plain", "fused"):
+    for impl in ("autograd", "fused"):
         net = _net(rule, n=48, eta=eta, impl=impl, dtype=torch.float32)
         net.load_state_dict({k: v.float() for k, v in ref.state_dict().items()})
         got = _grads(net, net(x.float())[0])
         errors[impl] = max(float((g.double() - e).abs().max() / e.abs().max()) for g, e in zip(got, exact,
                                                                                               strict=True))
     assert errors["fused"] < 1e-4
-    assert errors["fused"] < 10 * errors["plain"] + 1e-6, errors
+    assert errors["fused"] < 10 * errors["autograd"] + 1e-6, errors
 
 
 def test_no_grad_forward_keeps_nothing():
@@ -120,7 +120,7 @@ def test_fused_and_plain_give_the_same_training_gradients():
     from plasticity.tasks import make_task
 
     grads = {}
-    for impl in ("fused", "plain"):
+    for impl in ("fused", "autograd"):
         cfg = preset("patterns", "small", impl=impl, batch_size=4)
         task = make_task(cfg)
         torch.manual_seed(0)
@@ -129,7 +129,7 @@ def test_fused_and_plain_give_the_same_training_gradients():
         batch = task.sample(4, torch.Generator().manual_seed(3))
         task.loss(model(task.inputs(batch))[0], batch).backward()
         grads[impl] = {name: p.grad for name, p in model.named_parameters()}
-    for name, value in grads["plain"].items():
+    for name, value in grads["autograd"].items():
         assert_close(grads["fused"][name], value, rtol=1e-4, name=name)
 
 

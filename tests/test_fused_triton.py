@@ -32,7 +32,7 @@ triton = pytest.importorskip("triton", reason="triton is not installed (pip inst
 from plasticity.nn import fused_triton  # noqa: E402 -- needs triton
 
 FUSED = sorted(name for name, rule in RULES.items() if rule.elementwise is not None)
-CASES = list(itertools.product(FUSED, ("free", "yoked"), ("scalar", "per-connection"), (None, 0.5)))
+CASES = list(itertools.product(FUSED, ("free", "shared"), ("scalar", "per-connection"), (None, 0.5)))
 INTERPRETED = fused_triton.interpreted()
 interpreted = pytest.mark.skipif(not INTERPRETED, reason="runs in the TRITON_INTERPRET=1 subprocess of "
                                  "test_kernels_under_the_interpreter")
@@ -40,8 +40,8 @@ compiled = pytest.mark.skipif(INTERPRETED, reason="needs triton's compiler, not 
 needs_cuda = pytest.mark.skipif(INTERPRETED or not torch.cuda.is_available(), reason="needs a CUDA device")
 
 
-GPU_CASES = [("hebb", "free", "scalar", None), ("hebb", "yoked", "per-connection", 0.5),
-             ("oja", "free", "per-connection", 0.5), ("oja", "yoked", "scalar", None)]
+GPU_CASES = [("hebb", "free", "scalar", None), ("hebb", "shared", "per-connection", 0.5),
+             ("oja", "free", "per-connection", 0.5), ("oja", "shared", "scalar", None)]
 
 
 def _calm(rule, n, alpha_mode="free", eta_mode="scalar", clip=None, **kw):
@@ -123,13 +123,13 @@ def test_triton_clamped_inputs_match_naive(rule):
 @pytest.mark.parametrize("rule", FUSED)
 @interpreted
 def test_triton_stored_states_and_resets(rule):
-    """eta = 1 (every state stored, none inverted) and `checkpoint_every` match the
+    """eta = 1 (every state stored, none inverted) and `segment_steps` match the
     naive loop; episodes packed with a reset equal separate runs."""
     net = _rnn(rule, "free", "scalar", "add", None, n=8, fused_backend="triton")
     with torch.no_grad():
         net.plastic.eta.fill_(1.0)
     _compare_with_naive(net, _inputs(2, 5, 8, "add"))
-    every = _rnn(rule, "free", "per-connection", "add", 0.5, n=8, checkpoint_every=2, fused_backend="triton")
+    every = _rnn(rule, "free", "per-connection", "add", 0.5, n=8, segment_steps=2, fused_backend="triton")
     _compare_with_naive(every, _inputs(2, 6, 8, "add"))
 
     first, second = _inputs(2, 4, 8, "add", seed=2), _inputs(2, 3, 8, "add", seed=3)
@@ -267,7 +267,7 @@ def test_bfloat16_episode_follows_the_float64_reference(rule):
     errors = {}
     for backend in ("triton", "torch"):
         net = _rnn(rule, "free", "scalar", "add", None, n=16, fused_backend=backend)
-        ref = _rnn(rule, "free", "scalar", "add", None, n=16, impl="plain")
+        ref = _rnn(rule, "free", "scalar", "add", None, n=16, impl="autograd")
         x = _inputs(2, 8, 16, "add")
         weights = torch.randn(x.shape, generator=torch.Generator().manual_seed(6), dtype=torch.float64)
         exact_out, _ = ref(x)
@@ -359,6 +359,6 @@ def test_cuda_matches_cpu_and_bfloat16_follows(rule):
     w = torch.randn(out_c.shape, generator=torch.Generator().manual_seed(8))
     for a, b in zip(_grads((out_g * w.cuda()).sum(), gpu), _grads((out_c * w).sum(), cpu), strict=True):
         assert_close(a.cpu().double(), b.double(), rtol=1e-3)
-    exact, _ = _calm(rule, 200, impl="plain")(x)
+    exact, _ = _calm(rule, 200, impl="autograd")(x)
     out, _ = _calm(rule, 200).cuda().bfloat16()(x.cuda().bfloat16())
     assert float((out.double().cpu() - exact.detach()).abs().max()) < 0.05

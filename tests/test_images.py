@@ -6,7 +6,6 @@ import pytest
 import torch
 
 from plasticity.config import preset
-from plasticity.models import make_model
 from plasticity.tasks import ImageTask
 from plasticity.train import train
 from tests.conftest import SHARED_DATA, needs_shared_data
@@ -69,7 +68,7 @@ def test_downsampling_keeps_the_mean():
 def test_models_run_and_backpropagate(model):
     cfg = small(model=model, hidden=32)
     task = ImageTask(cfg)
-    net = make_model(cfg, task)
+    net = task.build_model(cfg)
     ep = task.sample(2, torch.Generator().manual_seed(0))
     out, _ = net(task.inputs(ep))
     assert out.shape == (2, task.steps, task.n_io)
@@ -96,7 +95,7 @@ def test_plastic_network_learns_to_complete_unseen_images(tmp_path, monkeypatch)
     below the loss of answering with the cue alone."""
     monkeypatch.setenv("PLASTICITY_DATA", str(SHARED_DATA))
     cfg = small(image_size=8, num_cycles=2, present_steps=3, gap_steps=1, episodes=1600, batch_size=16, lr=3e-3,
-                eval_every=800, eval_episodes=128, checkpoint_every=800, out=str(tmp_path), seed=0)
+                eval_every=800, eval_episodes=128, save_every=800, out=str(tmp_path), seed=0)
     result = train(cfg, progress=False)
     first, last = result.history[0], result.history[-1]
     task = ImageTask(cfg).heldout()
@@ -113,7 +112,7 @@ def test_evaluate_scores_the_folder_the_user_points_at(tmp_path, monkeypatch, ca
     from tests.datagen import write_cifar
 
     cfg = small(image_size=8, num_cycles=1, present_steps=2, gap_steps=1, episodes=32, batch_size=16,
-                eval_every=32, eval_episodes=16, checkpoint_every=32, out=str(tmp_path / "runs"),
+                eval_every=32, eval_episodes=16, save_every=32, out=str(tmp_path / "runs"),
                 data_dir=str(generated_data))
     ckpt = train(cfg, progress=False).checkpoint
     mine = tmp_path / "mine"

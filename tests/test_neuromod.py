@@ -95,7 +95,7 @@ def test_modulated_rules_need_mod_of_the_right_shape():
 
 # ---- the recurrent layer emitting M(t) ----
 
-NET_CASES = list(itertools.product(("neuromod", "retroactive"), ("network", "neuron"), ("free", "yoked"),
+NET_CASES = list(itertools.product(("neuromod", "retroactive"), ("network", "neuron"), ("free", "shared"),
                                    ("add", "clamp"), (None, 0.5)))
 
 
@@ -152,7 +152,7 @@ def test_modulated_rnn_matches_naive_per_episode(rule, modulation, alpha_mode, i
 @pytest.mark.parametrize("rule", ["neuromod", "retroactive"])
 def test_modulated_rnn_segment_recompute_gives_identical_gradients(rule):
     plain = _net(rule, "neuron")
-    chunked = _net(rule, "neuron", checkpoint_every=3)
+    chunked = _net(rule, "neuron", segment_steps=3)
     x = torch.randn(2, 8, plain.n, dtype=torch.float64)
     out_p, _ = plain(x)
     out_c, _ = chunked(x)

@@ -13,9 +13,9 @@ from plasticity.nn import LSTMNet, PlasticLinear, PlasticRNN, RecurrentNet
 from plasticity.nn.naive import plastic_linear_naive, plastic_rnn_naive
 from tests.conftest import assert_close
 
-RNN_CASES = list(itertools.product(("hebb", "oja"), ("free", "yoked"), ("scalar", "per-connection"),
+RNN_CASES = list(itertools.product(("hebb", "oja"), ("free", "shared"), ("scalar", "per-connection"),
                                    ("add", "clamp"), (None, 0.5)))
-IMPLS = {"plain": dict(impl="plain"), "fused-cpp": dict(impl="fused", fused_backend="cpp"),
+IMPLS = {"autograd": dict(impl="autograd"), "fused-cpp": dict(impl="fused", fused_backend="cpp"),
          "fused-torch": dict(impl="fused", fused_backend="torch")}
 """Every implementation of `PlasticRNN`: step-by-step autograd, and the fused path with
 its C++ kernels and with its torch-op kernels."""
@@ -125,9 +125,9 @@ def test_reset_per_episode_in_batch(impl):
 @pytest.mark.parametrize("impl", IMPLS)
 @pytest.mark.parametrize("rule", ["hebb", "oja"])
 def test_segment_recompute_gives_identical_gradients(rule, impl):
-    """`checkpoint_every`: plain recomputes segments, fused stores exact Hebb states."""
-    plain = _rnn(rule, "free", "per-connection", "add", 0.5, impl="plain")
-    chunked = _rnn(rule, "free", "per-connection", "add", 0.5, checkpoint_every=3, **IMPLS[impl])
+    """`segment_steps`: plain recomputes segments, fused stores exact Hebb states."""
+    plain = _rnn(rule, "free", "per-connection", "add", 0.5, impl="autograd")
+    chunked = _rnn(rule, "free", "per-connection", "add", 0.5, segment_steps=3, **IMPLS[impl])
     x = _inputs(2, 8, plain.n, "add")
     out_p, _ = plain(x)
     out_c, _ = chunked(x)
@@ -138,7 +138,7 @@ def test_segment_recompute_gives_identical_gradients(rule, impl):
         assert_close(a, c, name=f"grad {name}")
 
 
-LINEAR_CASES = list(itertools.product(("hebb", "oja"), ("free", "yoked"), (None, "softmax")))
+LINEAR_CASES = list(itertools.product(("hebb", "oja"), ("free", "shared"), (None, "softmax")))
 
 
 @pytest.mark.parametrize("rule,alpha_mode,act", LINEAR_CASES, ids=["-".join(map(str, c)) for c in LINEAR_CASES])
@@ -194,7 +194,7 @@ def test_shape_errors_are_specific():
     (dict(eta=-0.1), r"eta must be in \(0, 1\], got -0.1"),
     (dict(eta=1.5), r"eta must be in \(0, 1\]"),
     (dict(rule="bcm"), r"unknown plasticity rule 'bcm'"),
-    (dict(alpha_mode="shared"), r"unknown alpha mode 'shared': choose one of free, yoked"),
+    (dict(alpha_mode="tied"), r"unknown alpha mode 'tied': choose one of free, shared"),
     (dict(clip=0), r"clip must be > 0"),
 ], ids=["negative-eta", "eta-above-1", "unknown-rule", "alpha-mode", "clip"])
 def test_bad_layer_arguments(kwargs, message):
@@ -205,7 +205,7 @@ def test_bad_layer_arguments(kwargs, message):
 
 
 def test_yoked_alpha_is_one_parameter_and_plasticity_changes_the_output():
-    net = PlasticRNN(5, alpha_mode="yoked", eta=0.5)
+    net = PlasticRNN(5, alpha_mode="shared", eta=0.5)
     assert net.plastic.alpha.shape == ()
     x = torch.randn(1, 6, 5)
     with torch.no_grad():

@@ -137,7 +137,7 @@ def test_bad_config_is_one_line():
 @needs_shared_data
 def test_learns_one_shot_on_held_out_characters_and_evaluates(tmp_path, capsys, monkeypatch):
     monkeypatch.setenv("PLASTICITY_DATA", str(SHARED_DATA))
-    cfg = preset("omniglot", "small", episodes=16_000, eval_every=8000, eval_episodes=512, checkpoint_every=8000,
+    cfg = preset("omniglot", "small", episodes=16_000, eval_every=8000, eval_episodes=512, save_every=8000,
                  out=str(tmp_path), seed=0)
     result = train(cfg, progress=False)
     assert result.final["eval/accuracy"] > 0.4, result.history  # chance is 0.2

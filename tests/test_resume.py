@@ -21,7 +21,7 @@ from plasticity.train import load_checkpoint
 pytestmark = pytest.mark.slow
 
 # Tiny runs of each task: the signal lands after the first evaluation, with no episode
-# checkpoint before the end (--checkpoint-every larger than the run).
+# checkpoint before the end (--save-every larger than the run).
 TASKS = {
     "patterns": ["--preset", "small", "--episodes", "6144", "--eval-every", "768", "--eval-episodes", "64"],
     "maze": ["--preset", "small", "--episode-steps", "20", "--hidden", "16", "--batch-size", "8",
@@ -31,7 +31,7 @@ TASKS = {
     "omniglot": ["--preset", "small", "--channels", "8", "--n-way", "2", "--batch-size", "4", "--episodes", "480",
                  "--eval-every", "48", "--eval-episodes", "12", "--split", "random"],
 }
-COMMON = ["--checkpoint-every", "1000000", "--no-tracking", "--no-progress"]
+COMMON = ["--save-every", "1000000", "--no-tracking", "--no-progress"]
 
 
 def cli(*args: str, cwd: Path, **kw) -> subprocess.Popen:
@@ -126,13 +126,13 @@ def test_stopped_and_resumed_run_equals_the_uninterrupted_one(tmp_path, data, ta
 
 
 def test_sigkill_loses_at_most_the_checkpoint_interval(tmp_path):
-    args = ["train", "patterns", *TASKS["patterns"], *COMMON, "--checkpoint-minutes", "0.0001"]
+    args = ["train", "patterns", *TASKS["patterns"], *COMMON, "--save-minutes", "0.0001"]
     proc = cli(*args, "--out", str(tmp_path), cwd=tmp_path)
     wait_for_evaluations(tmp_path, proc)
     proc.kill()
     finish(proc)
     ckpt = load_checkpoint(run_folder(tmp_path) / "checkpoint.pt")
-    # Only the wall-clock interval can have written it: --checkpoint-every is larger than the run.
+    # Only the wall-clock interval can have written it: --save-every is larger than the run.
     assert ckpt["episode"] >= 768
 
 
@@ -175,7 +175,7 @@ def test_sigterm_marks_the_mlflow_run_killed_and_resume_continues_it(tmp_path):
     from mlflow.tracking import MlflowClient
 
     uri = f"sqlite:///{tmp_path / 'mlruns.db'}"
-    args = ["train", "patterns", *TASKS["patterns"], "--checkpoint-every", "1000000", "--no-progress",
+    args = ["train", "patterns", *TASKS["patterns"], "--save-every", "1000000", "--no-progress",
             "--tracking-uri", uri, "--out", str(tmp_path / "runs")]
     proc = cli(*args, cwd=tmp_path)
     wait_for_evaluations(tmp_path / "runs", proc)

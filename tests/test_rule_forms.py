@@ -46,7 +46,7 @@ def test_rules_without_a_form_are_autograd_only(name, capsys, monkeypatch):
 def _fused_vs_plain(rule_name: str, backend: str, clip=None, eta_mode="scalar"):
     """Outputs and gradients (w, alpha, eta, Hebb0) of the fused path vs plain autograd."""
     results = {}
-    for impl, kw in (("plain", {}), ("fused", dict(fused_backend=backend))):
+    for impl, kw in (("autograd", {}), ("fused", dict(fused_backend=backend))):
         torch.manual_seed(0)
         net = PlasticRNN(6, rule=rule_name, eta=0.1, init_std=0.3, clip=clip, eta_mode=eta_mode, impl=impl,
                          **kw).double()
@@ -61,7 +61,7 @@ def _fused_vs_plain(rule_name: str, backend: str, clip=None, eta_mode="scalar"):
         p = net.plastic
         results[impl] = (out, *torch.autograd.grad(loss, [p.w, p.alpha, p.eta_logit, h0]))
     for what, a, b in zip(("outputs", "grad w", "grad alpha", "grad eta", "grad hebb0"), results["fused"],
-                          results["plain"], strict=True):
+                          results["autograd"], strict=True):
         assert_close(a, b, rtol=1e-9, name=f"rule {rule_name!r} ({backend}): {what}")
 
 

@@ -15,7 +15,7 @@ from plasticity.serving import EpisodeLayout, RequestError, ServedModel, Session
 from plasticity.tasks import make_task
 from tests.conftest import assert_close
 
-SMALL = dict(episodes=512, eval_every=512, eval_episodes=32, checkpoint_every=512)
+SMALL = dict(episodes=512, eval_every=512, eval_episodes=32, save_every=512)
 
 
 @pytest.fixture(scope="session")

@@ -7,13 +7,13 @@ import pytest
 
 from plasticity.config import PRESETS
 from plasticity.errors import ConfigError
-from tune.spaces import SPACES, check_space_limits, define_by_run, load_space, validate_space
+from tune.spaces import SPACES, DefineByRun, check_space_limits, load_space, validate_space
 
 
 def test_builtin_space_is_valid_and_conditional_clip_follows_its_switch():
     space = validate_space(SPACES["patterns"], "patterns")
     study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
-    suggest = define_by_run(space, {"preset": "small"})
+    suggest = DefineByRun(space, {"preset": "small"})
     seen_clip = {True: 0, False: 0}
     for _ in range(40):
         trial = study.ask()
@@ -47,7 +47,7 @@ def test_yaml_space_file(tmp_path):
     path.write_text("eta: {type: float, low: 0.01, high: 0.1, log: true}\n"
                     "rule: {type: categorical, choices: [oja]}\n")
     space = validate_space(load_space(path), "patterns")
-    params = define_by_run(space, {})(optuna.create_study().ask())
+    params = DefineByRun(space, {})(optuna.create_study().ask())
     assert params["rule"] == "oja" and 0.01 <= params["eta"] <= 0.1
     (tmp_path / "bad.yaml").write_text("eta: [unclosed\n")
     with pytest.raises(ConfigError, match="is not valid YAML"):

@@ -17,7 +17,7 @@ from tests.test_sweep import _mlflow, sweep
 SPACE = """\
 input_gain: {type: categorical, choices: [20.0, 1.0e-6, 1.0e+39]}
 eta: {type: float, low: 0.01, high: 0.2, log: true}
-alpha_mode: {type: categorical, choices: [free, yoked]}
+alpha_mode: {type: categorical, choices: [free, shared]}
 use_clip: {type: categorical, choices: [false, true]}
 clip: {type: float, low: 0.5, high: 2.0, when: {use_clip: true}}
 """

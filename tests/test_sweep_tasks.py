@@ -33,9 +33,9 @@ def test_task_sweep(tmp_path, generated_data, task, fixed, metric_key):
 
 def test_fixed_values_are_checked_before_any_trial(tmp_path):
     proc = sweep(["--task", "images", "--fixed", "image_size=12"], tmp_path, timeout=120)
-    assert "image_size must be 32, 16 or 8" in one_error_line(proc)
+    assert "unknown image size 12: choose one of 32, 16, 8" in one_error_line(proc)
     proc = sweep(["--task", "images", "--fixed", "nonsense"], tmp_path, timeout=120)
     assert "--fixed takes KEY=VALUE" in one_error_line(proc)
-    # Trials run the fused path unless --fixed impl=plain selects the reference.
+    # Trials run the fused path unless --fixed impl=autograd selects the reference.
     proc = sweep(["--task", "patterns", "--fixed", "impl=fast"], tmp_path, timeout=120)
-    assert "unknown implementation 'fast': choose one of fused, plain" in one_error_line(proc)
+    assert "unknown impl 'fast': choose one of fused, autograd" in one_error_line(proc)

@@ -14,7 +14,7 @@ from plasticity.train import TrainingDiverged, load_checkpoint, model_from_check
 
 
 def small(tmp_path, **kw):
-    base = dict(episodes=6000, eval_every=2000, eval_episodes=256, checkpoint_every=2000, out=str(tmp_path))
+    base = dict(episodes=6000, eval_every=2000, eval_episodes=256, save_every=2000, out=str(tmp_path))
     return preset("patterns", "small", **{**base, **kw})
 
 
@@ -41,9 +41,9 @@ def test_non_plastic_rnn_does_not_learn_the_small_task(tmp_path):
 
 
 def test_resume_continues_exactly(tmp_path):
-    straight = train(small(tmp_path / "a", episodes=1024, eval_every=512, checkpoint_every=512), progress=False)
-    half = train(small(tmp_path / "b", episodes=512, eval_every=512, checkpoint_every=512), progress=False)
-    resumed = train(small(tmp_path / "b", episodes=1024, eval_every=512, checkpoint_every=512),
+    straight = train(small(tmp_path / "a", episodes=1024, eval_every=512, save_every=512), progress=False)
+    half = train(small(tmp_path / "b", episodes=512, eval_every=512, save_every=512), progress=False)
+    resumed = train(small(tmp_path / "b", episodes=1024, eval_every=512, save_every=512),
                     resume=half.checkpoint, progress=False)
     for (name, a), b in zip(straight.model.state_dict().items(), resumed.model.state_dict().values(), strict=True):
         assert torch.equal(a, b), name

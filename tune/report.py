@@ -18,6 +18,7 @@ from pathlib import Path
 from ray.tune import Callback
 
 from plasticity.config import CONFIGS
+from plasticity.errors import error_line
 from plasticity.plots import save_figure
 from plasticity.tracking.mlflow import MlflowTracker
 from plasticity.train import model_from_checkpoint
@@ -230,7 +231,7 @@ def trial_rows(results, metric: str) -> list[dict]:
             "eval/bit_error_erased": m.get("eval/bit_error_erased", math.nan),
             "model/params": m.get("model/params", 0),
             **{k: v for k, v in sorted(cfg.items())},
-            "error": "" if result.error is None else str(result.error).strip().splitlines()[-1][:200],
+            "error": "" if result.error is None else error_line(result.error, last=True),
         })
     return rows
 

@@ -8,7 +8,9 @@ A space is a mapping `name -> spec`, written in Python (`SPACES`) or in a YAML f
     use_clip:   {type: categorical, choices: [false, true]}
     clip:       {type: float, low: 0.5, high: 2.0, when: {use_clip: true}}
 
-`when` makes a parameter conditional: it is drawn only if every named parameter was
+A categorical parameter over a config field with fixed choices (a `Literal` such as
+`alpha_mode`, or a switch) may leave out `choices`: it then draws from all of them, as
+the config defines them. `when` makes a parameter conditional: it is drawn only if every named parameter was
 drawn with one of the given values (a value or a list of values). Names are config
 fields (the `plasticity train` flags, underscores for dashes); names starting with
 `use_` are switches that only gate other parameters and are not passed to training.
@@ -22,8 +24,8 @@ from typing import Any
 
 import yaml
 
-from plasticity.config import CONFIGS, PRESETS
-from plasticity.errors import ConfigError
+from plasticity.config import CONFIGS, PRESETS, field_choices
+from plasticity.errors import ConfigError, error_line
 
 SWITCH_PREFIX = "use_"
 TYPES = ("float", "int", "categorical")
@@ -32,8 +34,8 @@ SPACES: dict[str, dict[str, dict[str, Any]]] = {
     "patterns": {
         "rule": {"type": "categorical", "choices": ["hebb", "oja"]},
         "eta": {"type": "float", "low": 1e-3, "high": 0.5, "log": True},
-        "alpha_mode": {"type": "categorical", "choices": ["free", "yoked"]},
-        "eta_mode": {"type": "categorical", "choices": ["scalar", "per-connection"]},
+        "alpha_mode": {"type": "categorical"},
+        "eta_mode": {"type": "categorical"},
         "extra_neurons": {"type": "int", "low": 0, "high": 32},
         "lr": {"type": "float", "low": 3e-4, "high": 1e-2, "log": True},
         # eta's own learning rate (an Adam step changes eta by about eta_lr x eta, relative to eta).
@@ -44,7 +46,7 @@ SPACES: dict[str, dict[str, dict[str, Any]]] = {
     "images": {
         "rule": {"type": "categorical", "choices": ["hebb", "oja"]},
         "eta": {"type": "float", "low": 1e-3, "high": 0.5, "log": True},
-        "alpha_mode": {"type": "categorical", "choices": ["free", "yoked"]},
+        "alpha_mode": {"type": "categorical"},
         "lr": {"type": "float", "low": 1e-4, "high": 1e-2, "log": True},
         "use_clip": {"type": "categorical", "choices": [False, True]},
         "clip": {"type": "float", "low": 0.5, "high": 2.0, "when": {"use_clip": True}},
@@ -53,9 +55,9 @@ SPACES: dict[str, dict[str, dict[str, Any]]] = {
         "rule": {"type": "categorical", "choices": ["oja", "hebb"]},
         # Below 1: a learned eta is a sigmoid, which never reaches 1.
         "eta": {"type": "float", "low": 1e-2, "high": 0.99, "log": True},
-        "learn_eta": {"type": "categorical", "choices": [True, False]},
+        "learn_eta": {"type": "categorical"},
         "eta_lr": {"type": "float", "low": 1e-5, "high": 1e-1, "log": True, "when": {"learn_eta": True}},
-        "alpha_mode": {"type": "categorical", "choices": ["free", "yoked"]},
+        "alpha_mode": {"type": "categorical"},
         "lr": {"type": "float", "low": 1e-4, "high": 3e-3, "log": True},
         "channels": {"type": "categorical", "choices": [32, 64]},
     },
@@ -63,10 +65,9 @@ SPACES: dict[str, dict[str, dict[str, Any]]] = {
     "maze": {
         "model": {"type": "categorical", "choices": ["plastic", "neuromod", "retroactive"]},
         "rule": {"type": "categorical", "choices": ["hebb", "oja"], "when": {"model": "plastic"}},
-        "modulation": {"type": "categorical", "choices": ["network", "neuron"],
-                       "when": {"model": ["neuromod", "retroactive"]}},
+        "modulation": {"type": "categorical", "when": {"model": ["neuromod", "retroactive"]}},
         "eta": {"type": "float", "low": 0.01, "high": 0.9, "log": True},
-        "alpha_mode": {"type": "categorical", "choices": ["free", "yoked"]},
+        "alpha_mode": {"type": "categorical"},
         "lr": {"type": "float", "low": 3e-4, "high": 3e-3, "log": True},
         "entropy_weight": {"type": "float", "low": 0.003, "high": 0.1, "log": True},
         "value_weight": {"type": "float", "low": 0.03, "high": 0.3, "log": True},
@@ -82,15 +83,18 @@ def load_space(path: str | Path) -> dict[str, dict[str, Any]]:
     try:
         space = yaml.safe_load(path.read_text())
     except yaml.YAMLError as e:
-        raise ConfigError(f"search space file {path} is not valid YAML ({str(e).splitlines()[0]}): fix it") from None
+        raise ConfigError(f"search space file {path} is not valid YAML ({error_line(e)}): fix it") from None
     if not isinstance(space, dict) or not space:
         raise ConfigError(f"search space file {path} must map parameter names to specs")
     return space
 
 
 def validate_space(space: dict[str, dict[str, Any]], task: str) -> dict[str, dict[str, Any]]:
-    """Check every spec against the task's config; raise one `ConfigError` naming the fix."""
-    names = {f.name for f in fields(CONFIGS[task])}
+    """Check every spec against the task's config; raise one `ConfigError` naming the fix.
+    Returns the space with the choices of categorical fields that left them out filled in."""
+    config_cls = CONFIGS[task]
+    names = {f.name: f for f in fields(config_cls)}
+    space = {name: _with_choices(config_cls, names, name, spec) for name, spec in space.items()}
     seen: set[str] = set()
     for name, spec in space.items():
         where = f"search space parameter {name!r}"
@@ -118,6 +122,17 @@ def validate_space(space: dict[str, dict[str, Any]], task: str) -> dict[str, dic
     return space
 
 
+def _with_choices(config_cls, names: dict, name: str, spec):
+    """`spec` with `choices` from the config field's `Literal` (or [False, True] for a
+    switch) when a categorical spec leaves them out."""
+    if not isinstance(spec, dict) or spec.get("type") != "categorical" or "choices" in spec:
+        return spec
+    if name in names and names[name].type in (bool, "bool"):
+        return {**spec, "choices": [False, True]}
+    choices = field_choices(config_cls, name) if name in names else None
+    return {**spec, "choices": list(choices)} if choices else spec
+
+
 def _active(spec: dict[str, Any], drawn: dict[str, Any]) -> bool:
     for other, allowed in (spec.get("when") or {}).items():
         allowed = allowed if isinstance(allowed, list) else [allowed]
@@ -126,7 +141,7 @@ def _active(spec: dict[str, Any], drawn: dict[str, Any]) -> bool:
     return True
 
 
-class define_by_run:  # noqa: N801 - used like a function: define_by_run(space, constants)(trial)
+class DefineByRun:
     """An Optuna define-by-run function: draws the active parameters and returns the
     trial's full set of constants (`constants` plus the drawn values, switches removed).
     A class rather than a closure so that Tune can pickle the searcher with it."""
@@ -184,6 +199,7 @@ def check_space_limits(space: dict[str, dict[str, Any]], task: str, preset_name:
     the value and the config's limit."""
     from plasticity.config import preset
 
+    space = validate_space(space, task)
     for name, spec in space.items():
         if name.startswith(SWITCH_PREFIX):
             continue

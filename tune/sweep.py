@@ -31,10 +31,10 @@ from typing import Annotated, Literal
 import tyro
 
 from plasticity.cli import parse_args
-from plasticity.config import PRESETS
+from plasticity.config import PRESETS, TaskName
 from plasticity.errors import ConfigError, PlasticityError, TrackingError, check_positive
 from plasticity.redact import redact
-from tune.spaces import SPACES, check_constants, check_space_limits, define_by_run, load_space, validate_space
+from tune.spaces import SPACES, DefineByRun, check_constants, check_space_limits, load_space, validate_space
 
 OBJECTIVE = "objective"
 """The key under which trials report their score (see tune/trainable.py)."""
@@ -44,7 +44,7 @@ OBJECTIVE = "objective"
 class SweepArgs:
     """Hyperparameter sweep over plasticity settings with Ray Tune + Optuna, tracked in MLflow."""
 
-    task: Literal["patterns", "images", "omniglot", "maze"] = "patterns"
+    task: TaskName = "patterns"
     """Task to sweep (its search space is tune.spaces.SPACES[task] unless --space is given)."""
     preset: str = "small"
     """Task preset every trial starts from (see `plasticity train TASK --help`)."""
@@ -287,7 +287,7 @@ def run_sweep(args: SweepArgs):
         # by the trainable): Optuna, ASHA, the summary and the registered model all use it.
         metrics = [OBJECTIVE, "model/params"] if args.multi_objective else OBJECTIVE
         modes = ["min", "min"] if args.multi_objective else "min"
-        searcher = SweepSearch(define_by_run(space, {}), metric=metrics, mode=modes, sampler=sampler,
+        searcher = SweepSearch(DefineByRun(space, {}), metric=metrics, mode=modes, sampler=sampler,
                                study_name=args.name, storage=optuna_storage, max_t=args.max_episodes)
         searcher = ConcurrencyLimiter(searcher, max_concurrent=args.max_concurrent)
         if args.scheduler == "asha":

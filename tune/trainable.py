@@ -61,7 +61,7 @@ def label(trial_id: str, drawn: dict[str, Any]) -> str:
 
 
 def run_name(name: str, cfg) -> str:
-    """`t003 eta=0.031 oja yoked`: the run's number and the settings people compare."""
+    """`t003 eta=0.031 oja shared`: the run's number and the settings people compare."""
     parts = [name]
     if cfg.model not in ("plastic",):
         parts.append(cfg.model)
@@ -93,7 +93,7 @@ def trial_config(sweep: SweepContext, params: dict[str, Any], out: str):
     params = {k: v for k, v in params.items() if not k.startswith(SWITCH_PREFIX) and k != TRIAL_NUMBER}
     cfg = preset(sweep.task, sweep.preset, **{**sweep.overrides, **params})
     return cfg.replace(episodes=sweep.max_episodes, eval_every=sweep.eval_every,
-                       checkpoint_every=sweep.eval_every, out=out)
+                       save_every=sweep.eval_every, out=out)
 
 
 def _open_tracker(sweep: SweepContext, cfg, run_id: str | None, trial_id: str, drawn: dict[str, Any]):

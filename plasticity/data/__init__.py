@@ -8,6 +8,8 @@ The directory is `--data-dir` / `$PLASTICITY_DATA` (default `./data`); converted
 are cached once under `$PLASTICITY_CACHE` (default `~/.cache/plasticity`). Missing,
 truncated or corrupt files raise `DataError` naming the file and the fix. Get the
 files with `plasticity data download cifar10|omniglot`.
+
+May import: `plasticity.errors` (and numpy, torch).
 """
 
 from plasticity.data.cifar import CifarImages, load_cifar10

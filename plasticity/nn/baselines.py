@@ -12,7 +12,8 @@ import torch
 from torch import Tensor, nn
 
 from plasticity.errors import ShapeError, check_choice, check_positive
-from plasticity.nn.plastic import INPUT_MODES, _check_reset, _check_sequence, _keep_mask, drive_neurons
+from plasticity.nn.inputs import INPUT_MODES, drive_neurons
+from plasticity.nn.plastic import _check_reset, _check_sequence, _same_episode_mask
 
 
 class RecurrentNet(nn.Module):
@@ -38,9 +39,9 @@ class RecurrentNet(nn.Module):
             raise ShapeError(f"state has shape {tuple(y.shape)}, expected {(batch, self.n)} [B, N]")
         outputs = []
         for t in range(steps):
-            keep = _keep_mask(reset, t, inputs.dtype)
-            if keep is not None:
-                y = y * keep
+            same_episode = _same_episode_mask(reset, t, inputs.dtype)
+            if same_episode is not None:
+                y = y * same_episode
             y = drive_neurons(y @ self.w, inputs[:, t], self.input_mode)
             outputs.append(y)
         return torch.stack(outputs, 1), y
@@ -72,8 +73,8 @@ class LSTMNet(nn.Module):
                 state = (zeros, zeros)
             hs = []
             for t in range(steps):
-                keep = _keep_mask(reset, t, inputs.dtype).unsqueeze(0)
-                state = (state[0] * keep, state[1] * keep)
+                same_episode = _same_episode_mask(reset, t, inputs.dtype).unsqueeze(0)
+                state = (state[0] * same_episode, state[1] * same_episode)
                 out, state = self.lstm(inputs[:, t:t + 1], state)
                 hs.append(out)
             h = torch.cat(hs, 1)

@@ -34,6 +34,7 @@ import torch
 from torch import Tensor
 
 from plasticity.errors import ConfigError, ShapeError
+from plasticity.nn.inputs import drive_derivative, drive_neurons
 from plasticity.rules import RULES, Elementwise, Rule, get_rule
 from plasticity.rules.base import apply_elementwise
 from plasticity.rules.elementwise import FormError, check_elementwise, cpp_rule, uses
@@ -90,7 +91,7 @@ class TorchKernels:
             return clipped, alpha * torch.bmm(post.unsqueeze(1), h_next).squeeze(1)
         return clipped, torch.bmm(post.unsqueeze(1), alpha * h_next).squeeze(1)
 
-    def backward_stage(self, h, grad_h, ckpt, prev, stage, pre, post, grad_a, keep, pre_p, post_p, alpha, eta,
+    def backward_stage(self, h, grad_h, ckpt, prev, stage, pre, post, grad_a, same_episode, pre_p, post_p, alpha, eta,
                        clip, dpre, dalpha, deta):
         form, grad_h_buffer = self.form, grad_h
         if stage:
@@ -98,7 +99,7 @@ class TorchKernels:
             pre_i, post_j, grad_a_j = pre.unsqueeze(2), post.unsqueeze(1), grad_a.unsqueeze(1)
             dpre.copy_((grad_h * form.d_pre(h, pre_i, post_j, eta)).sum(-1) + (alpha * h * grad_a_j).sum(-1))
             dalpha += (pre_i * h * grad_a_j).sum(0)
-            grad_h = (grad_h * form.d_h(h, pre_i, post_j, eta) + alpha * pre_i * grad_a_j) * keep.view(-1, 1, 1)
+            grad_h = (grad_h * form.d_h(h, pre_i, post_j, eta) + alpha * pre_i * grad_a_j) * same_episode.view(-1, 1, 1)
         col_sums = torch.zeros_like(pre_p)
         if prev != NONE:
             # Step t-1: H_t = update(H_{t-1}, pre_p, post_p); grad_h holds dL/dH_t.
@@ -132,12 +133,12 @@ class CppKernels:
                                               float(clip or 0.0), want_z)
         return clipped, (z if want_z else None)
 
-    def backward_stage(self, h, grad_h, ckpt, prev, stage, pre, post, grad_a, keep, pre_p, post_p, alpha, eta,
+    def backward_stage(self, h, grad_h, ckpt, prev, stage, pre, post, grad_a, same_episode, pre_p, post_p, alpha, eta,
                        clip, dpre, dalpha, deta):
         n = h.shape[1]
         (a, a_rs), (e, e_rs) = _as_rows(alpha, n), _as_rows(eta, n)
         return self.module.backward_stage(h, grad_h, ckpt, prev, stage, pre.contiguous(), post.contiguous(),
-                                          grad_a.contiguous(), keep.contiguous(), pre_p.contiguous(),
+                                          grad_a.contiguous(), same_episode.contiguous(), pre_p.contiguous(),
                                           post_p.contiguous(), a, a_rs, e, e_rs, float(clip or 0.0), dpre, dalpha,
                                           deta)
 
@@ -323,11 +324,12 @@ def chunk_episodes_for(batch: int, n: int, itemsize: int, eta_per_connection: bo
 
 # ------------------------------------------------------------------------- the episode
 @dataclass(frozen=True)
-class _Spec:
+class _KernelSpec:
     form: Elementwise
     d_h_reads: frozenset
     """Which of (h, pre, post, eta) the rule's d_h reads (what the error bound needs)."""
     clamp_input: bool
+    """The input clamps its neurons (`clamp`) rather than adding to them (`add`)."""
     clip: float | None
     every: int
     max_amp: float
@@ -335,15 +337,9 @@ class _Spec:
     chunk: int
     """Episodes per chunk (see `_Episode`)."""
 
-
-def _activation(a: Tensor, x: Tensor, clamp_input: bool) -> Tensor:
-    return torch.where(x != 0, x, torch.tanh(a)) if clamp_input else torch.tanh(a + x)
-
-
-def _dact(post: Tensor, x: Tensor, clamp_input: bool) -> Tensor:
-    """d post / d a (the pre-activation) given post."""
-    d = 1 - post * post
-    return d.masked_fill(x != 0, 0) if clamp_input else d
+    @property
+    def input_mode(self) -> str:
+        return "clamp" if self.clamp_input else "add"
 
 
 class _Amplification:
@@ -369,16 +365,16 @@ class _Amplification:
         return self.constant if self.constant is not None else self._bound(pre, post)
 
 
-def _forward_chunk(inputs: Tensor, keep: Tensor | None, y0: Tensor, h0: Tensor | None, w: Tensor, alpha: Tensor,
-                   eta: Tensor, spec: _Spec, save: bool, out: Tensor, resets: list | None) -> tuple[Tensor, dict]:
-    """All steps of one chunk of episodes: inputs `[c, T, N]`, keep `[c, T]` or None, y0
+def _forward_chunk(inputs: Tensor, same_episode: Tensor | None, y0: Tensor, h0: Tensor | None, w: Tensor, alpha: Tensor,
+                   eta: Tensor, spec: _KernelSpec, save: bool, out: Tensor, resets: list | None) -> tuple[Tensor, dict]:
+    """All steps of one chunk of episodes: inputs `[c, T, N]`, same_episode `[c, T]` or None, y0
     `[c, N]`, h0 `[c, N, N]` or None; writes the activities into out `[T, c, N]`. `resets`:
     per step, whether any episode of the *batch* resets there (every chunk then stores the
     state before it, so that all schedules store the same states).
     Returns (final Hebb `[c, N, N]`, the exact Hebb states kept for the backward pass by step)."""
     k, (b, steps, n) = spec.kernels, inputs.shape
-    y = y0 if keep is None else y0 * keep[:, :1]
-    hcur = None if h0 is None else (h0 if keep is None else h0 * keep[:, 0].view(-1, 1, 1))
+    y = y0 if same_episode is None else y0 * same_episode[:, :1]
+    hcur = None if h0 is None else (h0 if same_episode is None else h0 * same_episode[:, 0].view(-1, 1, 1))
     if hcur is None:
         z = torch.zeros_like(y)
     elif alpha.dim() == 0:
@@ -388,23 +384,23 @@ def _forward_chunk(inputs: Tensor, keep: Tensor | None, y0: Tensor, h0: Tensor |
     amplification = _Amplification(spec.form, eta, spec.d_h_reads) if save else None
     ckpts, spare, growth = {0: hcur}, None, 1.0
     for t in range(steps):
-        post = _activation(torch.addmm(z, y, w), inputs[:, t], spec.clamp_input)
+        post = drive_neurons(torch.addmm(z, y, w), inputs[:, t], spec.input_mode)
         out[t] = post
         last = t == steps - 1
         reset_next = resets is not None and not last and resets[t + 1]
         # Whether H_t must outlive this step: H_0 is the caller's (or None); a stored
         # state is decided before the update, except for clipping (known only after).
         amp = amplification(y, post) if save and t > 0 else 1.0
-        keep_h = t == 0 or (save and (reset_next or (spec.every and t % spec.every == 0)
+        store_h = t == 0 or (save and (reset_next or (spec.every and t % spec.every == 0)
                                       or growth * amp > spec.max_amp))
-        in_place = not keep_h and not spec.clip
+        in_place = not store_h and not spec.clip
         if in_place:
             h_next = hcur
         else:
             h_next = spare if spare is not None else torch.empty(b, n, n, dtype=inputs.dtype, device=inputs.device)
             spare = None
         clipped, z = k.forward_step(hcur, h_next, y, post, alpha, eta, spec.clip, not last)
-        if t > 0 and save and (keep_h or clipped):
+        if t > 0 and save and (store_h or clipped):
             ckpts[t], growth = hcur, 1.0
         elif t > 0:
             growth = growth * amp
@@ -412,14 +408,14 @@ def _forward_chunk(inputs: Tensor, keep: Tensor | None, y0: Tensor, h0: Tensor |
                 spare = hcur
         hcur, y = h_next, post
         if reset_next:
-            keep_next = keep[:, t + 1]
-            y, z = y * keep_next[:, None], z * keep_next[:, None]
-            hcur.mul_(keep_next.view(-1, 1, 1))
+            same_next = same_episode[:, t + 1]
+            y, z = y * same_next[:, None], z * same_next[:, None]
+            hcur.mul_(same_next.view(-1, 1, 1))
     return hcur, ckpts
 
 
-def _backward_chunk(spec: _Spec, ckpts: dict, inputs: Tensor, keep: Tensor | None, y0: Tensor, out: Tensor,
-                    w: Tensor, alpha: Tensor, eta: Tensor, h_final: Tensor, g_out: Tensor | None,
+def _backward_chunk(spec: _KernelSpec, ckpts: dict, inputs: Tensor, same_episode: Tensor | None, y0: Tensor,
+                    out: Tensor, w: Tensor, alpha: Tensor, eta: Tensor, h_final: Tensor, g_out: Tensor | None,
                     g_h: Tensor | None, grad_a: Tensor, dx: Tensor | None, dalpha: Tensor,
                     deta: Tensor) -> tuple[Tensor, Tensor]:
     """All steps of one chunk of episodes, walking time backwards (shapes as in
@@ -429,11 +425,11 @@ def _backward_chunk(spec: _Spec, ckpts: dict, inputs: Tensor, keep: Tensor | Non
     k = spec.kernels
     steps, b, n = out.shape
     ones = torch.ones(b, dtype=out.dtype, device=out.device)
-    keep_t = (lambda t: ones) if keep is None else (lambda t: keep[:, t].contiguous())
+    same_at = (lambda t: ones) if same_episode is None else (lambda t: same_episode[:, t].contiguous())
 
     def pre(t: int) -> Tensor:
         y = y0 if t == 0 else out[t - 1]
-        return y if keep is None else y * keep[:, t, None]
+        return y if same_episode is None else y * same_episode[:, t, None]
 
     def mode(t: int) -> int:
         return CKPT if t in ckpts else INVERT
@@ -448,17 +444,17 @@ def _backward_chunk(spec: _Spec, ckpts: dict, inputs: Tensor, keep: Tensor | Non
     for t in range(steps - 1, -1, -1):
         x = inputs[:, t]
         grad_post = grad_y if g_out is None else grad_y + g_out[:, t]
-        grad_a_t = grad_post * _dact(out[t], x, spec.clamp_input)
+        grad_a_t = grad_post * drive_derivative(out[t], x, spec.input_mode)
         grad_a[t] = grad_a_t
         if dx is not None:
             dx[t] = grad_post.masked_fill(x == 0, 0) if spec.clamp_input else grad_a_t
         has_prev = t > 0
         col_sums = k.backward_stage(h, grad_h, ckpts.get(t - 1), mode(t - 1) if has_prev else NONE, True, pre(t),
-                                    out[t], grad_a_t, keep_t(t), pre(t - 1) if has_prev else dpre,
+                                    out[t], grad_a_t, same_at(t), pre(t - 1) if has_prev else dpre,
                                     out[t - 1] if has_prev else dpre, alpha, eta, spec.clip, dpre, dalpha, deta)
         grad_y = torch.addmm(dpre, grad_a_t, w.t())
-        if keep is not None:
-            grad_y = grad_y * keep[:, t, None]
+        if same_episode is not None:
+            grad_y = grad_y * same_episode[:, t, None]
         if has_prev:
             grad_y = grad_y + col_sums
     return grad_y, grad_h
@@ -471,7 +467,7 @@ class _Episode(torch.autograd.Function):
     in the cache. One chunk of the whole batch is the `batch` schedule."""
 
     @staticmethod
-    def forward(ctx, inputs, keep, y0, h0, w, alpha, eta, spec: _Spec, save: bool):
+    def forward(ctx, inputs, same_episode, y0, h0, w, alpha, eta, spec: _KernelSpec, save: bool):
         ctx.set_materialize_grads(False)
         b, steps, n = inputs.shape
         chunks = [slice(start, min(start + spec.chunk, b)) for start in range(0, b, spec.chunk)]
@@ -480,11 +476,11 @@ class _Episode(torch.autograd.Function):
         def part(t: Tensor | None, sl: slice) -> Tensor | None:
             return None if t is None else t[sl]
 
-        resets = None if keep is None else (keep == 0).any(0).tolist()
+        resets = None if same_episode is None else (same_episode == 0).any(0).tolist()
         ckpts, h_final = [], None
         for sl in chunks:
-            h_chunk, ckpts_chunk = _forward_chunk(inputs[sl], part(keep, sl), y0[sl], part(h0, sl), w, alpha, eta,
-                                                  spec, save, out[:, sl], resets)
+            h_chunk, ckpts_chunk = _forward_chunk(inputs[sl], part(same_episode, sl), y0[sl], part(h0, sl), w, alpha,
+                                                  eta, spec, save, out[:, sl], resets)
             ckpts.append(ckpts_chunk)
             if len(chunks) == 1:
                 h_final = h_chunk
@@ -496,12 +492,12 @@ class _Episode(torch.autograd.Function):
         out_btn = out.transpose(0, 1).contiguous()
         if save:
             ctx.spec, ctx.chunks, ctx.ckpts, ctx.out, ctx.h0_given = spec, chunks, ckpts, out, h0 is not None
-            ctx.save_for_backward(inputs, keep, y0, w, alpha, eta, h_final)
+            ctx.save_for_backward(inputs, same_episode, y0, w, alpha, eta, h_final)
         return out_btn, h_final
 
     @staticmethod
     def backward(ctx, g_out, g_h):
-        inputs, keep, y0, w, alpha, eta, h_final = ctx.saved_tensors
+        inputs, same_episode, y0, w, alpha, eta, h_final = ctx.saved_tensors
         spec, out = ctx.spec, ctx.out
         steps, b, n = out.shape
         dalpha, deta = (torch.zeros(n, n, dtype=out.dtype, device=out.device) for _ in range(2))
@@ -515,7 +511,7 @@ class _Episode(torch.autograd.Function):
 
         for sl, ckpts in zip(ctx.chunks, ctx.ckpts, strict=True):
             dy0[sl], dh0_chunk = _backward_chunk(
-                spec, ckpts, inputs[sl], part(keep, sl), y0[sl], out[:, sl], w, alpha, eta, h_final[sl],
+                spec, ckpts, inputs[sl], part(same_episode, sl), y0[sl], out[:, sl], w, alpha, eta, h_final[sl],
                 part(g_out, sl), part(g_h, sl), grad_a[:, sl], None if dx is None else dx[:, sl], dalpha, deta)
             if ctx.h0_given:
                 if len(ctx.chunks) == 1:
@@ -526,8 +522,8 @@ class _Episode(torch.autograd.Function):
                     dh0[sl] = dh0_chunk
             del dh0_chunk
         pres = torch.stack([y0 if t == 0 else out[t - 1] for t in range(steps)])
-        if keep is not None:
-            pres = pres * keep.t().unsqueeze(-1)
+        if same_episode is not None:
+            pres = pres * same_episode.t().unsqueeze(-1)
         dw = pres.reshape(-1, n).t() @ grad_a.reshape(-1, n)
         dalpha = dalpha.sum() if alpha.dim() == 0 else dalpha
         deta = deta.sum() if eta.dim() == 0 else deta
@@ -554,14 +550,14 @@ def supports(rule: Rule, notice: bool = True) -> bool:
     else:
         problem = _form_problem(rule.name, rule.elementwise)
     if problem and notice:
-        _notice(f"plasticity: {problem}; it runs on the autograd path (impl='plain')")
+        _notice(f"plasticity: {problem}; it runs on the autograd path (impl='autograd')")
     return problem is None
 
 
 def plastic_rnn_fused(inputs: Tensor, w: Tensor, alpha: Tensor, eta: Tensor, *, rule: str = "hebb",
                       input_mode: str = "add", clip: float | None = None,
                       initial_state: tuple[Tensor, Tensor | None] | None = None, reset: Tensor | None = None,
-                      checkpoint_every: int = 0, max_amplification: float | None = None,
+                      segment_steps: int = 0, max_amplification: float | None = None,
                       backend: str = "auto", chunk_episodes: int | str | None = None
                       ) -> tuple[Tensor, tuple[Tensor, Tensor]]:
     """The fully recurrent plastic network over `inputs` `[B, T, N]` (see the module docstring).
@@ -578,7 +574,7 @@ def plastic_rnn_fused(inputs: Tensor, w: Tensor, alpha: Tensor, eta: Tensor, *, 
     if not supports(rule_def, notice=False):
         fused = ", ".join(name for name, r in RULES.items() if supports(r, notice=False))
         raise ConfigError(f"the fused path has no elementwise form for rule {rule!r}: use one of {fused} or the "
-                          "plain path (impl='plain')")
+                          "autograd path (impl='autograd')")
     if inputs.dim() != 3 or inputs.shape[-1] != w.shape[0]:
         raise ShapeError(f"inputs must be [B, T, {w.shape[0]}], got {tuple(inputs.shape)}")
     b, steps, n = inputs.shape
@@ -586,17 +582,17 @@ def plastic_rnn_fused(inputs: Tensor, w: Tensor, alpha: Tensor, eta: Tensor, *, 
         raise ShapeError("inputs must have at least one step (T > 0)")
     y0, h0 = (None, None) if initial_state is None else initial_state
     y0 = inputs.new_zeros(b, n) if y0 is None else y0
-    keep = None if reset is None else (1 - reset.to(inputs.dtype)).contiguous()
+    same_episode = None if reset is None else (1 - reset.to(inputs.dtype)).contiguous()
     kernels = get_kernels(backend, inputs.device, inputs.dtype, rule_def)
     max_amp = max_amplification or DEFAULT_MAX_AMPLIFICATION.get(inputs.dtype, 10.0)
     if chunk_episodes == "auto" and inputs.device.type != "cpu":
         chunk_episodes = 0  # the cache-sized chunks are a CPU schedule
     chunk = chunk_episodes_for(b, n, inputs.element_size(), eta.dim() > 0, chunk_episodes)
-    spec = _Spec(rule_def.elementwise, frozenset(uses(rule_def, "d_h")), input_mode == "clamp", clip, checkpoint_every,
-                 max_amp, kernels, chunk)
+    spec = _KernelSpec(rule_def.elementwise, frozenset(uses(rule_def, "d_h")), input_mode == "clamp", clip,
+                       segment_steps, max_amp, kernels, chunk)
     tensors = (inputs, y0, h0, w, alpha, eta)
     save = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
-    out, hebb = _Episode.apply(inputs, keep, y0, h0, w, alpha, eta, spec, save)
+    out, hebb = _Episode.apply(inputs, same_episode, y0, h0, w, alpha, eta, spec, save)
     return out, (out[:, -1], hebb)
 
 

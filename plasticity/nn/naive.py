@@ -11,6 +11,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from plasticity.nn.inputs import drive_neurons
 from plasticity.rules.naive import NAIVE_MODULATED_STEPS, NAIVE_STEPS
 
 
@@ -32,10 +33,7 @@ def plastic_rnn_naive(w: Tensor, alpha: Tensor, eta: Tensor, rule: str, inputs: 
     for t in range(inputs.shape[0]):
         x = inputs[t]
         recurrent = y @ (w + alpha * hebb)
-        if input_mode == "add":
-            new_y = torch.tanh(recurrent + x)
-        else:
-            new_y = torch.where(x != 0, x, torch.tanh(recurrent))
+        new_y = drive_neurons(recurrent, x, input_mode)
         hebb = step(hebb, y, new_y, eta, clip)
         y = new_y
         ys.append(y)
@@ -83,10 +81,7 @@ def modulated_rnn_naive(w: Tensor, alpha: Tensor, eta: Tensor, rule: str, inputs
     for t in range(inputs.shape[0]):
         x = inputs[t]
         recurrent = y @ (w + alpha * traces[0])
-        if input_mode == "add":
-            new_y = torch.tanh(recurrent + x)
-        else:
-            new_y = torch.where(x != 0, x, torch.tanh(recurrent))
+        new_y = drive_neurons(recurrent, x, input_mode)
         m = torch.tanh(new_y @ w_mod + b_mod)
         traces = step(traces, y, new_y, eta, m.squeeze(0) if m.numel() == 1 else m, clip)
         y = new_y

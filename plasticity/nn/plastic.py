@@ -12,6 +12,8 @@ from `plasticity.rules`; the step-by-step references live in `naive.py`.
 
 from __future__ import annotations
 
+import inspect
+import warnings
 from collections.abc import Callable
 from typing import NamedTuple
 
@@ -19,6 +21,7 @@ import torch
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
+from plasticity.config.renames import deprecated_value
 from plasticity.errors import (
     ETA_MIN,
     CheckpointError,
@@ -31,13 +34,13 @@ from plasticity.errors import (
 from plasticity.nn.fused import BACKENDS as FUSED_BACKENDS
 from plasticity.nn.fused import plastic_rnn_fused
 from plasticity.nn.fused import supports as fused_supports
+from plasticity.nn.inputs import INPUT_MODES, drive_neurons
 from plasticity.rules import Traces, get_rule
 
-ALPHA_MODES = ("free", "yoked")
+ALPHA_MODES = ("free", "shared")
 ETA_MODES = ("scalar", "per-connection")
-INPUT_MODES = ("add", "clamp")
 MODULATIONS = ("none", "network", "neuron")
-IMPLS = ("fused", "plain")
+IMPLS = ("fused", "autograd")
 # ETA_MIN (1e-6): the smallest eta the parameterisation gives, so that a learned eta never
 # reaches 0 (a rule that no longer learns anything, with no gradient to come back), even in float32.
 
@@ -85,7 +88,8 @@ class PlasticWeights(nn.Module):
     eta stays in the rule's valid range, and its gradient is the chain rule through
     the sigmoid. Assigning `layer.eta = value` sets the logit. Checkpoints written
     before this (a raw `eta` holding the value) are converted on load.
-        alpha_mode: `free` (one alpha per connection) or `yoked` (one shared alpha).
+        alpha_mode: `free` (one alpha per connection) or `shared` (one alpha for every
+            connection; the paper's "yoked").
         clip: clamp Hebb to [-clip, clip] after each update; None for no clipping.
         init_std: standard deviation of the normal init of `w` and `alpha`.
     """
@@ -97,6 +101,7 @@ class PlasticWeights(nn.Module):
         check_positive("n_in", n_in)
         check_positive("n_out", n_out)
         check_eta(eta, learned=learn_eta)
+        alpha_mode = deprecated_value("alpha_mode", alpha_mode)
         check_choice("alpha mode", alpha_mode, ALPHA_MODES)
         check_choice("eta mode", eta_mode, ETA_MODES)
         if clip is not None:
@@ -110,6 +115,13 @@ class PlasticWeights(nn.Module):
         eta_shape = (n_in, n_out) if eta_mode == "per-connection" else ()
         self.eta_logit = nn.Parameter(eta_to_logit(torch.full(eta_shape, float(eta))), requires_grad=learn_eta)
         self.register_load_state_dict_pre_hook(_convert_old_eta)
+
+    @classmethod
+    def options(cls, cfg) -> dict:
+        """This class's keyword arguments (rule, eta, eta_mode, learn_eta, alpha_mode, clip,
+        init_std) read from a config: `PlasticRNN(n, **PlasticWeights.options(cfg))`."""
+        names = [name for name in inspect.signature(cls.__init__).parameters if name not in ("self", "n_in", "n_out")]
+        return {name: getattr(cfg, name) for name in names}
 
     @property
     def eta(self) -> Tensor:
@@ -190,13 +202,14 @@ def _check_reset(reset: Tensor | None, batch: int, steps: int) -> None:
         raise ShapeError(f"reset must be [B, T] = {(batch, steps)}, got {tuple(reset.shape)}")
 
 
-def _keep_mask(reset: Tensor | None, t: int, dtype) -> Tensor | None:
-    """`1 - reset[:, t]` as a `[B, 1]` float mask, or None where nothing resets."""
+def _same_episode_mask(reset: Tensor | None, t: int, dtype) -> Tensor | None:
+    """`[B, 1]`: 1 where step t goes on with the same episode, 0 where `reset` starts a new
+    one (its state is zeroed); None where nothing resets."""
     return None if reset is None else (1 - reset[:, t].to(dtype)).unsqueeze(-1)
 
 
-def _mask_traces(traces: Traces, keep: Tensor) -> Traces:
-    return tuple(tr * keep.unsqueeze(-1) for tr in traces)
+def _mask_traces(traces: Traces, same_episode: Tensor) -> Traces:
+    return tuple(tr * same_episode.unsqueeze(-1) for tr in traces)
 
 
 class PlasticLinear(nn.Module):
@@ -232,9 +245,9 @@ class PlasticLinear(nn.Module):
         eta = p.eta
         outputs = []
         for t in range(steps):
-            keep = _keep_mask(reset, t, x.dtype)
-            if keep is not None:
-                traces = _mask_traces(traces, keep)
+            same_episode = _same_episode_mask(reset, t, x.dtype)
+            if same_episode is not None:
+                traces = _mask_traces(traces, same_episode)
             pre = x[:, t]
             a = p.project(pre, traces[0])
             if self.bias is not None:
@@ -245,17 +258,6 @@ class PlasticLinear(nn.Module):
             traces = p.update(traces, pre, y, eta=eta)
             outputs.append(y)
         return torch.stack(outputs, 1), traces
-
-
-def drive_neurons(recurrent: Tensor, x: Tensor, input_mode: str) -> Tensor:
-    """Combine recurrent pre-activations `[B, N]` with the input `x(t)` `[B, N]`.
-
-    `add`: `tanh(recurrent + x)` (the pattern task: the input is added to the
-    pre-activation). `clamp`: neurons with a non-zero input take that value, the
-    others `tanh(recurrent)` (the image task)."""
-    if input_mode == "add":
-        return torch.tanh(recurrent + x)
-    return torch.where(x != 0, x, torch.tanh(recurrent))
 
 
 class PlasticRNN(nn.Module):
@@ -270,9 +272,9 @@ class PlasticRNN(nn.Module):
         impl: `fused` (default): the whole sequence as one autograd node (`fused.py`):
             one pass over Hebb per step, and a backward pass that rebuilds Hebb by
             inverting the rule, so memory does not grow with steps x N^2. Rules without
-            an inverse (the neuromodulated ones) run `plain` instead. `plain`: step-by-step
+            an inverse (the neuromodulated ones) run `autograd` instead. `autograd`: step-by-step
             autograd, the reference.
-        checkpoint_every: if > 0, `plain` recomputes the forward pass in segments of this
+        segment_steps: if > 0, `autograd` recomputes the forward pass in segments of this
             many steps during backward instead of storing every step's N^2 intermediates
             (memory falls from O(T) to O(T / k + k) Hebb-sized tensors per episode);
             `fused` stores an exact Hebb state every this many steps (bounds the
@@ -290,19 +292,23 @@ class PlasticRNN(nn.Module):
         **plastic: the arguments of `PlasticWeights` (rule, eta, alpha_mode, ...).
     """
 
-    def __init__(self, n: int, *, input_mode: str = "add", checkpoint_every: int = 0, modulation: str = "none",
+    def __init__(self, n: int, *, input_mode: str = "add", segment_steps: int = 0, modulation: str = "none",
                  impl: str = "fused", fused_backend: str = "auto",
-                 chunk_episodes: int | str | None = None, **plastic):
+                 chunk_episodes: int | str | None = None, checkpoint_every: int | None = None, **plastic):
         super().__init__()
+        if checkpoint_every is not None:  # its name before segment_steps
+            warnings.warn("checkpoint_every is deprecated: use segment_steps", DeprecationWarning, stacklevel=2)
+            segment_steps = checkpoint_every
+        impl = deprecated_value("impl", impl)
         check_choice("input mode", input_mode, INPUT_MODES)
         check_choice("modulation", modulation, MODULATIONS)
         check_choice("implementation", impl, IMPLS)
         check_choice("fused backend", fused_backend, FUSED_BACKENDS)
-        check_positive("checkpoint_every", checkpoint_every, allow_zero=True)
+        check_positive("segment_steps", segment_steps, allow_zero=True)
         if chunk_episodes not in (None, "auto"):
             check_positive("chunk_episodes", chunk_episodes, allow_zero=True)
         self.chunk_episodes = chunk_episodes
-        self.n, self.input_mode, self.checkpoint_every = n, input_mode, checkpoint_every
+        self.n, self.input_mode, self.segment_steps = n, input_mode, segment_steps
         self.impl, self.fused_backend = impl, fused_backend
         self.plastic = PlasticWeights(n, n, **plastic)
         if self.plastic.rule.modulated != (modulation != "none"):
@@ -342,7 +348,7 @@ class PlasticRNN(nn.Module):
         self.plastic.check_traces(state.traces, batch)
         if self.fused:
             return self._fused(inputs, state, reset, fresh)
-        seg = self.checkpoint_every if (self.checkpoint_every and torch.is_grad_enabled()) else steps
+        seg = self.segment_steps if (self.segment_steps and torch.is_grad_enabled()) else steps
         outputs = []
         y, traces = state
         for start in range(0, steps, seg):
@@ -364,21 +370,21 @@ class PlasticRNN(nn.Module):
         hebb0 = None if fresh else state.traces[0]
         out, (y, hebb) = plastic_rnn_fused(inputs, p.w, p.alpha, p.eta, rule=p.rule.name, input_mode=self.input_mode,
                                            clip=p.clip, initial_state=(state.y, hebb0), reset=reset,
-                                           checkpoint_every=self.checkpoint_every, backend=self.fused_backend,
+                                           segment_steps=self.segment_steps, backend=self.fused_backend,
                                            chunk_episodes=self.chunk_episodes)
         return out, PlasticState(y, (hebb,))
 
     def extra_repr(self) -> str:
-        impl = "fused" if self.fused else "plain"
+        impl = "fused" if self.fused else "autograd"
         return f"n={self.n}, input_mode={self.input_mode}, impl={impl}, modulation={self.modulation}"
 
     def _segment(self, inputs: Tensor, reset: Tensor | None, y: Tensor, *traces: Tensor):
         eta = self.plastic.eta
         outputs = []
         for t in range(inputs.shape[1]):
-            keep = _keep_mask(reset, t, inputs.dtype)
-            if keep is not None:
-                y, traces = y * keep, _mask_traces(traces, keep)
+            same_episode = _same_episode_mask(reset, t, inputs.dtype)
+            if same_episode is not None:
+                y, traces = y * same_episode, _mask_traces(traces, same_episode)
             post = drive_neurons(self.plastic.project(y, traces[0]), inputs[:, t], self.input_mode)
             traces = self.plastic.update(traces, y, post, self.modulate(post), eta=eta)
             y = post

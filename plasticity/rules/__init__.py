@@ -4,7 +4,12 @@
     rule = get_rule("oja")
     (hebb,) = rule.update((hebb,), pre, post, eta=eta, clip=1.0)
 
-The maths is in `README.md` beside this file; `naive.py` holds the references.
+The maths is in `README.md` beside this file; `naive.py` holds the references. A rule
+is defined once, in its own file (`hebb.py`, `oja.py`, `neuromod.py`): its update, its
+inverse and its elementwise form (`base.Elementwise`), from which the fused kernels are
+built (`elementwise.py` writes the C++).
+
+May import: `plasticity.errors` (and torch).
 """
 
 from plasticity.rules.base import RULES, Elementwise, Rule, Traces, get_rule, outer, register

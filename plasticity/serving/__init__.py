@@ -5,6 +5,9 @@
     sessions.py       `SessionStore`: per-session state, batched steps, limits, idle expiry
     mlflow_pyfunc.py  edge: the MLflow pyfunc flavour (whole episodes, Hebb from zero)
     ray_app.py        edge: the Ray Serve application of live sessions (`plasticity serve`)
+
+May import: `plasticity.config`, `errors`, `models`, `train`; MLflow only in
+mlflow_pyfunc.py and Ray only in ray_app.py (the edges).
 """
 
 from plasticity.serving.episode import SERVED_TASKS, EpisodeLayout, RequestError, bit_error

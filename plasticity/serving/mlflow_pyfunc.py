@@ -17,6 +17,7 @@ Hebb starts at zero for every episode. Served over HTTP with
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import tempfile
 import warnings
@@ -122,6 +123,21 @@ def _config(config: dict):
     return CONFIGS[config["task"]].from_dict(config)
 
 
+@contextlib.contextmanager
+def quiet_model_logging():
+    """While logging a model: no warnings, and mlflow.pytorch's logger at ERROR only (it
+    warns about pickle on every call; pickling the module is deliberate)."""
+    logger = logging.getLogger("mlflow.pytorch")
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        logger.setLevel(level)
+
+
 def log_episode_model(model, cfg, name: str = "model", episode: int = 0) -> str:
     """Log `model` (trained under `cfg`) to the active MLflow run; returns its model URI."""
     import sys
@@ -132,17 +148,9 @@ def log_episode_model(model, cfg, name: str = "model", episode: int = 0) -> str:
 
     reqs = [f"torch=={torch.__version__.split('+')[0]}", f"plasticity=={plasticity.__version__}",
             f"mlflow=={mlflow.__version__}"]
-    logger = logging.getLogger("mlflow.pytorch")
-    level = logger.level
-    # mlflow.pytorch warns about pickle on every call; the choice is deliberate.
-    logger.setLevel(logging.ERROR)
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            info = Model.log(artifact_path=None, name=name, flavor=sys.modules[__name__], model=model,
-                             config=cfg.to_dict(), episode=episode, pip_requirements=reqs)
-    finally:
-        logger.setLevel(level)
+    with quiet_model_logging():
+        info = Model.log(artifact_path=None, name=name, flavor=sys.modules[__name__], model=model,
+                         config=cfg.to_dict(), episode=episode, pip_requirements=reqs)
     return info.model_uri
 
 

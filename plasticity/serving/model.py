@@ -42,7 +42,7 @@ class ServedModel:
                                   "upgrade plasticity")
         cfg = CONFIGS[task].from_dict(ckpt["config"])
         layout = EpisodeLayout.from_config(cfg)
-        # build_model, not make_task + make_model: serving needs no training data on disk.
+        # build_model, not make_task(cfg).build_model: serving needs no training data on disk.
         model = load_weights(build_model(cfg, layout.n_io), ckpt, path).eval()
         if threads:
             torch.set_num_threads(threads)

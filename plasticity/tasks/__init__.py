@@ -1,26 +1,32 @@
-"""Tasks keyed by name: each builds batches of episodes and scores outputs."""
+"""Tasks keyed by name: what each draws, how it is scored, and the model it builds.
 
-from plasticity.tasks.base import TASKS, EpisodicTask, register_task
+    base.py      Task (hooks every task has), EpisodicTask (supervised episodes), the registry
+    patterns.py, images.py, omniglot.py   the supervised tasks (EpisodicTask)
+    maze.py      the maze task: its layouts and its actor-critic agent (trained by A2C)
+
+May import: `plasticity.errors`, `plasticity.data`, `plasticity.envs`, `plasticity.agents`
+(and, inside `build_model`, `plasticity.models`).
+"""
+
+from plasticity.tasks.base import TASKS, EpisodicTask, Task, register_task
 from plasticity.tasks.images import ImageEpisode, ImageTask
+from plasticity.tasks.maze import MazeTask
 from plasticity.tasks.omniglot import OmniglotEpisode, OmniglotTask
 from plasticity.tasks.patterns import PatternEpisode, PatternTask
 
-__all__ = ["TASKS", "EpisodicTask", "ImageEpisode", "ImageTask", "OmniglotEpisode", "OmniglotTask", "PatternEpisode",
-           "PatternTask", "make_task", "register_task"]
+__all__ = ["TASKS", "EpisodicTask", "ImageEpisode", "ImageTask", "MazeTask", "OmniglotEpisode", "OmniglotTask",
+           "PatternEpisode", "PatternTask", "Task", "make_task", "register_task"]
 
 
 def make_task(cfg, split: str | None = None):
     """The task object named by `cfg.task`, built from `cfg`; with `split`, drawing its
     episodes from that data split (tasks with data), loading only what that split needs."""
-    import inspect
-
     from plasticity.errors import check_choice
 
     check_choice("task", cfg.task, TASKS)
     cls = TASKS[cfg.task]
     if split is None:
         return cls(cfg)
-    if "split" in inspect.signature(cls).parameters and hasattr(cls, "SPLITS") and split in cls.SPLITS:
+    if split in cls.SPLITS:
         return cls(cfg, split=split)
-    task = cls(cfg)
-    return task.for_split(split) if hasattr(task, "for_split") else task
+    return cls(cfg).for_split(split)  # an unknown split: the task's own one-line error

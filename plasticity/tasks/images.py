@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from plasticity.data import DataError, load_cifar10
-from plasticity.tasks.base import register_task
+from plasticity.tasks.base import EpisodicTask, register_task
 
 SPLITS = {"train": "train", "validation": "validation", "test": "test"}
 
@@ -50,7 +50,7 @@ def downsample(images: Tensor, size: int) -> Tensor:
 
 
 @register_task("images")
-class ImageTask:
+class ImageTask(EpisodicTask):
     SPLITS = SPLITS
     """Data splits this task can draw from (make_task builds one without loading the others)."""
 

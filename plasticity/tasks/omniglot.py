@@ -27,7 +27,7 @@ from torch import Tensor
 
 from plasticity.data import DataError, OmniglotSet, load_omniglot, load_omniglot_runs
 from plasticity.errors import CheckpointError
-from plasticity.tasks.base import register_task
+from plasticity.tasks.base import EpisodicTask, register_task
 
 SPLITS = ("train", "validation", "test", "runs")
 
@@ -71,7 +71,8 @@ def split_characters(data: OmniglotSet, how: str, seed: int, val_fraction: float
 
 
 @register_task("omniglot")
-class OmniglotTask:
+class OmniglotTask(EpisodicTask):
+    SPLITS = SPLITS
     eval_chunk = 256
 
     def __init__(self, cfg, split: str = "train", splits: dict[str, list[str]] | None = None, data=None):

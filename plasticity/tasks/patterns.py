@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from plasticity.tasks.base import register_task
+from plasticity.tasks.base import EpisodicTask, register_task
 
 
 @dataclass
@@ -37,7 +37,7 @@ class PatternEpisode:
 
 
 @register_task("patterns")
-class PatternTask:
+class PatternTask(EpisodicTask):
     def __init__(self, cfg):
         self.cfg = cfg
         self.size = cfg.pattern_size

@@ -1,1 +1,8 @@
-"""Experiment tracking adapters at the edge of the library (the core never imports them)."""
+"""Experiment tracking adapters at the edge of the library (the core never imports them).
+
+    mlflow.py   MlflowTracker: params, buffered metrics, figures, the model, retries
+    params.py   which config fields a run's model actually reads (what is logged as params)
+
+May import: `plasticity.errors`, `plasticity.redact`, `plasticity.rules`, and MLflow
+(inside functions, so importing this package does not import MLflow).
+"""

@@ -12,11 +12,9 @@ server restart loses nothing; training never stops because of tracking.
 from __future__ import annotations
 
 import contextlib
-import logging
 import os
 import sys
 import time
-import warnings
 from pathlib import Path
 from typing import Any
 
@@ -250,22 +248,14 @@ class MlflowTracker:
         import torch
 
         import plasticity
+        from plasticity.serving.mlflow_pyfunc import quiet_model_logging
 
-        # mlflow.pytorch logs a warning about pickle on every call; the choice is deliberate.
-        logger = logging.getLogger("mlflow.pytorch")
-        level = logger.level
-        logger.setLevel(logging.ERROR)
-        try:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")
-                # "pickle": the whole module, loadable with mlflow.pytorch.load_model. The
-                # "pt2" export cannot trace the episode loop's Python control flow.
-                info = mlflow.pytorch.log_model(
-                    model.cpu(), name=name, serialization_format="pickle",
-                    pip_requirements=[f"torch=={torch.__version__.split('+')[0]}",
-                                      f"plasticity=={plasticity.__version__}"])
-        finally:
-            logger.setLevel(level)
+        with quiet_model_logging():
+            # "pickle": the whole module, loadable with mlflow.pytorch.load_model. The
+            # "pt2" export cannot trace the episode loop's Python control flow.
+            info = mlflow.pytorch.log_model(
+                model.cpu(), name=name, serialization_format="pickle",
+                pip_requirements=[f"torch=={torch.__version__.split('+')[0]}", f"plasticity=={plasticity.__version__}"])
         return info.model_uri
 
 

@@ -11,7 +11,9 @@ from __future__ import annotations
 
 from typing import Any
 
-PLASTIC_FIELDS = ("rule", "eta", "eta_mode", "learn_eta", "alpha_mode", "clip", "impl", "recompute_every")
+from plasticity.rules import RULES
+
+PLASTIC_FIELDS = ("rule", "eta", "eta_mode", "learn_eta", "alpha_mode", "clip", "impl", "segment_steps")
 """Fields only networks with plastic connections read."""
 BOOKKEEPING = ("out",)
 """Where files go, not what is computed (a sweep's trials write into Ray's folders)."""
@@ -27,8 +29,8 @@ def applicable_params(cfg) -> dict[str, Any]:
         drop.update(PLASTIC_FIELDS)
     if params.get("task") == "maze":
         # The maze agents are stepped one step at a time with --hidden neurons, plainly.
-        drop.update({"extra_neurons", "impl", "recompute_every"})
-        if model not in ("neuromod", "retroactive"):
+        drop.update({"extra_neurons", "impl", "segment_steps"})
+        if not (model in RULES and RULES[model].modulated):
             drop.add("modulation")
     else:
         if model != "lstm":
@@ -36,5 +38,5 @@ def applicable_params(cfg) -> dict[str, Any]:
         if model == "lstm" or params.get("task") == "omniglot":
             drop.add("extra_neurons")
         if params.get("task") == "omniglot":
-            drop.update({"impl", "recompute_every"})  # a plastic read-out layer, not the recurrent network
+            drop.update({"impl", "segment_steps"})  # a plastic read-out layer, not the recurrent network
     return {k: v for k, v in params.items() if k not in drop}

@@ -31,18 +31,17 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from plasticity.agents import ActorCritic, build_agent
-from plasticity.envs.maze import ACTIONS, BatchedMaze, MazeLayout, MazeSpec, draw_layout
+from plasticity.agents import ActorCritic
+from plasticity.envs.maze import BatchedMaze, MazeLayout, MazeSpec
 from plasticity.envs.render import Trajectory, save_gif, trajectory_figure
 from plasticity.errors import check_positive
 from plasticity.models import count_parameters
-from plasticity.plots import curves_figure, save_figure
-from plasticity.train.checkpoint import load_checkpoint
+from plasticity.plots import learning_curve_png, save_figure
+from plasticity.tasks.maze import MazeTask
 from plasticity.train.common import (
     EVAL_SEED_OFFSET,
     Report,
-    check_no_split,
-    load_weights,
+    model_from_checkpoint,
     plastic_summary,
     resolve_device,
     restore_state,
@@ -53,21 +52,10 @@ from plasticity.train.episodic import TrainResult
 from plasticity.train.loop import run_loop
 from plasticity.train.optim import make_optimizer
 
-EVAL_CHUNK = 128
-"""Held-out episodes played at once."""
-
-
-def maze_spec(cfg) -> MazeSpec:
-    return MazeSpec(cfg.maze_size, cfg.view, cfg.episode_steps, cfg.goal_reward, cfg.wall_penalty)
-
 
 def preflight(cfg) -> None:
     """The maze can be built (sizes checked); the maze reads no data."""
-    maze_spec(cfg)
-
-
-def make_agent(cfg) -> ActorCritic:
-    return build_agent(cfg, maze_spec(cfg).obs_size, len(ACTIONS))
+    MazeTask(cfg)
 
 
 @dataclass
@@ -132,11 +120,6 @@ def a2c_loss(log_probs: Tensor, entropy: Tensor, values: Tensor, rewards: Tensor
     return loss, parts
 
 
-def heldout_layouts(spec: MazeSpec, episodes: int, seed: int) -> list[MazeLayout]:
-    g = torch.Generator().manual_seed(seed)
-    return [draw_layout(spec, min(EVAL_CHUNK, episodes - i), g) for i in range(0, episodes, EVAL_CHUNK)]
-
-
 @torch.no_grad()
 def evaluate(agent: ActorCritic, spec: MazeSpec, layouts: list[MazeLayout], device, seed: int,
              ) -> tuple[dict[str, float], Trajectory]:
@@ -173,33 +156,22 @@ def _trajectory_files(spec: MazeSpec, traj: Trajectory, folder: Path, title: str
     return {"trajectory": png, "trajectory_gif": gif}
 
 
-def _learning_curve_png(history: list[dict], run_dir: Path) -> Path | None:
-    keys = [k for k in ("charts/episodic_return", "eval/return") if history and k in history[0]]
-    if not keys:
-        return None
-    steps = [h["step"] for h in history]
-    fig = curves_figure({k: (steps, [h[k] for h in history]) for k in keys}, xlabel="training episodes",
-                        ylabel="reward per episode", logy=False)
-    path = run_dir / "learning_curve.png"
-    save_figure(fig, path)
-    return path
-
-
 class A2CAlgorithm:
     """A2C on the maze for the shared loop (`plasticity.train.loop.Algorithm`)."""
 
     def __init__(self, cfg, agent: ActorCritic, device: torch.device):
         self.cfg, self.model, self.device = cfg, agent, device
-        self.spec = maze_spec(cfg)
+        self.task = MazeTask(cfg)
+        self.spec = self.task.spec
         # Layouts are drawn on the CPU, actions where the agent runs; both are in the checkpoint.
         self.layouts = torch.Generator().manual_seed(cfg.seed)
         self.actions = torch.Generator(device=device).manual_seed(cfg.seed + 1)
-        self.heldout = heldout_layouts(self.spec, cfg.eval_episodes, cfg.seed + EVAL_SEED_OFFSET)
+        self.heldout = self.task.heldout_layouts(cfg.eval_episodes, cfg.seed + EVAL_SEED_OFFSET)
         self.envs: dict[int, BatchedMaze] = {}
 
     def step(self, episodes: int):
         env = self.envs.get(episodes) or self.envs.setdefault(episodes, BatchedMaze(self.spec, episodes, self.device))
-        roll = rollout(self.model, env, draw_layout(self.spec, episodes, self.layouts), self.actions)
+        roll = rollout(self.model, env, self.task.sample(episodes, self.layouts), self.actions)
         cfg = self.cfg
         loss, parts = a2c_loss(roll.log_probs, roll.entropy, roll.values, roll.rewards, gamma=cfg.gamma,
                                value_weight=cfg.value_weight, entropy_weight=cfg.entropy_weight)
@@ -227,7 +199,8 @@ class A2CAlgorithm:
                 "eval": f"{metrics['eval/return']:.1f}"}
 
     def finish(self, history: list[dict], run_dir: Path) -> None:
-        _learning_curve_png(history, run_dir)
+        learning_curve_png(history, run_dir, ("charts/episodic_return", "eval/return"),
+                           ylabel="reward per episode", logy=False)
 
 
 def train(cfg, report: Report | None = None, *, resume: str | Path | None = None,
@@ -236,7 +209,7 @@ def train(cfg, report: Report | None = None, *, resume: str | Path | None = None
     cfg, ckpt, run_dir = start_run(cfg, resume, run_dir, given, progress)
     device = resolve_device(cfg.device)
     seed_everything(cfg.seed)
-    agent = make_agent(cfg).to(device)
+    agent = MazeTask(cfg).build_model(cfg).to(device)
     optimizer = make_optimizer(agent, cfg)
     if ckpt is not None:
         restore_state(agent, optimizer, ckpt)
@@ -246,27 +219,20 @@ def train(cfg, report: Report | None = None, *, resume: str | Path | None = None
     return TrainResult(agent, run_dir, result.checkpoint, result.history)
 
 
-def model_from_checkpoint(path: str | Path, config_cls, device: str = "cpu"):
-    """(agent, cfg, checkpoint) rebuilt from a checkpoint: the architecture comes from it."""
-    ckpt = load_checkpoint(path, map_location=device)
-    cfg = config_cls.from_dict(ckpt["config"])
-    agent = load_weights(make_agent(cfg), ckpt, path)
-    return agent.to(device), cfg, ckpt
-
-
 def evaluate_checkpoint(path: str | Path, config_cls, *, episodes: int, seed: int, figure: Path,
-                        device: str = "cpu", split: str = "test") -> dict:
+                        device: str = "cpu", split: str = "test", data_dir: str | None = None) -> dict:
     """Play `episodes` fresh episodes (layouts and actions from `seed`) with a checkpoint's
     agent; write the first episode's trajectory figure to `figure` and a GIF beside it.
-    The maze has no data: every episode is drawn fresh, so `split` must be `test`.
+    The maze has no data: every episode is drawn fresh, so `split` must be `test` (and
+    `data_dir` is not read).
 
     Returns `{"config", "episode", "metrics", "figure"}`."""
     check_positive("episodes", episodes)
     dev = resolve_device(device)
-    agent, cfg, ckpt = model_from_checkpoint(path, config_cls, device=str(dev))
-    check_no_split(cfg.task, split)
-    spec = maze_spec(cfg)
-    metrics, traj = evaluate(agent, spec, heldout_layouts(spec, episodes, seed), dev, seed)
+    agent, cfg, ckpt = model_from_checkpoint(path, config_cls, device=str(dev), split=split)
+    task = MazeTask(cfg)
+    spec = task.spec
+    metrics, traj = evaluate(agent, spec, task.heldout_layouts(episodes, seed), dev, seed)
     metrics["return_ci95"] = 1.96 * metrics["return_std"] / episodes ** 0.5
     figure = Path(figure)
     save_figure(trajectory_figure(spec, traj, f"maze/{cfg.model}, after {ckpt['episode']} episodes"), figure)
@@ -274,5 +240,4 @@ def evaluate_checkpoint(path: str | Path, config_cls, *, episodes: int, seed: in
     return {"config": cfg, "episode": ckpt["episode"], "metrics": metrics, "figure": figure}
 
 
-__all__ = ["Rollout", "a2c_loss", "discounted_returns", "evaluate", "evaluate_checkpoint", "model_from_checkpoint",
-           "rollout", "train"]
+__all__ = ["Rollout", "a2c_loss", "discounted_returns", "evaluate", "evaluate_checkpoint", "rollout", "train"]

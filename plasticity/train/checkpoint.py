@@ -19,7 +19,7 @@ from typing import Any
 import torch
 
 from plasticity import __version__
-from plasticity.errors import CheckpointError, StorageError
+from plasticity.errors import CheckpointError, StorageError, error_line
 
 FORMAT = "plasticity-checkpoint"
 FORMAT_VERSION = 1
@@ -77,9 +77,8 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     try:
         payload = torch.load(path, map_location=map_location, weights_only=True)
     except (RuntimeError, pickle.UnpicklingError, EOFError, zipfile.BadZipFile, ValueError, OSError) as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise CheckpointError(f"{path} is not a readable checkpoint (truncated, corrupt or not written "
-                              f"by plasticity: {first[:160]}): use another checkpoint or retrain") from None
+        raise CheckpointError(f"{path} is not a readable checkpoint (truncated, corrupt or not written by "
+                              f"plasticity: {error_line(e, limit=160)}): use another checkpoint or retrain") from None
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         raise CheckpointError(f"{path} is not a plasticity checkpoint (no '{FORMAT}' marker): "
                               "pass a checkpoint.pt written by `plasticity train`")

@@ -13,7 +13,7 @@ from typing import Protocol
 import numpy as np
 import torch
 
-from plasticity.errors import CheckpointError, ConfigError, PlasticityError, StorageError
+from plasticity.errors import CheckpointError, ConfigError, PlasticityError, StorageError, error_line
 
 
 class Report(Protocol):
@@ -77,8 +77,7 @@ def load_weights(model: torch.nn.Module, ckpt: dict, path) -> torch.nn.Module:
     try:
         model.load_state_dict(ckpt["model"])
     except RuntimeError as e:
-        first = str(e).splitlines()[0][:120]
-        raise CheckpointError(f"{path}: weights do not match the config stored with them ({first}): "
+        raise CheckpointError(f"{path}: weights do not match the config stored with them ({error_line(e, limit=120)}): "
                               "the file is damaged; use another checkpoint") from None
     return model
 
@@ -146,7 +145,7 @@ def restore_state(model: torch.nn.Module, optimizer: torch.optim.Optimizer, ckpt
         optimizer.load_state_dict(ckpt["optimizer"])
     except ValueError as e:
         raise CheckpointError(f"the checkpoint's optimiser state does not fit this model's parameter groups "
-                              f"({str(e).splitlines()[0][:100]}): it was written before eta had its own "
+                              f"({error_line(e, limit=100)}): it was written before eta had its own "
                               "learning rate; evaluate it, or start a new run from its weights") from None
     for group, lr in zip(optimizer.param_groups, lrs, strict=True):
         group["lr"] = lr
@@ -167,16 +166,30 @@ def optimizer_step(loss: torch.Tensor, model: torch.nn.Module, optimizer: torch.
     optimizer.step()
 
 
-def check_no_split(task: str, split: str) -> None:
-    """Tasks without data draw fresh episodes: `--split` can only be its default, `test`."""
-    if split != "test":
-        raise ConfigError(f"the {task} task has no data splits (every episode is drawn fresh): drop --split {split}")
-
-
 def plastic_summary(model: torch.nn.Module) -> dict[str, float]:
-    """Learned plasticity parameters worth watching (models with a plastic core)."""
-    plastic = getattr(getattr(model, "core", model), "plastic", None)
+    """Learned plasticity parameters worth watching (models with a plastic layer: the first)."""
+    from plasticity.nn import PlasticWeights
+
+    plastic = next((m for m in model.modules() if isinstance(m, PlasticWeights)), None)
     if plastic is None:
         return {}
     return {"plastic/eta_mean": float(plastic.eta.detach().mean()),
             "plastic/alpha_abs_mean": float(plastic.alpha.detach().abs().mean())}
+
+
+def model_from_checkpoint(path, config_cls, device: str = "cpu", split: str | None = None,
+                          data_dir: str | None = None):
+    """(model, cfg, checkpoint) rebuilt from a checkpoint of any task: the architecture
+    comes from its config. `split` / `data_dir`: the data the model will be scored on
+    (tasks with data load only that split, from that folder instead of training's)."""
+    from plasticity.tasks import make_task
+    from plasticity.train.checkpoint import load_checkpoint
+
+    ckpt = load_checkpoint(path, map_location=device)
+    cfg = config_cls.from_dict(ckpt["config"])
+    if data_dir is not None and hasattr(cfg, "data_dir"):
+        cfg = cfg.replace(data_dir=str(data_dir))  # the user's folder, not the one training used
+    task = make_task(cfg, split)
+    task.check_state(ckpt.get("task_state"), str(path))
+    model = load_weights(task.build_model(cfg), ckpt, path)
+    return model.to(device), cfg, ckpt

@@ -19,16 +19,13 @@ from pathlib import Path
 
 import torch
 
-from plasticity.config import ModelConfig
-from plasticity.models import SequenceModel, count_parameters, make_model
-from plasticity.plots import curves_figure, save_figure
+from plasticity.models import SequenceModel, count_parameters
+from plasticity.plots import learning_curve_png, save_figure
 from plasticity.tasks import make_task
-from plasticity.train.checkpoint import load_checkpoint
 from plasticity.train.common import (
     EVAL_SEED_OFFSET,
     Report,
-    check_no_split,
-    load_weights,
+    model_from_checkpoint,
     plastic_summary,
     resolve_device,
     restore_state,
@@ -72,8 +69,9 @@ def evaluate(model: SequenceModel, task, episodes, device, batch_size: int = 64)
     for ep in episodes:
         outputs, _ = model(to_device(task.inputs(ep), device))
         n = outputs.shape[0]
-        if hasattr(task, "episode_metrics"):
-            for k, v in task.episode_metrics(outputs, ep).items():
+        per_episode = task.episode_metrics(outputs, ep)
+        if per_episode is not None:
+            for k, v in per_episode.items():
                 values.setdefault(k, []).append(v.detach().double().cpu())
         else:
             for k, v in task.metrics(outputs, ep).items():
@@ -97,19 +95,9 @@ def eval_chunk(n_neurons: int, cap: int = 256) -> int:
     return max(1, min(cap, (1 << 22) // (n_neurons * n_neurons)))
 
 
-def task_state(task) -> dict:
-    """What a task stores with the checkpoint (e.g. Omniglot's character split)."""
-    return task.state() if hasattr(task, "state") else {}
-
-
-def check_task_state(task, ckpt: dict, source) -> None:
-    if hasattr(task, "check_state"):
-        task.check_state(ckpt.get("task_state"), str(source))
-
-
 def task_eval_chunk(task, cfg) -> int:
     """Evaluation batch size: the task's own choice, else sized by the Hebb tensor."""
-    return getattr(task, "eval_chunk", None) or eval_chunk(task.n_io + cfg.extra_neurons)
+    return task.eval_chunk or eval_chunk(task.n_io + cfg.extra_neurons)
 
 
 class HeldOut:
@@ -163,7 +151,7 @@ class EpisodicAlgorithm:
     def __init__(self, cfg, task, model: SequenceModel, device: torch.device):
         self.cfg, self.task, self.model, self.device = cfg, task, model, device
         self.generator = torch.Generator().manual_seed(cfg.seed)
-        self.heldout = heldout_episodes(task.heldout() if hasattr(task, "heldout") else task, cfg)
+        self.heldout = heldout_episodes(task.heldout(), cfg)
 
     def step(self, episodes: int):
         batch = self.task.sample(episodes, self.generator)
@@ -184,14 +172,15 @@ class EpisodicAlgorithm:
         return {"generator": self.generator}
 
     def checkpoint_extra(self) -> dict:
-        return {"task_state": task_state(self.task)}
+        return {"task_state": self.task.state()}
 
     def postfix(self, metrics: dict[str, float]) -> dict[str, str]:
         return {"loss": f"{metrics.get('train/loss', float('nan')):.4f}",
                 "err": f"{metrics.get('eval/bit_error_all', float('nan')):.4f}"}
 
     def finish(self, history: list[dict], run_dir: Path) -> None:
-        _learning_curve_png(history, run_dir)
+        learning_curve_png(history, run_dir, ("eval/bit_error_all", "eval/bit_error_erased", "eval/loss"),
+                           ylabel="held-out value")
 
 
 def prepare_kernels(cfg, device: torch.device) -> None:
@@ -211,10 +200,10 @@ def train(cfg, report: Report | None = None, *, resume: str | Path | None = None
     device = resolve_device(cfg.device)
     seed_everything(cfg.seed)
     task = make_task(cfg)
-    model = make_model(cfg, task).to(device)
+    model = task.build_model(cfg).to(device)
     optimizer = make_optimizer(model, cfg)
     if ckpt is not None:
-        check_task_state(task, ckpt, resume)
+        task.check_state(ckpt.get("task_state"), str(resume))
         restore_state(model, optimizer, ckpt)
     prepare_kernels(cfg, device)
     algo = EpisodicAlgorithm(cfg, task, model, device)
@@ -233,33 +222,7 @@ def _completion_png(model, task, episode, device, run_dir: Path, name: str = "co
     return path
 
 
-def _learning_curve_png(history: list[dict], run_dir: Path) -> Path | None:
-    keys = [k for k in ("eval/bit_error_all", "eval/bit_error_erased", "eval/loss") if history and k in history[0]]
-    if not keys:
-        return None
-    steps = [h["step"] for h in history]
-    fig = curves_figure({k: (steps, [max(h[k], 1e-5) for h in history]) for k in keys},
-                        xlabel="training episodes", ylabel="held-out value")
-    path = run_dir / "learning_curve.png"
-    save_figure(fig, path)
-    return path
-
-
-def model_from_checkpoint(path: str | Path, config_cls, device: str = "cpu", split: str | None = None,
-                          data_dir: str | None = None):
-    """(model, cfg, checkpoint) rebuilt from a checkpoint: the architecture comes from it.
-    `split` / `data_dir`: the data the model will be scored on (only that split is loaded)."""
-    ckpt = load_checkpoint(path, map_location=device)
-    cfg = config_cls.from_dict(ckpt["config"])
-    if data_dir is not None and hasattr(cfg, "data_dir"):
-        cfg = cfg.replace(data_dir=str(data_dir))  # the user's folder, not the one training used
-    task = make_task(cfg, split)
-    check_task_state(task, ckpt, path)
-    model = load_weights(make_model(cfg, task), ckpt, path)
-    return model.to(device), cfg, ckpt
-
-
-__all__ = ["ModelConfig", "TrainResult", "evaluate", "model_from_checkpoint", "train"]
+__all__ = ["TrainResult", "evaluate", "evaluate_checkpoint", "train"]
 
 
 def evaluate_checkpoint(path: str | Path, config_cls, *, episodes: int, seed: int, figure: Path,
@@ -275,8 +238,6 @@ def evaluate_checkpoint(path: str | Path, config_cls, *, episodes: int, seed: in
     dev = resolve_device(device)
     model, cfg, ckpt = model_from_checkpoint(path, config_cls, device=str(dev), split=split, data_dir=data_dir)
     task = make_task(cfg, split)
-    if not hasattr(task, "for_split"):
-        check_no_split(cfg.task, split)
     batches = HeldOut(task, episodes, seed, task_eval_chunk(task, cfg))
     metrics = evaluate(model, task, batches, dev)
     if "accuracy" in metrics:

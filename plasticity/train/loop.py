@@ -6,7 +6,7 @@ evaluation and hands them over as an `Algorithm`; this loop owns everything else
   - the schedule: `--episodes` training episodes (the last batch is cut to fit), an
     evaluation every `--eval-every` episodes and at the end, the `--max-minutes`
     budget (counted over the whole run, across resumes);
-  - checkpoints: every `--checkpoint-every` episodes, every `--checkpoint-minutes` of
+  - checkpoints: every `--save-every` episodes, every `--save-minutes` of
     wall time, at the end, and when the run is stopped. A checkpoint holds everything
     the run needs to go on exactly as if it had not stopped: weights, optimiser,
     config, episode, history, the running training averages and every random stream
@@ -81,8 +81,8 @@ class Interrupted(KeyboardInterrupt):
 # ----------------------------------------------------------------------- resuming
 
 RESUMABLE_FIELDS = frozenset({"episodes", "batch_size", "lr", "eta_lr", "grad_clip", "max_minutes", "eval_every",
-                              "eval_episodes", "checkpoint_every", "checkpoint_minutes", "device", "out", "impl",
-                              "recompute_every", "data_dir"})
+                              "eval_episodes", "save_every", "save_minutes", "device", "out", "impl",
+                              "segment_steps", "data_dir"})
 """Fields a resumed run may change: the schedule and where and how it runs. Every other
 field (task, model, rule, sizes, seed, ...) defines the run and comes from its checkpoint."""
 
@@ -205,7 +205,7 @@ class Averages:
         return {k: v / self.episodes for k, v in self.sums.items()} if self.episodes else {}
 
 
-def crossed(previous: int, now: int, every: int) -> bool:
+def passed_multiple(previous: int, now: int, every: int) -> bool:
     """True when the episode count passed a multiple of `every` this step."""
     return now // every > previous // every
 
@@ -264,7 +264,7 @@ def run_loop(cfg, algo: Algorithm, optimizer: torch.optim.Optimizer, *, run_dir:
         metrics.update(scores)
         record(history, run_dir, episode, metrics)
         averages.sums, averages.episodes = {}, 0
-        if crossed(previous, episode, cfg.checkpoint_every) or episode >= cfg.episodes or out_of_time:
+        if passed_multiple(previous, episode, cfg.save_every) or episode >= cfg.episodes or out_of_time:
             files["checkpoint"] = checkpoint()
         bar.set_postfix(algo.postfix(metrics))
         if report is not None:
@@ -284,9 +284,9 @@ def run_loop(cfg, algo: Algorithm, optimizer: torch.optim.Optimizer, *, run_dir:
             averages.add(stats, n)
             bar.update(n)
             out_of_time = budget_s is not None and time.perf_counter() - t_start >= budget_s
-            if crossed(previous, episode, cfg.eval_every) or episode >= cfg.episodes or out_of_time:
+            if passed_multiple(previous, episode, cfg.eval_every) or episode >= cfg.episodes or out_of_time:
                 evaluate()
-            elif crossed(previous, episode, cfg.checkpoint_every):
+            elif passed_multiple(previous, episode, cfg.save_every):
                 checkpoint()
             if stop["signum"] is not None:
                 path = checkpoint()
@@ -294,7 +294,7 @@ def run_loop(cfg, algo: Algorithm, optimizer: torch.optim.Optimizer, *, run_dir:
                 raise Interrupted(stop["signum"], path, episode)
             if out_of_time:
                 break
-            if cfg.checkpoint_minutes is not None and time.perf_counter() - saved_at[1] >= 60 * cfg.checkpoint_minutes:
+            if cfg.save_minutes is not None and time.perf_counter() - saved_at[1] >= 60 * cfg.save_minutes:
                 checkpoint()
     bar.close()
     checkpoint()

@@ -1,0 +1,41 @@
+"""Configuration dataclasses: one object flows to the CLI, Ray Tune, MLflow and checkpoints.
+
+    base.py      ModelConfig, TrainConfig, TaskConfig, validate, the registry (CONFIGS, PRESETS)
+    limits.py    field limits as part of the type (Positive[int], Range, Literal checks)
+    renames.py   old field names and values, still accepted
+    patterns.py, images.py, omniglot.py, maze.py   each task's config and presets
+
+    cfg = preset("patterns", "small", episodes=500)
+    cfg.to_dict(); PatternsConfig.from_dict(d)
+
+May import: `plasticity.errors`, `plasticity.rules` (and, inside `MazeConfig.check`,
+`plasticity.envs` to check a maze).
+"""
+
+from typing import Literal
+
+from plasticity.config.base import (
+    CONFIGS,
+    MAX_LR,
+    PRESETS,
+    ModelConfig,
+    TaskConfig,
+    TrainConfig,
+    check_memory,
+    physical_memory,
+    preset,
+    register_config,
+    validate,
+)
+from plasticity.config.images import ImagesConfig
+from plasticity.config.limits import MAX_INT, Range, field_choices, field_range, flag
+from plasticity.config.maze import MazeConfig
+from plasticity.config.omniglot import OmniglotConfig
+from plasticity.config.patterns import PatternsConfig
+
+TaskName = Literal[tuple(CONFIGS)]  # type: ignore[valid-type]
+"""The registered tasks' names, as a type (for CLI choices)."""
+
+__all__ = ["CONFIGS", "MAX_INT", "MAX_LR", "PRESETS", "ImagesConfig", "MazeConfig", "ModelConfig", "OmniglotConfig",
+           "PatternsConfig", "Range", "TaskConfig", "TaskName", "TrainConfig", "check_memory", "field_choices",
+           "field_range", "flag", "physical_memory", "preset", "register_config", "validate"]
