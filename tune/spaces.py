@@ -25,6 +25,7 @@ from typing import Any
 import yaml
 
 from plasticity.config import CONFIGS, PRESETS, field_choices
+from plasticity.config.limits import field_types
 from plasticity.errors import ConfigError, error_line
 
 SWITCH_PREFIX = "use_"
@@ -127,7 +128,7 @@ def _with_choices(config_cls, names: dict, name: str, spec):
     switch) when a categorical spec leaves them out."""
     if not isinstance(spec, dict) or spec.get("type") != "categorical" or "choices" in spec:
         return spec
-    if name in names and names[name].type in (bool, "bool"):
+    if name in names and field_types(config_cls)[name] is bool:
         return {**spec, "choices": [False, True]}
     choices = field_choices(config_cls, name) if name in names else None
     return {**spec, "choices": list(choices)} if choices else spec

@@ -26,6 +26,7 @@ from dataclasses import asdict, dataclass, fields
 from typing import Any, ClassVar, Literal
 
 from plasticity.config.limits import NonNegative, Positive, check_fields, field_choices
+from plasticity.config.renames import upgrade_dict
 from plasticity.errors import ConfigError, check_choice, check_eta
 from plasticity.rules import RULES
 
@@ -133,8 +134,6 @@ class TaskConfig(TrainConfig, ModelConfig):
     def from_dict(cls, data: dict[str, Any]):
         """The config of a dict written by `to_dict` (a checkpoint's, a sweep trial's);
         fields and values renamed since are converted (see `plasticity.config.renames`)."""
-        from plasticity.config.renames import upgrade_dict
-
         data = upgrade_dict(data)
         known = {f.name for f in fields(cls)}
         unknown = sorted(set(data) - known)
@@ -170,8 +169,6 @@ def register_config(cls: type[TaskConfig], presets: dict[str, dict[str, Any]]) -
 
 def preset(task: str, name: str, **overrides) -> TaskConfig:
     """The config of `task` under preset `name`, with `overrides` applied, validated."""
-    from plasticity.config.renames import upgrade_dict
-
     check_choice("task", task, CONFIGS)
     check_choice(f"{task} preset", name, PRESETS[task])
     overrides = upgrade_dict(overrides)

@@ -11,6 +11,7 @@
 
 from __future__ import annotations
 
+import functools
 import math
 import typing
 from dataclasses import dataclass, fields
@@ -72,8 +73,10 @@ def flag(name: str) -> str:
     return "--" + name.replace("_", "-")
 
 
+@functools.cache
 def field_types(cls) -> dict[str, Any]:
-    """Field name -> type, with `Annotated` metadata kept (resolved in each class's module)."""
+    """Field name -> type, with `Annotated` metadata kept (resolved in each class's module;
+    once per class: validation asks for every field of every config it checks)."""
     return typing.get_type_hints(cls, include_extras=True)
 
 
