@@ -34,7 +34,7 @@ def run_seed(seed: int, args) -> list[dict]:
 
     overrides = dict(seed=seed, episodes=args.episodes, eval_every=args.eval_every,
                      save_every=args.episodes, out=args.out)
-    for name in ("eval_episodes", "batch_size", "lr", "eta_lr", "max_minutes"):
+    for name in ("eval_episodes", "batch_size", "lr", "eta_lr", "lr_schedule", "lr_final", "max_minutes"):
         if getattr(args, name) is not None:
             overrides[name] = getattr(args, name)
     if args.no_learn_eta:
@@ -43,11 +43,12 @@ def run_seed(seed: int, args) -> list[dict]:
     result = train(cfg, progress=False)
     rows, eval_total = [], 0.0
     for h in result.history:
-        eval_total += h.get("perf/eval_s", 0.0)
+        # perf/elapsed_s is read just before that evaluation: it holds the earlier ones only.
         rows.append({"seed": seed, "episode": h["step"], "train_s": h["perf/elapsed_s"] - eval_total,
                      "eval_s": h.get("perf/eval_s", float("nan")), "err_all": h["eval/bit_error_all"],
                      "err_all_ci95": h.get("eval/bit_error_all_ci95", float("nan")),
                      "err_erased": h["eval/bit_error_erased"], "eta": h.get("plastic/eta_mean", float("nan"))})
+        eval_total += h.get("perf/eval_s", 0.0)
     return rows
 
 
@@ -75,6 +76,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--batch-size", type=int, default=None, help="default: the preset's (1)")
     ap.add_argument("--lr", type=float, default=None)
     ap.add_argument("--eta-lr", type=float, default=None)
+    ap.add_argument("--lr-schedule", choices=["constant", "cosine"], default=None, help="default: the preset's")
+    ap.add_argument("--lr-final", type=float, default=None, help="default: the preset's")
     ap.add_argument("--no-learn-eta", action="store_true", help="keep eta fixed at the preset's 0.01")
     ap.add_argument("--max-minutes", type=float, default=None, help="cap per seed (training + evaluation)")
     ap.add_argument("--out", default=None, help="run folders (default: a temporary folder)")

@@ -23,7 +23,9 @@ pytestmark = pytest.mark.slow
 # Tiny runs of each task: the signal lands after the first evaluation, with no episode
 # checkpoint before the end (--save-every larger than the run).
 TASKS = {
-    "patterns": ["--preset", "small", "--episodes", "6144", "--eval-every", "768", "--eval-episodes", "64"],
+    # With the cosine learning-rate schedule: resuming must continue it exactly.
+    "patterns": ["--preset", "small", "--episodes", "6144", "--eval-every", "768", "--eval-episodes", "64",
+                 "--lr-schedule", "cosine", "--lr-final", "0.05"],
     "maze": ["--preset", "small", "--episode-steps", "20", "--hidden", "16", "--batch-size", "8",
              "--episodes", "480", "--eval-every", "48", "--eval-episodes", "16"],
     "images": ["--preset", "small", "--image-size", "8", "--batch-size", "4", "--episodes", "480",

@@ -24,6 +24,7 @@ import os
 import socket
 import sys
 import time
+import warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Annotated, Literal
@@ -61,6 +62,18 @@ class SweepArgs:
     """Optuna TPE (default) or random search (Optuna's RandomSampler)."""
     scheduler: Literal["asha", "fifo"] = "asha"
     """ASHA early stopping (default) or FIFO (every trial runs to the end)."""
+    grace_period: int | None = None
+    """ASHA: episodes every trial runs before it can be stopped (default: 2 x --eval-every)."""
+    reduction_factor: float = 2.0
+    """ASHA: at each rung only the best 1/reduction_factor of the trials go on."""
+    startup_trials: int = 10
+    """TPE: trials drawn at random before TPE models the results (Optuna's n_startup_trials)."""
+    multivariate: bool = True
+    """TPE: model the parameters jointly (Optuna's multivariate TPE, its default for one
+    objective); --no-multivariate models each on its own."""
+    group: bool = False
+    """TPE: model conditional parameters (those with `when` in the space) in their own
+    groups (Optuna's group=True; needs --multivariate)."""
     metric: str = "eval/loss"
     """Objective reported by the trials (minimised)."""
     multi_objective: bool = False
@@ -171,6 +184,18 @@ def resolve(args: SweepArgs) -> SweepArgs:
     for name in ("num_samples", "max_episodes", "eval_every", "max_concurrent", "cpus_per_trial"):
         check_positive(name, getattr(args, name))
     check_positive("gpus_per_trial", args.gpus_per_trial, allow_zero=True)
+    check_positive("startup_trials", args.startup_trials)
+    if args.grace_period is None:
+        args.grace_period = min(2 * args.eval_every, args.max_episodes)
+    check_positive("grace_period", args.grace_period)
+    if args.grace_period > args.max_episodes:
+        raise ConfigError(f"--grace-period {args.grace_period} is more than --max-episodes {args.max_episodes}: "
+                          "pass a smaller grace period (ASHA could never stop a trial)")
+    if args.group and not args.multivariate:
+        raise ConfigError("--group needs the multivariate TPE: drop --no-multivariate")
+    if not args.reduction_factor > 1:
+        raise ConfigError(f"--reduction-factor must be above 1, got {args.reduction_factor:g}: e.g. 2 (keep half "
+                          "the trials at each rung) or 3")
     check_positive("max_failures", args.max_failures, allow_zero=True)
     if args.preset not in PRESETS[args.task]:
         raise ConfigError(f"unknown {args.task} preset {args.preset!r}: choose one of {', '.join(PRESETS[args.task])}")
@@ -223,6 +248,37 @@ def build_kernels_first(args: SweepArgs) -> None:
               "kernels; install g++ (e.g. apt-get install g++) to build them", flush=True)
 
 
+def make_searcher(args: SweepArgs, space: dict, storage):
+    """Optuna behind Ray Tune: TPE (with --startup-trials, --multivariate, --group) or random
+    search, seeded by --seed, its study named --name in `storage`."""
+    import optuna
+
+    from tune.search import SweepSearch
+
+    with warnings.catch_warnings():
+        # Optuna marks `group` experimental; chosen by measurement (README, search benchmark).
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        sampler = (optuna.samplers.TPESampler(seed=args.seed, n_startup_trials=args.startup_trials,
+                                              multivariate=args.multivariate, group=args.group)
+                   if args.search == "optuna" else optuna.samplers.RandomSampler(seed=args.seed))
+    # A trial's score is its best evaluation of the metric so far (`objective`, reported
+    # by the trainable): Optuna, ASHA, the summary and the registered model all use it.
+    metrics = [OBJECTIVE, "model/params"] if args.multi_objective else OBJECTIVE
+    modes = ["min", "min"] if args.multi_objective else "min"
+    return SweepSearch(DefineByRun(space, {}), metric=metrics, mode=modes, sampler=sampler,
+                       study_name=args.name, storage=storage, max_t=args.max_episodes)
+
+
+def make_scheduler(args: SweepArgs):
+    """ASHA on the trials' score, over episodes (--grace-period, --reduction-factor), or FIFO."""
+    from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
+
+    if args.scheduler == "fifo":
+        return FIFOScheduler()
+    return ASHAScheduler(time_attr="episodes", metric=OBJECTIVE, mode="min", max_t=args.max_episodes,
+                         grace_period=args.grace_period, reduction_factor=args.reduction_factor)
+
+
 def run_sweep(args: SweepArgs):
     """Check everything, run the sweep, write the summary. Returns the ResultGrid."""
     from plasticity.tracking.mlflow import check_tracking, default_tracking_uri
@@ -258,12 +314,10 @@ def run_sweep(args: SweepArgs):
             logging.getLogger("ray").info(line)
 
     from ray import tune
-    from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
     from ray.tune.search import ConcurrencyLimiter
 
     from tune.progress import ProgressView
     from tune.report import SweepTracker, TrialCounter
-    from tune.search import SweepSearch
     from tune.trainable import SweepContext, train_trial
 
     tracker = SweepTracker.open(tracking_uri, args.experiment, args.name, asdict(args)) if tracking_uri else None
@@ -279,23 +333,8 @@ def run_sweep(args: SweepArgs):
             raise ConfigError(f"no sweep to resume at {path}: check --name and --storage-path")
         tuner = tune.Tuner.restore(path, trainable=trainable, resume_errored=True)
     else:
-        import optuna
-
-        sampler = (optuna.samplers.TPESampler(seed=args.seed) if args.search == "optuna"
-                   else optuna.samplers.RandomSampler(seed=args.seed))
-        # A trial's score is its best evaluation of the metric so far (`objective`, reported
-        # by the trainable): Optuna, ASHA, the summary and the registered model all use it.
-        metrics = [OBJECTIVE, "model/params"] if args.multi_objective else OBJECTIVE
-        modes = ["min", "min"] if args.multi_objective else "min"
-        searcher = SweepSearch(DefineByRun(space, {}), metric=metrics, mode=modes, sampler=sampler,
-                               study_name=args.name, storage=optuna_storage, max_t=args.max_episodes)
-        searcher = ConcurrencyLimiter(searcher, max_concurrent=args.max_concurrent)
-        if args.scheduler == "asha":
-            scheduler = ASHAScheduler(time_attr="episodes", metric=OBJECTIVE, mode="min",
-                                      max_t=args.max_episodes, grace_period=2 * args.eval_every,
-                                      reduction_factor=2)
-        else:
-            scheduler = FIFOScheduler()
+        searcher = ConcurrencyLimiter(make_searcher(args, space, optuna_storage), max_concurrent=args.max_concurrent)
+        scheduler = make_scheduler(args)
         tuner = tune.Tuner(
             trainable,
             tune_config=tune.TuneConfig(search_alg=searcher, scheduler=scheduler, num_samples=args.num_samples),

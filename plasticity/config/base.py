@@ -23,9 +23,9 @@ import dataclasses
 import math
 import os
 from dataclasses import asdict, dataclass, fields
-from typing import Any, ClassVar, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
-from plasticity.config.limits import NonNegative, Positive, check_fields, field_choices
+from plasticity.config.limits import NonNegative, Positive, Range, check_fields, field_choices
 from plasticity.config.renames import upgrade_dict
 from plasticity.errors import ConfigError, check_choice, check_eta
 from plasticity.rules import RULES
@@ -84,6 +84,13 @@ class TrainConfig:
     """Adam learning rate of eta's own parameter `eta_logit` (eta = sigmoid(eta_logit)),
     so a step moves eta by about eta_lr x eta x (1 - eta): a rate relative to eta's size.
     None: --lr x `plasticity.train.optim.ETA_LR_RATIO` (chosen by measurement, README)."""
+    lr_schedule: Literal["constant", "cosine"] = "constant"
+    """How the learning rates (--lr and --eta-lr alike) change over --episodes: constant, or
+    cosine decay from them to --lr-final x them at the last episode (PyTorch's
+    CosineAnnealingLR, stepped per episode and computed from the episode, so resuming
+    continues it exactly)."""
+    lr_final: Annotated[float, Range(0, 1)] = 0.0
+    """With --lr-schedule cosine: the final learning rates as a fraction of the initial ones."""
     grad_clip: Positive[float | None] = None
     """Clip the gradient norm to this value; None for no clipping (the reference code)."""
     seed: NonNegative[int] = 0

@@ -38,6 +38,7 @@ from tqdm.auto import tqdm
 from plasticity.errors import ConfigError
 from plasticity.train.checkpoint import load_checkpoint, save_checkpoint
 from plasticity.train.common import Report, optimizer_step, record
+from plasticity.train.optim import set_learning_rates
 
 
 class Algorithm(Protocol):
@@ -80,9 +81,9 @@ class Interrupted(KeyboardInterrupt):
 
 # ----------------------------------------------------------------------- resuming
 
-RESUMABLE_FIELDS = frozenset({"episodes", "batch_size", "lr", "eta_lr", "grad_clip", "max_minutes", "eval_every",
-                              "eval_episodes", "save_every", "save_minutes", "device", "out", "impl",
-                              "segment_steps", "data_dir"})
+RESUMABLE_FIELDS = frozenset({"episodes", "batch_size", "lr", "eta_lr", "lr_schedule", "lr_final", "grad_clip",
+                              "max_minutes", "eval_every", "eval_episodes", "save_every", "save_minutes", "device",
+                              "out", "impl", "segment_steps", "data_dir"})
 """Fields a resumed run may change: the schedule and where and how it runs. Every other
 field (task, model, rule, sizes, seed, ...) defines the run and comes from its checkpoint."""
 
@@ -260,6 +261,7 @@ def run_loop(cfg, algo: Algorithm, optimizer: torch.optim.Optimizer, *, run_dir:
         metrics = averages.means()
         metrics["perf/episodes_per_s"] = (episode - rate_since[1]) / max(now - rate_since[0], 1e-9)
         metrics["perf/elapsed_s"] = elapsed()
+        metrics["train/lr"] = optimizer.param_groups[0]["lr"]
         scores, files = algo.evaluate(episode, run_dir)
         metrics.update(scores)
         record(history, run_dir, episode, metrics)
@@ -279,6 +281,7 @@ def run_loop(cfg, algo: Algorithm, optimizer: torch.optim.Optimizer, *, run_dir:
         while episode < cfg.episodes:
             n = min(cfg.batch_size, cfg.episodes - episode)
             loss, stats = algo.step(n)
+            set_learning_rates(optimizer, cfg, episode)
             optimizer_step(loss, algo.model, optimizer, cfg.grad_clip, episode, checkpoint)
             previous, episode = episode, episode + n
             averages.add(stats, n)

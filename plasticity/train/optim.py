@@ -1,6 +1,7 @@
 """The optimiser every training loop uses: Adam with eta in its own parameter group.
 
     optimizer = make_optimizer(model, cfg)   # groups "weights" (--lr) and "eta" (--eta-lr)
+    set_learning_rates(optimizer, cfg, episode)   # --lr-schedule, before each step
 
 eta is trained through its unconstrained parameter `eta_logit` (see
 `plasticity.nn.plastic`), whose natural step size differs from the weights': one Adam
@@ -10,6 +11,8 @@ eta *relative* to eta. `--eta-lr` sets that rate; by default it is `--lr` times
 """
 
 from __future__ import annotations
+
+import math
 
 import torch
 
@@ -34,3 +37,22 @@ def make_optimizer(model: torch.nn.Module, cfg) -> torch.optim.Adam:
     groups = [{"params": weights, "lr": cfg.lr, "name": "weights"},
               {"params": etas, "lr": eta_lr(cfg), "name": "eta"}]
     return torch.optim.Adam([g for g in groups if g["params"]])
+
+
+def lr_factor(cfg, episode: int) -> float:
+    """The learning rates at `episode` as a fraction of --lr / --eta-lr: 1 for the constant
+    schedule; cosine: from 1 at episode 0 to --lr-final at --episodes (PyTorch's
+    CosineAnnealingLR with T_max = episodes). A function of the episode alone, so a resumed
+    run continues the same schedule."""
+    if getattr(cfg, "lr_schedule", "constant") == "constant":
+        return 1.0
+    progress = min(max(episode / cfg.episodes, 0.0), 1.0)
+    return cfg.lr_final + (1.0 - cfg.lr_final) * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
+def set_learning_rates(optimizer: torch.optim.Optimizer, cfg, episode: int) -> None:
+    """Set each group's learning rate for the step that starts at `episode`."""
+    factor = lr_factor(cfg, episode)
+    base = {"weights": cfg.lr, "eta": eta_lr(cfg)}
+    for group in optimizer.param_groups:
+        group["lr"] = base[group.get("name", "weights")] * factor
