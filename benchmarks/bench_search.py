@@ -13,6 +13,7 @@ luck). A strategy that never reaches it counts with everything it spent (marked 
     python benchmarks/bench_search.py --seeds 0 1 2 3 4 --num-samples 32     # the README table
     python benchmarks/bench_search.py --smoke-test
     python benchmarks/bench_search.py --table-from search.json               # reprint
+    python benchmarks/bench_search.py --table-from search.json --seeds 2 3 4  # some seeds only
 
 Every sweep's reports are kept in --out (JSON) as they finish, so the table can be
 reprinted or extended (`--seeds 5 6`) without running the finished sweeps again.
@@ -95,7 +96,8 @@ def table(runs: list[dict]) -> str:
     head = (f"{'strategy':<22}{'seed':>5}{'best':>9}{'episodes':>11}{'to target':>11}{'x random':>9}"
             f"{'wall s':>8}{'to target':>11}{'x random':>9}")
     lines = [head, "-" * len(head)]
-    ratios: dict[str, dict[str, list[float]]] = {n: {"episodes": [], "wall": [], "reached": []} for n in names}
+    ratios: dict[str, dict[str, list[float]]] = {n: {"episodes": [], "wall": [], "reached": [], "best": [],
+                                                     "spent": []} for n in names}
     for seed in seeds:
         base = by[(BASELINE, seed)]
         target = min(r["objective"] for r in base["reports"])
@@ -109,6 +111,8 @@ def table(runs: list[dict]) -> str:
             ratios[name]["episodes"].append(eps / base_eps)
             ratios[name]["wall"].append(t / base_wall)
             ratios[name]["reached"].append(float(reached))
+            ratios[name]["best"].append(min(r["objective"] for r in run["reports"]))
+            ratios[name]["spent"].append(total_episodes(run) / base_eps)
             lines.append(f"{name:<22}{seed:>5}{min(r['objective'] for r in run['reports']):>9.4f}"
                          f"{total_episodes(run):>11,}{mark + format(eps, ','):>11}"
                          f"{mark + format(eps / base_eps, '.2f'):>9}{run['wall_s']:>8.0f}"
@@ -116,12 +120,13 @@ def table(runs: list[dict]) -> str:
     lines += ["", "x random: the cost until a trial first scored <= random+fifo's best, as a fraction of the",
               "whole random+fifo sweep (its trial-episodes, its wall time); '>': never reached (all it spent)", "",
               f"{'strategy':<22}{'reached':>8}{'episodes x random: mean (min-max)':>36}"
-              f"{'wall x random: mean (min-max)':>32}"]
+              f"{'wall x random: mean (min-max)':>32}{'final best: mean':>18}{'spent x random':>16}"]
     for name in names:
         e, w, hit = ratios[name]["episodes"], ratios[name]["wall"], ratios[name]["reached"]
         if e:
             spread = (lambda v: f"{statistics.mean(v):.2f} ({min(v):.2f}-{max(v):.2f})")
-            lines.append(f"{name:<22}{f'{int(sum(hit))}/{len(hit)}':>8}{spread(e):>36}{spread(w):>32}")
+            lines.append(f"{name:<22}{f'{int(sum(hit))}/{len(hit)}':>8}{spread(e):>36}{spread(w):>32}"
+                         f"{statistics.mean(ratios[name]['best']):>18.4f}{statistics.mean(ratios[name]['spent']):>16.2f}")
     return "\n".join(lines)
 
 
@@ -139,7 +144,7 @@ def main() -> None:
     ap.add_argument("--smoke-test", action="store_true", help="1 seed, 2 trials of 512 episodes")
     args = ap.parse_args()
     if args.table_from:
-        print(table(json.loads(args.table_from.read_text())))
+        print(table([r for r in json.loads(args.table_from.read_text()) if r["seed"] in args.seeds]))
         return
     if args.smoke_test:
         args.num_samples, args.max_episodes, args.seeds = 2, 512, args.seeds[:1]

@@ -55,8 +55,10 @@ def test_a_run_logs_its_decaying_learning_rate(tmp_path):
     assert {h["train/lr"] for h in constant.history} == {2e-3}
 
 
-@pytest.mark.parametrize("kw,message", [(dict(lr_final=1.5), "lr_final must be in [0, 1]"),
-                                        (dict(lr_schedule="linear"), "unknown lr schedule .linear.: choose one of constant, cosine")])
+@pytest.mark.parametrize("kw,message", [
+    (dict(lr_final=1.5), "lr_final must be in [0, 1]"),
+    (dict(lr_schedule="linear"), "unknown lr schedule .linear.: choose one of constant, cosine"),
+])
 def test_bad_schedule_settings_are_refused(tmp_path, kw, message):
     from plasticity.errors import ConfigError
 

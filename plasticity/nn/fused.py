@@ -521,7 +521,7 @@ class _Episode(torch.autograd.Function):
                         dh0 = torch.empty_like(h_final)
                     dh0[sl] = dh0_chunk
             del dh0_chunk
-        pres = torch.stack([y0 if t == 0 else out[t - 1] for t in range(steps)])
+        pres = torch.cat([y0.unsqueeze(0), out[:-1]])  # the presynaptic activity of each step
         if same_episode is not None:
             pres = pres * same_episode.t().unsqueeze(-1)
         dw = pres.reshape(-1, n).t() @ grad_a.reshape(-1, n)
