@@ -92,8 +92,9 @@ class SweepTracker:
     def open(cls, uri: str, experiment: str, name: str, params: dict) -> SweepTracker:
         parent = MlflowTracker.open(uri, experiment, name, params, tags={"sweep": name, "role": "sweep"})
         exp_id = parent.client.get_run(parent.run_id).info.experiment_id
-        # MLflow 3's UI opens an experiment without this tag in its GenAI view (traces);
-        # "custom_model_development" opens the classic one: runs table, compare, charts.
+        # The experiment's kind, for MLflow UIs that read it. MLflow 3.17's UI ignores it
+        # (seen in Chromium: it opens the GenAI view until its "Model training" switch or
+        # ?workflowType=machine_learning says otherwise), so the printed URL carries that.
         parent.attempt(parent.client.set_experiment_tag, exp_id, "mlflow.experimentKind", "custom_model_development")
         return cls(parent, exp_id, name)
 

@@ -211,7 +211,9 @@ def ui_url(view: SweepView) -> tuple[str | None, str | None]:
     """(command that starts the UI or None for a server, URL of the parent run)."""
     if view.tracking_uri is None or view.parent_run_id is None:
         return None, None
-    path = f"#/experiments/{view.experiment_id}/runs/{view.parent_run_id}"
+    # MLflow 3's UI opens experiments in its GenAI view (traces, tokens) unless the URL
+    # asks for the classic one; its own "Model training" switch is the same setting.
+    path = f"#/experiments/{view.experiment_id}/runs/{view.parent_run_id}?workflowType=machine_learning"
     if view.tracking_uri.startswith(("http://", "https://")):
         return None, f"{view.tracking_uri.rstrip('/')}/{path}"
     return f"mlflow ui --backend-store-uri {view.tracking_uri}", f"http://127.0.0.1:5000/{path}"
