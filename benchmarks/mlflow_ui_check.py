@@ -3,7 +3,7 @@
     python benchmarks/mlflow_ui_check.py --backend-store-uri sqlite:///mlruns.db --out ui_check/
 
 Starts `mlflow ui` on 127.0.0.1 (a free port), opens the experiment `plasticity-sweeps`
-with Chromium through Playwright (`pip install playwright`; a system Chromium such as
+with Chromium through Playwright (`pip install -e ".[ui-check]"`; a system Chromium such as
 Debian's /usr/bin/chromium, `--chromium`), waits for the runs table, expands the parent
 run, and writes `runs.png`, `model.png` and `page.txt` (the visible text): what a user
 sees, to check that the classic ML view, the trial names, the eta/rule/alpha columns and

@@ -99,14 +99,16 @@ def rows(results: Path) -> dict[str, list[dict]]:
     return out
 
 
-def wait_rows(results: Path, trials: int, each: int, timeout: float = 300) -> None:
+def wait_rows(results: Path, trials: int, each: int, below: int | None = None, timeout: float = 300) -> None:
+    """Until `trials` trials have at least `each` results (and, with `below`, fewer than
+    `below`: still running, not near their end)."""
     deadline = time.time() + timeout
     while time.time() < deadline:
-        got = rows(results)
-        if len(got) >= trials and sorted(len(r) for r in got.values())[-trials] >= each:
+        got = [len(r) for r in rows(results).values()]
+        if sum(each <= n < (below or n + 1) for n in got) >= trials:
             return
-        time.sleep(0.3)
-    raise TimeoutError(f"{trials} trials with {each} results each not reached: {[len(r) for r in got.values()]}")
+        time.sleep(0.1)
+    raise TimeoutError(f"{trials} trials with {each} results each not reached: {got}")
 
 
 def mlflow_client():
@@ -176,13 +178,15 @@ def test_ray_job_submit_sweep_on_the_two_node_cluster(cluster, client_env):
 def test_worker_node_killed_mid_sweep_loses_no_trial(cluster, client_env):
     name = "nodekill"
     results = Path(client_env["PLASTICITY_STORAGE_PATH"]) / name
-    # 24 reports per trial: the kill after the 3rd lands in the middle of the worker's
-    # trial however fast training runs (the fused path made 12-report trials too short).
-    episodes, every = 6144, 256
+    # 48 reports per trial, and the kill only while both running trials (one per node:
+    # each node has one CPU) are between their 3rd and 36th report, so it lands in the
+    # middle of the worker's trial however fast training runs (at 24 reports and no
+    # upper bound, a faster machine finished the worker's trial before the kill).
+    episodes, every = 12288, 256
     job = submit(client_env, [*SWEEP, "--num-samples", "3", "--max-episodes", str(episodes), "--eval-every",
                               str(every), "--name", name], wait=False)
     try:
-        wait_rows(results, trials=2, each=3)
+        wait_rows(results, trials=2, each=3, below=36)
         cluster.stop("ray-worker-1", kill=True)  # the whole node: raylet, agents and its trial
         out, _ = job.communicate(timeout=600)
     finally:
