@@ -143,15 +143,17 @@ def main() -> None:
     ap.add_argument("--table-from", type=Path, help="only print the table of a saved --out file")
     ap.add_argument("--smoke-test", action="store_true", help="1 seed, 2 trials of 512 episodes")
     args = ap.parse_args()
-    if args.table_from:
-        print(table([r for r in json.loads(args.table_from.read_text()) if r["seed"] in args.seeds]))
-        return
     if args.smoke_test:
         args.num_samples, args.max_episodes, args.seeds = 2, 512, args.seeds[:1]
+    key = [args.num_samples, args.max_episodes, args.preset, args.max_concurrent]
+    if args.table_from:
+        # The runs of this setting only (a file may also hold a smoke test's).
+        print(table([r for r in json.loads(args.table_from.read_text())
+                     if r.get("setting") == key and r["seed"] in args.seeds]))
+        return
     if BASELINE not in args.strategies:
         sys.exit(f"bench_search: --strategies must include {BASELINE} (it sets the target)")
     saved = json.loads(args.out.read_text()) if args.out.is_file() else []
-    key = [args.num_samples, args.max_episodes, args.preset, args.max_concurrent]
     runs = [r for r in saved if r.get("setting") == key]
     import ray
 

@@ -13,6 +13,7 @@ the registered model are there.
 from __future__ import annotations
 
 import argparse
+import json
 import socket
 import subprocess
 import sys
@@ -51,8 +52,6 @@ def main() -> int:
                 break
             except OSError:
                 time.sleep(0.5)
-        import json
-
         with urllib.request.urlopen(f"{base}/api/2.0/mlflow/experiments/get-by-name?experiment_name="
                                     f"{args.experiment}") as r:
             experiment_id = json.load(r)["experiment"]["experiment_id"]
@@ -70,9 +69,10 @@ def main() -> int:
             page.wait_for_timeout(3000)
             # The parent run's expand button (the square "+" left of its name).
             expand = page.locator("button[data-component-id*='runnamecellrenderer']").first
-            if expand.count():
-                expand.click()
-                page.wait_for_timeout(2000)
+            if not expand.count():
+                raise SystemExit("mlflow_ui_check: the parent run has no expand button: no child runs shown")
+            expand.click()
+            page.wait_for_timeout(2000)
             page.screenshot(path=str(args.out / "runs.png"), full_page=True)
             (args.out / "page.txt").write_text(page.inner_text("body"))
             page.goto(f"{base}/#/models/{args.model}")

@@ -34,9 +34,15 @@ def make_optimizer(model: torch.nn.Module, cfg) -> torch.optim.Adam:
     for name, param in model.named_parameters():
         if param.requires_grad:
             (etas if name.rsplit(".", 1)[-1] == ETA_PARAM else weights).append(param)
-    groups = [{"params": weights, "lr": cfg.lr, "name": "weights"},
-              {"params": etas, "lr": eta_lr(cfg), "name": "eta"}]
+    rates = base_learning_rates(cfg)
+    groups = [{"params": weights, "lr": rates["weights"], "name": "weights"},
+              {"params": etas, "lr": rates["eta"], "name": "eta"}]
     return torch.optim.Adam([g for g in groups if g["params"]])
+
+
+def base_learning_rates(cfg) -> dict[str, float]:
+    """Each parameter group's learning rate before any schedule: --lr and eta's."""
+    return {"weights": cfg.lr, "eta": eta_lr(cfg)}
 
 
 def lr_factor(cfg, episode: int) -> float:
@@ -44,7 +50,7 @@ def lr_factor(cfg, episode: int) -> float:
     schedule; cosine: from 1 at episode 0 to --lr-final at --episodes (PyTorch's
     CosineAnnealingLR with T_max = episodes). A function of the episode alone, so a resumed
     run continues the same schedule."""
-    if getattr(cfg, "lr_schedule", "constant") == "constant":
+    if cfg.lr_schedule == "constant":
         return 1.0
     progress = min(max(episode / cfg.episodes, 0.0), 1.0)
     return cfg.lr_final + (1.0 - cfg.lr_final) * 0.5 * (1.0 + math.cos(math.pi * progress))
@@ -52,7 +58,6 @@ def lr_factor(cfg, episode: int) -> float:
 
 def set_learning_rates(optimizer: torch.optim.Optimizer, cfg, episode: int) -> None:
     """Set each group's learning rate for the step that starts at `episode`."""
-    factor = lr_factor(cfg, episode)
-    base = {"weights": cfg.lr, "eta": eta_lr(cfg)}
+    factor, base = lr_factor(cfg, episode), base_learning_rates(cfg)
     for group in optimizer.param_groups:
-        group["lr"] = base[group.get("name", "weights")] * factor
+        group["lr"] = base[group["name"]] * factor
