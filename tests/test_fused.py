@@ -165,3 +165,25 @@ def test_cuda_fused_path_matches_cpu(rule):
     assert_close(out_g.cpu().double(), out_c.double(), rtol=1e-4, name="outputs")
     for a, b in zip(_grads(gpu, out_g), _grads(cpu, out_c), strict=True):
         assert_close(a.cpu().double(), b.double(), rtol=1e-3)
+
+
+def test_a_build_lock_left_by_a_killed_process_does_not_hang_the_next_run():
+    """A run SIGTERMed while torch built (or loaded) the C++ kernels leaves torch's `lock`
+    file in the build folder; torch waits for it forever. The next run must clear it."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from torch.utils import cpp_extension
+
+    from plasticity.nn.fused import cpp_kernels, cpp_source, module_name
+    from plasticity.rules import get_rule
+
+    if cpp_kernels(get_rule("hebb")) is None:
+        pytest.skip("no C++ compiler here: the kernels fall back to torch ops (tested elsewhere)")
+    folder = Path(cpp_extension._get_build_directory(module_name("hebb", cpp_source(get_rule("hebb"))), False))
+    (folder / "lock").write_text("")  # what a killed builder leaves
+    code = ("from plasticity.nn.fused import cpp_kernels; from plasticity.rules import get_rule; "
+            "assert cpp_kernels(get_rule('hebb')) is not None")
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=300)
+    assert not (folder / "lock").exists()

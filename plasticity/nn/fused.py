@@ -18,6 +18,7 @@ otherwise; the choice is printed once (`chosen_backend()` reads it).
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import math
 import os
@@ -169,24 +170,52 @@ def cpp_source(rule: Rule) -> str:
     return "#include <torch/extension.h>\n" + cpp_rule(rule) + SOURCE.read_text()
 
 
+def module_name(rule_name: str, source: str) -> str:
+    """The compiled module's name (and build folder's). The key holds the generated rule
+    code: an edited rule compiles anew. -march=native: the build is specific to this CPU,
+    so its name is too."""
+    cpu = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else platform.processor()
+    flags = next((line for line in cpu.splitlines() if line.startswith("flags")), cpu)
+    key = hashlib.sha1(source.encode() + flags.encode() + torch.__version__.encode()
+                       + " ".join(CFLAGS).encode()).hexdigest()[:12]
+    return f"plasticity_fused_{rule_name}_{key}"
+
+
 @cache
 def _cpp_module(rule_name: str, source: str):
     """Compile (first use of this source, about a minute; then cached on disk) and load."""
     from torch.utils import cpp_extension
 
     _ninja_on_path()
-    cpu = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else platform.processor()
-    flags = next((line for line in cpu.splitlines() if line.startswith("flags")), cpu)
-    # The key holds the generated rule code: an edited rule compiles anew. -march=native:
-    # the build is specific to this CPU, so its name is too.
-    key = hashlib.sha1(source.encode() + flags.encode() + torch.__version__.encode()
-                       + " ".join(CFLAGS).encode()).hexdigest()[:12]
-    name = f"plasticity_fused_{rule_name}_{key}"
+    name = module_name(rule_name, source)
     if not _built(cpp_extension, name):
         print(f"plasticity: building the fused C++ kernels for rule {rule_name!r} (first use of this rule's code "
               "on this machine, about a minute)", file=sys.stderr, flush=True)
-    return cpp_extension.load_inline(name=name, cpp_sources=[source], extra_cflags=CFLAGS,
-                                     extra_ldflags=["-fopenmp"], verbose=False)
+    with _build_lock(cpp_extension, name):
+        return cpp_extension.load_inline(name=name, cpp_sources=[source], extra_cflags=CFLAGS,
+                                         extra_ldflags=["-fopenmp"], verbose=False)
+
+
+@contextlib.contextmanager
+def _build_lock(cpp_extension, name: str):
+    """Hold an flock on the module's build folder while torch builds or loads it, and clear
+    the `lock` file torch leaves there when its holder is killed mid-build (a SIGTERM during
+    the first minute of a preemptible job): torch waits for that file forever, so every
+    later run hung silently. The flock is released by the kernel when its holder dies, and
+    every builder of these modules takes it first, so a `lock` file seen while holding it
+    belongs to a dead process."""
+    try:
+        import fcntl
+
+        folder = Path(cpp_extension._get_build_directory(name, verbose=False))
+    except Exception:  # noqa: BLE001 -- no flock (not POSIX) or torch's private helper changed: torch's own lock only
+        yield
+        return
+    folder.mkdir(parents=True, exist_ok=True)
+    with open(folder / "plasticity.flock", "w") as held:
+        fcntl.flock(held, fcntl.LOCK_EX)
+        (folder / "lock").unlink(missing_ok=True)
+        yield
 
 
 def cpp_kernels(rule: Rule) -> CppKernels | None:

@@ -206,7 +206,9 @@ class A2CAlgorithm:
 def train(cfg, report: Report | None = None, *, resume: str | Path | None = None,
           progress: bool = True, run_dir: str | Path | None = None, given: set[str] | None = None) -> TrainResult:
     """Train the maze agent described by `cfg`; see the module docstring and `plasticity.train.loop`."""
-    cfg, ckpt, run_dir = start_run(cfg, resume, run_dir, given, progress)
+    # The resume line is said once: here, unless the caller resolved the run folder
+    # (the CLI, which says it itself before opening its MLflow run).
+    cfg, ckpt, run_dir = start_run(cfg, resume, run_dir, given, announce=progress and run_dir is None)
     device = resolve_device(cfg.device)
     seed_everything(cfg.seed)
     agent = MazeTask(cfg).build_model(cfg).to(device)

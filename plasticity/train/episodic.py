@@ -196,7 +196,9 @@ def train(cfg, report: Report | None = None, *, resume: str | Path | None = None
           progress: bool = True, run_dir: str | Path | None = None, given: set[str] | None = None) -> TrainResult:
     """Train the model described by `cfg`; see the module docstring and `plasticity.train.loop`
     (resuming: `given` names the fields the user asked to change; None: the schedule's)."""
-    cfg, ckpt, run_dir = start_run(cfg, resume, run_dir, given, progress)
+    # The resume line is said once: here, unless the caller resolved the run folder
+    # (the CLI, which says it itself before opening its MLflow run).
+    cfg, ckpt, run_dir = start_run(cfg, resume, run_dir, given, announce=progress and run_dir is None)
     device = resolve_device(cfg.device)
     seed_everything(cfg.seed)
     task = make_task(cfg)
