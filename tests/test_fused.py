@@ -187,3 +187,40 @@ def test_a_build_lock_left_by_a_killed_process_does_not_hang_the_next_run():
             "assert cpp_kernels(get_rule('hebb')) is not None")
     subprocess.run([sys.executable, "-c", code], check=True, timeout=300)
     assert not (folder / "lock").exists()
+
+
+@pytest.mark.parametrize("rule", ["hebb", "oja"])
+@pytest.mark.parametrize("shared", [False, True], ids=["per-connection", "shared"])
+def test_cpp_kernels_fold_w_into_their_pass(rule, shared):
+    """Given w, the C++ forward step returns the whole recurrent pre-activation
+    post @ (w + alpha * H_next) and the backward stage's d pre includes grad_a @ w^T (both
+    computed in the one pass over Hebb, no separate product over w), equal to the torch-op
+    kernels; without w, z and d pre are the plastic parts alone. N = 37 spans the row
+    blocks and two threads unevenly."""
+    from plasticity.nn.fused import INVERT, TorchKernels, cpp_kernels
+    from plasticity.rules import get_rule
+
+    r = get_rule(rule)
+    cpp, ref = cpp_kernels(r), TorchKernels(r.elementwise)
+    g = torch.Generator().manual_seed(11)
+    b, n = 3, 37
+    rand = lambda *s: torch.randn(s, generator=g, dtype=torch.float64)  # noqa: E731
+    pre, post, pre_p, post_p, ga = (torch.tanh(2 * rand(b, n)) for _ in range(5))
+    alpha = 0.5 * rand() if shared else 0.5 * rand(n, n)
+    eta, w, h, grad_h = torch.tensor(0.1, dtype=torch.float64), rand(n, n), 0.3 * rand(b, n, n), rand(b, n, n)
+    keep = torch.ones(b, dtype=torch.float64)
+    for given in (w, None):
+        got = []
+        for k in (cpp, ref):
+            h_next = torch.empty_like(h)
+            _, z = k.forward_step(h.clone(), h_next, pre, post, alpha, eta, None, True, given)
+            hh, gg, dpre = h.clone(), grad_h.clone(), torch.zeros(b, n, dtype=torch.float64)
+            dalpha, deta = torch.zeros(n, n, dtype=torch.float64), torch.zeros(n, n, dtype=torch.float64)
+            k.backward_stage(hh, gg, None, INVERT, True, pre, post, ga, keep, pre_p, post_p, alpha, eta, None, dpre,
+                             dalpha, deta, given)
+            got.append((z, dpre, h_next, hh, gg))
+        for what, a, c in zip(("z", "dpre", "h_next", "h", "g"), *got, strict=True):
+            assert_close(a, c, rtol=1e-12, name=f"{what} (w given: {given is not None})")
+    plastic_z = cpp.forward_step(h.clone(), torch.empty_like(h), pre, post, alpha, eta, None, True)[1]
+    with_w = cpp.forward_step(h.clone(), torch.empty_like(h), pre, post, alpha, eta, None, True, w)[1]
+    assert_close(with_w - plastic_z, post @ w, rtol=1e-10, name="the w part of z")

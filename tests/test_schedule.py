@@ -85,9 +85,10 @@ def test_chunk_size_follows_the_cache_and_can_be_overridden(monkeypatch):
     monkeypatch.delenv(CHUNK_ENV, raising=False)
     mib = 2**20
     # N = 1001 float32: 4 MB per [N, N]; w, alpha, dalpha (12 MB) + 2 x 4 MB per episode.
-    assert chunk_episodes_for(32, 1001, 4, False) == 32  # default: the batch schedule
-    assert chunk_episodes_for(32, 1001, 4, False, "auto", cache_bytes=32 * mib) == 2
-    assert chunk_episodes_for(32, 1001, 4, True, "auto", cache_bytes=32 * mib) == 1
+    # default: sized to half the cache, one episode at N = 1001 in 32 MiB
+    assert chunk_episodes_for(32, 1001, 4, False, cache_bytes=32 * mib) == 1
+    assert chunk_episodes_for(32, 1001, 4, False, "auto", cache_bytes=64 * mib) == 2
+    assert chunk_episodes_for(32, 1001, 4, True, "auto", cache_bytes=64 * mib) == 1
     assert chunk_episodes_for(32, 1001, 4, False, "auto", cache_bytes=8 * mib) == 1  # at least one
     assert chunk_episodes_for(4, 50, 4, False, "auto", cache_bytes=32 * mib) == 4  # all fit: one chunk
     assert chunk_episodes_for(32, 1001, 4, False, requested=5) == 5
@@ -95,7 +96,9 @@ def test_chunk_size_follows_the_cache_and_can_be_overridden(monkeypatch):
     monkeypatch.setenv(CHUNK_ENV, "3")
     assert chunk_episodes_for(32, 1001, 4, False) == 3
     monkeypatch.setenv(CHUNK_ENV, "auto")
-    assert chunk_episodes_for(32, 1001, 4, False, cache_bytes=32 * mib) == 2
+    assert chunk_episodes_for(32, 1001, 4, False, cache_bytes=64 * mib) == 2
+    monkeypatch.setenv(CHUNK_ENV, "0")
+    assert chunk_episodes_for(32, 1001, 4, False) == 32  # the batch schedule
     monkeypatch.setenv(CHUNK_ENV, "many")
     with pytest.raises(ConfigError, match=f"{CHUNK_ENV}='many': give a number of episodes per chunk"):
         chunk_episodes_for(32, 1001, 4, False)

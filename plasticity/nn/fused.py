@@ -64,20 +64,27 @@ def _as_rows(param: Tensor, n: int) -> tuple[Tensor, int]:
     return param.detach().contiguous(), n
 
 
+def _as_matrix(w: Tensor | None) -> Tensor | None:
+    """w for the C++ kernels: detached and contiguous (None stays None)."""
+    return None if w is None else w.detach().contiguous()
+
+
 class TorchKernels:
     """The two per-step kernels written with torch ops (any device, any float dtype), from
     the rule's elementwise form `form` (`plasticity.rules.Elementwise`).
 
-    Same contract as the C++ kernels: `forward_step` writes `h_next`, `backward_stage`
-    updates `h`, `grad_h`, `dpre`, `dalpha`, `deta` in place. More passes over memory than
-    the C++ ones; this is the readable reference and the CUDA path."""
+    Same contract as the C++ kernels: `forward_step` writes `h_next` and returns z, the
+    next step's recurrent pre-activation `post @ (w + alpha * h_next)` (the plastic part
+    alone where `w` is None); `backward_stage` updates `h`, `grad_h`, `dpre`, `dalpha`,
+    `deta` in place, dpre including `grad_a @ w^T` where `w` is given. More passes over
+    memory than the C++ ones; this is the readable reference."""
 
     name = "torch"
 
     def __init__(self, form: Elementwise):
         self.form = form
 
-    def forward_step(self, h, h_next, pre, post, alpha, eta, clip, want_z):
+    def forward_step(self, h, h_next, pre, post, alpha, eta, clip, want_z, w=None):
         if h is None:
             h = torch.zeros_like(h_next)
         raw = apply_elementwise(self.form.update, h, pre, post, eta)
@@ -89,16 +96,20 @@ class TorchKernels:
         if not want_z:
             return clipped, None
         if alpha.dim() == 0:
-            return clipped, alpha * torch.bmm(post.unsqueeze(1), h_next).squeeze(1)
-        return clipped, torch.bmm(post.unsqueeze(1), alpha * h_next).squeeze(1)
+            z = alpha * torch.bmm(post.unsqueeze(1), h_next).squeeze(1)
+        else:
+            z = torch.bmm(post.unsqueeze(1), alpha * h_next).squeeze(1)
+        return clipped, _plus_w(z, post, w)
 
     def backward_stage(self, h, grad_h, ckpt, prev, stage, pre, post, grad_a, same_episode, pre_p, post_p, alpha, eta,
-                       clip, dpre, dalpha, deta):
+                       clip, dpre, dalpha, deta, w=None):
         form, grad_h_buffer = self.form, grad_h
         if stage:
             # Step t: H_{t+1} = update(H_t, pre, post); grad_h holds dL/dH_{t+1}, h holds H_t.
             pre_i, post_j, grad_a_j = pre.unsqueeze(2), post.unsqueeze(1), grad_a.unsqueeze(1)
             dpre.copy_((grad_h * form.d_pre(h, pre_i, post_j, eta)).sum(-1) + (alpha * h * grad_a_j).sum(-1))
+            if w is not None:
+                dpre.addmm_(grad_a, w.t())
             dalpha += (pre_i * h * grad_a_j).sum(0)
             grad_h = (grad_h * form.d_h(h, pre_i, post_j, eta) + alpha * pre_i * grad_a_j) * same_episode.view(-1, 1, 1)
         col_sums = torch.zeros_like(pre_p)
@@ -118,6 +129,11 @@ class TorchKernels:
         return col_sums
 
 
+def _plus_w(z: Tensor, post: Tensor, w: Tensor | None) -> Tensor:
+    """z + post @ w (z itself where w is None): the kernels' recurrent pre-activation."""
+    return z if w is None else torch.addmm(z, post, w)
+
+
 class CppKernels:
     """The C++ kernels of `fused_cpu.cpp` for one rule (CPU, float32 / float64): one pass
     per step."""
@@ -126,22 +142,32 @@ class CppKernels:
 
     def __init__(self, module):
         self.module = module
+        self._params = None
 
-    def forward_step(self, h, h_next, pre, post, alpha, eta, clip, want_z):
-        n = pre.shape[1]
-        (a, a_rs), (e, e_rs) = _as_rows(alpha, n), _as_rows(eta, n)
+    def _rows(self, alpha: Tensor, eta: Tensor, w: Tensor | None, n: int) -> tuple:
+        """(alpha rows, row stride, eta rows, row stride, w) for the C++ calls, converted
+        once per episode rather than at every step: kept while the same tensors, unchanged
+        (their `_version`), come back."""
+        given = (alpha, eta, w)
+        versions = tuple(None if t is None else t._version for t in given)
+        cached = self._params
+        if cached is None or cached[1] != versions or any(a is not b for a, b in zip(cached[0], given, strict=True)):
+            self._params = cached = (given, versions, (*_as_rows(alpha, n), *_as_rows(eta, n), _as_matrix(w)))
+        return cached[2]
+
+    def forward_step(self, h, h_next, pre, post, alpha, eta, clip, want_z, w=None):
+        a, a_rs, e, e_rs, wm = self._rows(alpha, eta, w, pre.shape[1])
         clipped, z = self.module.forward_step(h, h_next, pre.contiguous(), post.contiguous(), a, a_rs, e, e_rs,
-                                              float(clip or 0.0), want_z)
+                                              float(clip or 0.0), want_z, wm)
         return clipped, (z if want_z else None)
 
     def backward_stage(self, h, grad_h, ckpt, prev, stage, pre, post, grad_a, same_episode, pre_p, post_p, alpha, eta,
-                       clip, dpre, dalpha, deta):
-        n = h.shape[1]
-        (a, a_rs), (e, e_rs) = _as_rows(alpha, n), _as_rows(eta, n)
+                       clip, dpre, dalpha, deta, w=None):
+        a, a_rs, e, e_rs, wm = self._rows(alpha, eta, w, h.shape[1])
         return self.module.backward_stage(h, grad_h, ckpt, prev, stage, pre.contiguous(), post.contiguous(),
                                           grad_a.contiguous(), same_episode.contiguous(), pre_p.contiguous(),
                                           post_p.contiguous(), a, a_rs, e, e_rs, float(clip or 0.0), dpre, dalpha,
-                                          deta)
+                                          deta, wm)
 
 
 def _ninja_on_path() -> None:
@@ -329,14 +355,16 @@ def chunk_episodes_for(batch: int, n: int, itemsize: int, eta_per_connection: bo
                        requested: int | str | None = None, cache_bytes: int | None = None) -> int:
     """Episodes per chunk, in 1..batch (batch: one chunk, the `batch` schedule).
 
-    `requested` (else the environment variable PLASTICITY_CHUNK_EPISODES; unset: 0): a
-    number of episodes (0: the whole batch), or `auto`: as many episodes as fit in the
-    last-level cache beside the `[N, N]` tensors every episode reads (w, alpha, dalpha,
+    `requested` (else the environment variable PLASTICITY_CHUNK_EPISODES; unset: `auto`):
+    a number of episodes (0: the whole batch), or `auto`: as many episodes as fit in half
+    the last-level cache beside the `[N, N]` tensors every episode reads (w, alpha, dalpha,
     and eta, deta per connection), counting the backward pass's two `[N, N]` tensors per
-    episode (Hebb and its gradient), at least one. The batch schedule is the default: on
-    a shared 2-core machine the chunked one measured slower (README, "Schedules")."""
+    episode (Hebb and its gradient), at least one. Half: at N = 1001 float32 in a 32 MiB
+    cache, one episode per chunk (20 MB) ran 1.2x faster than two (28 MB) and 1.7x faster
+    than the batch schedule (README, "Schedules"); the rest of the cache holds what a step
+    also reads (activities, the optimiser's state, other processes on a shared machine)."""
     if requested is None:
-        requested = os.environ.get(CHUNK_ENV, "").strip() or 0
+        requested = os.environ.get(CHUNK_ENV, "").strip() or "auto"
         if isinstance(requested, str) and requested != "auto":
             if not requested.isdigit():
                 raise ConfigError(f"{CHUNK_ENV}={requested!r}: give a number of episodes per chunk "
@@ -348,7 +376,7 @@ def chunk_episodes_for(batch: int, n: int, itemsize: int, eta_per_connection: bo
         return batch if requested == 0 else min(requested, batch)
     cache_bytes = last_level_cache_bytes() if cache_bytes is None else cache_bytes
     shared = (3 + 2 * eta_per_connection) * n * n * itemsize
-    return max(1, min(batch, (cache_bytes - shared) // (2 * n * n * itemsize)))
+    return max(1, min(batch, (cache_bytes // 2 - shared) // (2 * n * n * itemsize)))
 
 
 # ------------------------------------------------------------------------- the episode
@@ -410,10 +438,13 @@ def _forward_chunk(inputs: Tensor, same_episode: Tensor | None, y0: Tensor, h0: 
         z = alpha * torch.bmm(y.unsqueeze(1), hcur).squeeze(1)
     else:
         z = torch.bmm(y.unsqueeze(1), alpha * hcur).squeeze(1)
+    # z: the recurrent pre-activation y @ (w + alpha * H) of the next step; after the first
+    # step the kernel computes it in its pass over Hebb.
+    z = torch.addmm(z, y, w)
     amplification = _Amplification(spec.form, eta, spec.d_h_reads) if save else None
     ckpts, spare, growth = {0: hcur}, None, 1.0
     for t in range(steps):
-        post = drive_neurons(torch.addmm(z, y, w), inputs[:, t], spec.input_mode)
+        post = drive_neurons(z, inputs[:, t], spec.input_mode)
         out[t] = post
         last = t == steps - 1
         reset_next = resets is not None and not last and resets[t + 1]
@@ -428,7 +459,7 @@ def _forward_chunk(inputs: Tensor, same_episode: Tensor | None, y0: Tensor, h0: 
         else:
             h_next = spare if spare is not None else torch.empty(b, n, n, dtype=inputs.dtype, device=inputs.device)
             spare = None
-        clipped, z = k.forward_step(hcur, h_next, y, post, alpha, eta, spec.clip, not last)
+        clipped, z = k.forward_step(hcur, h_next, y, post, alpha, eta, spec.clip, not last, w)
         if t > 0 and save and (store_h or clipped):
             ckpts[t], growth = hcur, 1.0
         elif t > 0:
@@ -480,12 +511,10 @@ def _backward_chunk(spec: _KernelSpec, ckpts: dict, inputs: Tensor, same_episode
         has_prev = t > 0
         col_sums = k.backward_stage(h, grad_h, ckpts.get(t - 1), mode(t - 1) if has_prev else NONE, True, pre(t),
                                     out[t], grad_a_t, same_at(t), pre(t - 1) if has_prev else dpre,
-                                    out[t - 1] if has_prev else dpre, alpha, eta, spec.clip, dpre, dalpha, deta)
-        grad_y = torch.addmm(dpre, grad_a_t, w.t())
-        if same_episode is not None:
-            grad_y = grad_y * same_episode[:, t, None]
-        if has_prev:
-            grad_y = grad_y + col_sums
+                                    out[t - 1] if has_prev else dpre, alpha, eta, spec.clip, dpre, dalpha, deta, w)
+        # dpre: dL/dy_t through step t's pre-activation y_t @ (w + alpha * H_t) and its update.
+        grad_y = dpre if same_episode is None else dpre * same_episode[:, t, None]
+        grad_y = grad_y + col_sums if has_prev else grad_y.clone()
     return grad_y, grad_h
 
 
@@ -594,9 +623,9 @@ def plastic_rnn_fused(inputs: Tensor, w: Tensor, alpha: Tensor, eta: Tensor, *, 
     w `[N, N]`, alpha `[N, N]` or `[]`, eta `[]` or `[N, N]`; `initial_state` = (y `[B, N]`,
     Hebb `[B, N, N]` or None for zeros); `reset` `[B, T]` zeroes y and Hebb before the
     marked steps. `chunk_episodes`: the schedule, episodes per chunk run through all their
-    steps before the next chunk (0: the whole batch at once, the default; `auto`: on CPU as
-    many as fit in the last-level cache; None: the environment variable
-    PLASTICITY_CHUNK_EPISODES, see `chunk_episodes_for`). Returns (activities `[B, T, N]`, final
+    steps before the next chunk (0: the whole batch at once; `auto`: on CPU as many as fit
+    in half the last-level cache, elsewhere the whole batch; None: the environment variable
+    PLASTICITY_CHUNK_EPISODES, else `auto`; see `chunk_episodes_for`). Returns (activities `[B, T, N]`, final
     (y `[B, N]`, Hebb `[B, N, N]`)).
     """
     rule_def = get_rule(rule)
@@ -614,6 +643,8 @@ def plastic_rnn_fused(inputs: Tensor, w: Tensor, alpha: Tensor, eta: Tensor, *, 
     same_episode = None if reset is None else (1 - reset.to(inputs.dtype)).contiguous()
     kernels = get_kernels(backend, inputs.device, inputs.dtype, rule_def)
     max_amp = max_amplification or DEFAULT_MAX_AMPLIFICATION.get(inputs.dtype, 10.0)
+    if chunk_episodes is None:
+        chunk_episodes = os.environ.get(CHUNK_ENV, "").strip() or "auto"
     if chunk_episodes == "auto" and inputs.device.type != "cpu":
         chunk_episodes = 0  # the cache-sized chunks are a CPU schedule
     chunk = chunk_episodes_for(b, n, inputs.element_size(), eta.dim() > 0, chunk_episodes)

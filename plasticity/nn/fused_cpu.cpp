@@ -47,17 +47,46 @@ Rows rows_of(const c10::optional<at::Tensor>& t, const at::Tensor& zero_row) {
   return {t->data_ptr(), t->size(1) * t->size(2), t->size(2)};
 }
 
+// Per-thread partial sums ([B, N] each) sit one partial_stride apart: rounded up to whole
+// 64-byte lines plus one spare line, so no two threads ever write the same cache line
+// (adjacent [B, N] rows shared a line, which bounced between the cores on every row i).
+constexpr int64_t kLineFloats = 16;
+inline int64_t partial_stride(int64_t B, int64_t N) {
+  return (B * N + kLineFloats - 1) / kLineFloats * kLineFloats + kLineFloats;
+}
+
+// Zeroed per-thread partial sums (see partial_stride), and their total [B, N].
+at::Tensor thread_partials(int64_t nthreads, int64_t B, int64_t N, const at::TensorOptions& options) {
+  return at::zeros({nthreads, partial_stride(B, N)}, options);
+}
+at::Tensor total_of(const at::Tensor& partials, int64_t B, int64_t N) {
+  return partials.narrow(1, 0, B * N).sum(0).view({B, N});
+}
+
+// w as rows for the kernels: (the contiguous [N, N] matrix, row stride N), or (`zero_row`,
+// row stride 0) where none is given.
+std::pair<at::Tensor, int64_t> w_rows_of(const c10::optional<at::Tensor>& w, const at::Tensor& zero_row, int64_t N) {
+  if (!w.has_value() || !w->defined()) return {zero_row, 0};
+  TORCH_CHECK(w->is_contiguous() && w->dim() == 2 && w->size(0) == N && w->size(1) == N &&
+                  w->scalar_type() == zero_row.scalar_type(),
+              "fused kernel: w must be a contiguous [N, N] matrix of the activities' dtype");
+  return {*w, N};
+}
+
 void check_vec(const at::Tensor& t, int64_t b, int64_t n, const char* name) {
   TORCH_CHECK(t.is_contiguous() && t.numel() == b * n, "fused kernel: ", name, " must be contiguous [B, N]");
 }
 
 // ---------------------------------------------------------------------------------------
-// Forward: h_next = clip(rule(h, pre, post)); z[b, j] = sum_i post[b, i] * alpha_ij * h_next[b, i, j]
-// (the plastic part of the next step's pre-activation). Returns whether any value was clipped.
+// Forward: h_next = clip(rule(h, pre, post)); z[b, j] = sum_i post[b, i] (w_ij + alpha_ij h_next[b, i, j]),
+// the next step's recurrent pre-activation (w given as zero rows: its plastic part alone),
+// in the same pass over Hebb as the update: no separate matrix-vector product over w.
+// Returns whether any value was clipped.
 // The update of one row i of episode b; `h` and `out` may be the same row (IN_PLACE).
 template <typename T, bool CLIP, bool WANT_Z>
-inline int forward_row(const T* h, T* out, const T* __restrict__ a, const T* __restrict__ e,
-                       const T* __restrict__ q, T* __restrict__ z, T p, T y, T clip, int64_t N) {
+inline int forward_row(const T* h, T* out, const T* __restrict__ a, const T* __restrict__ wr,
+                       const T* __restrict__ e, const T* __restrict__ q, T* __restrict__ z, T p, T y, T clip,
+                       int64_t N) {
   int any = 0;
 #pragma omp simd reduction(| : any)
   for (int64_t j = 0; j < N; ++j) {
@@ -68,33 +97,36 @@ inline int forward_row(const T* h, T* out, const T* __restrict__ a, const T* __r
       v = std::min(std::max(v, -clip), clip);
     }
     out[j] = v;
-    if (WANT_Z) z[j] += y * a[j] * v;
+    if (WANT_Z) z[j] += y * (wr[j] + a[j] * v);
   }
   return any;
 }
 
-// Episodes outermost: each thread streams its rows of one episode's [N, N] slab at a
-// time (long contiguous runs), and that episode's z row stays in L1. Written in place
+// Rows in blocks of kRowBlock, episodes inside a block: the block's alpha / w / eta rows
+// stay in L2 while every episode's rows of the block stream through once, and each
+// episode's z row stays in L2 (at one episode per chunk: one contiguous run). Written in place
 // (h_next == h) where the caller does not keep H_t: a read-modify-write of the same
 // lines moves 2 bytes per byte of Hebb where writing elsewhere moves 3 (the write
 // allocates its line first).
 template <typename T, bool CLIP, bool WANT_Z, bool IN_PLACE>
-bool forward_impl(Rows hr, T* hn, const T* pre, const T* post, const T* alpha, int64_t a_rs,
-                  const T* eta, int64_t e_rs, T clip, T* zpart, int64_t B, int64_t N) {
+bool forward_impl(Rows hr, T* hn, const T* pre, const T* post, const T* alpha, int64_t a_rs, const T* w,
+                  int64_t w_rs, const T* eta, int64_t e_rs, T clip, T* zpart, int64_t B, int64_t N) {
   const int64_t nthreads = at::get_num_threads();
   std::vector<int> clipped(nthreads, 0);
   at::parallel_for(0, N, kGrain, [&](int64_t i0, int64_t i1) {
     const int tid = at::get_thread_num();
-    T* zp = zpart + tid * B * N;
+    const int64_t B_ = B, N_ = N;  // this thread's own copies (see backward_impl)
+    T* zp = zpart + tid * partial_stride(B_, N_);
     int any = 0;
-    for (int64_t b = 0; b < B; ++b) {
-      const T* __restrict__ q = post + b * N;
-      T* __restrict__ z = zp + b * N;
-      for (int64_t i = i0; i < i1; ++i) {
-        T* out = hn + (b * N + i) * N;
+    for (int64_t blk = i0; blk < i1; blk += kRowBlock)
+    for (int64_t b = 0; b < B_; ++b) {
+      const T* __restrict__ q = post + b * N_;
+      T* __restrict__ z = zp + b * N_;
+      for (int64_t i = blk; i < std::min(blk + kRowBlock, i1); ++i) {
+        T* out = hn + (b * N_ + i) * N_;
         const T* h = IN_PLACE ? out : row<T>(hr, b, i);
-        any |= forward_row<T, CLIP, WANT_Z>(h, out, alpha + i * a_rs, eta + i * e_rs, q, z, pre[b * N + i],
-                                                 post[b * N + i], clip, N);
+        any |= forward_row<T, CLIP, WANT_Z>(h, out, alpha + i * a_rs, w + i * w_rs, eta + i * e_rs, q, z,
+                                            pre[b * N_ + i], post[b * N_ + i], clip, N_);
       }
     }
     clipped[tid] |= any;
@@ -104,40 +136,45 @@ bool forward_impl(Rows hr, T* hn, const T* pre, const T* post, const T* alpha, i
 
 template <typename T, bool CLIP>
 bool forward_want(bool want_z, bool in_place, Rows hr, T* hn, const T* pre, const T* post, const T* alpha,
-                  int64_t a_rs, const T* eta, int64_t e_rs, T clip, T* zpart, int64_t B, int64_t N) {
+                  int64_t a_rs, const T* w, int64_t w_rs, const T* eta, int64_t e_rs, T clip, T* zpart, int64_t B,
+                  int64_t N) {
 #define PLASTIC_FWD(Z, P) \
-  forward_impl<T, CLIP, Z, P>(hr, hn, pre, post, alpha, a_rs, eta, e_rs, clip, zpart, B, N)
+  forward_impl<T, CLIP, Z, P>(hr, hn, pre, post, alpha, a_rs, w, w_rs, eta, e_rs, clip, zpart, B, N)
   if (in_place) return want_z ? PLASTIC_FWD(true, true) : PLASTIC_FWD(false, true);
   return want_z ? PLASTIC_FWD(true, false) : PLASTIC_FWD(false, false);
 #undef PLASTIC_FWD
 }
 
-// h: [B, N, N] or None (zeros); h_next may be h itself (updated in place). Writes h_next;
-// returns (clipped, z or empty).
+// h: [B, N, N] or None (zeros); h_next may be h itself (updated in place); w: [N, N] or None
+// (z is then the plastic part alone). Writes h_next; returns (clipped, z or empty).
 std::tuple<bool, at::Tensor> forward_step(const c10::optional<at::Tensor>& h, at::Tensor h_next, at::Tensor pre,
                                           at::Tensor post, at::Tensor alpha, int64_t alpha_rs, at::Tensor eta,
-                                          int64_t eta_rs, double clip, bool want_z) {
+                                          int64_t eta_rs, double clip, bool want_z,
+                                          const c10::optional<at::Tensor>& w) {
   const int64_t B = pre.size(0), N = pre.size(1);
   check_vec(pre, B, N, "pre");
   check_vec(post, B, N, "post");
   TORCH_CHECK(h_next.is_contiguous() && h_next.numel() == B * N * N, "fused kernel: h_next must be [B, N, N]");
   const at::Tensor zero_row = at::zeros({N}, pre.options());
   const Rows hr = rows_of(h, zero_row);
+  const auto w_given = w_rows_of(w, zero_row, N);  // (rows, row stride)
+  const at::Tensor& w_rows = w_given.first;
+  const int64_t w_rs = w_given.second;
   const bool in_place = h.has_value() && h->defined() && h->data_ptr() == h_next.data_ptr();
   const int64_t nthreads = at::get_num_threads();
-  at::Tensor zpart = want_z ? at::zeros({nthreads, B, N}, pre.options()) : at::Tensor();
+  at::Tensor zpart = want_z ? thread_partials(nthreads, B, N, pre.options()) : at::Tensor();
   bool clipped = false;
   AT_DISPATCH_FLOATING_TYPES(pre.scalar_type(), "plastic_forward_step", [&] {
     using T = scalar_t;
     T* zp = want_z ? zpart.data_ptr<T>() : nullptr;
     auto args = std::make_tuple(in_place, hr, h_next.data_ptr<T>(), pre.data_ptr<T>(), post.data_ptr<T>(),
-                                alpha.data_ptr<T>(), alpha_rs, eta.data_ptr<T>(), eta_rs, static_cast<T>(clip), zp,
-                                B, N);
+                                alpha.data_ptr<T>(), alpha_rs, w_rows.data_ptr<T>(), w_rs, eta.data_ptr<T>(), eta_rs,
+                                static_cast<T>(clip), zp, B, N);
     const bool has_clip = clip > 0;
     auto call = [&](auto fn) { return std::apply([&](auto... a) { return fn(want_z, a...); }, args); };
     clipped = has_clip ? call(forward_want<T, true>) : call(forward_want<T, false>);
   });
-  return {clipped, want_z ? zpart.sum(0) : at::Tensor()};
+  return {clipped, want_z ? total_of(zpart, B, N) : at::Tensor()};
 }
 
 // ---------------------------------------------------------------------------------------
@@ -155,42 +192,52 @@ enum Prev { kNone = 0, kInvert = 1, kCkpt = 2 };
 // decaying rule's 1 / (1 - eta)) hoisted out of the loop by the compiler.
 template <typename T, int PREV, bool CLIP, bool STAGE, bool ETA_ROW>
 void backward_impl(T* hbuf, T* gbuf, Rows ck, const T* pre, const T* post, const T* grad_a, const T* keep,
-                   const T* pre_p, const T* post_p, const T* alpha, int64_t a_rs, const T* eta, int64_t e_rs, T clip,
-                   T* dpre, T* dalpha, T* deta, T* col_sums_part, int64_t B, int64_t N) {
+                   const T* pre_p, const T* post_p, const T* alpha, int64_t a_rs, const T* w, int64_t w_rs,
+                   const T* eta, int64_t e_rs, T clip, T* dpre, T* dalpha, T* deta, T* col_sums_part, int64_t B,
+                   int64_t N) {
   const int64_t nthreads = at::get_num_threads();
   std::vector<T> deta_part(nthreads, T(0));
-  const T E = eta[0];
+  const T eta0 = eta[0];
   at::parallel_for(0, N, kGrain, [&](int64_t i0, int64_t i1) {
+    // Scalars the inner loop reads are copied into this thread's own variables: read
+    // through the lambda's references they live on the calling thread's stack, beside
+    // what that thread writes, and the cache line bounced between the cores on every
+    // vector of every row (the 2-thread backward ran 2.4x slower than 1 thread).
+    const T E = eta0, clip_ = clip;
+    const int64_t B_ = B, N_ = N;
     const int tid = at::get_thread_num();
-    T* col_sums = col_sums_part + tid * B * N;
+    T* col_sums = col_sums_part + tid * partial_stride(B_, N_);
     T de_thread = 0;
     for (int64_t blk = i0; blk < i1; blk += kRowBlock)
-    for (int64_t b = 0; b < B; ++b) {
+    for (int64_t b = 0; b < B_; ++b) {
       for (int64_t i = blk; i < std::min(blk + kRowBlock, i1); ++i) {
         const T* __restrict__ a = alpha + i * a_rs;
+        const T* __restrict__ wr = w + i * w_rs;
         const T* __restrict__ e = eta + i * e_rs;
-        T* __restrict__ dal = dalpha + i * N;
-        T* __restrict__ det = deta + i * N;
-        T* __restrict__ h = hbuf + (b * N + i) * N;
-        T* __restrict__ g = gbuf + (b * N + i) * N;
+        T* __restrict__ dal = dalpha + i * N_;
+        T* __restrict__ det = deta + i * N_;
+        T* __restrict__ h = hbuf + (b * N_ + i) * N_;
+        T* __restrict__ g = gbuf + (b * N_ + i) * N_;
         const T* __restrict__ c = PREV == kCkpt ? row<T>(ck, b, i) : nullptr;
-        const T* __restrict__ q = STAGE ? post + b * N : nullptr;
-        const T* __restrict__ grad_a_b = STAGE ? grad_a + b * N : nullptr;
-        const T* __restrict__ qp = PREV ? post_p + b * N : nullptr;
-        T* __restrict__ col_sum = col_sums + b * N;
-        const T p = STAGE ? pre[b * N + i] : T(0);
+        const T* __restrict__ q = STAGE ? post + b * N_ : nullptr;
+        const T* __restrict__ grad_a_b = STAGE ? grad_a + b * N_ : nullptr;
+        const T* __restrict__ qp = PREV ? post_p + b * N_ : nullptr;
+        T* __restrict__ col_sum = col_sums + b * N_;
+        const T p = STAGE ? pre[b * N_ + i] : T(0);
         const T k = STAGE ? keep[b] : T(1);
-        const T pp = PREV ? pre_p[b * N + i] : T(0);
+        const T pp = PREV ? pre_p[b * N_ + i] : T(0);
         T dp = 0, de = 0;
 #pragma omp simd reduction(+ : dp, de)
-        for (int64_t j = 0; j < N; ++j) {
+        for (int64_t j = 0; j < N_; ++j) {
           const T ej = ETA_ROW ? e[j] : E;
           const T hv = h[j];
           T grad_h = g[j];
           if (STAGE) {
             // Step t: H_{t+1} = update(H_t, pre_t, post_t); grad_h is dL/dH_{t+1} on entry.
             const T alpha_ga = a[j] * grad_a_b[j];
-            dp += grad_h * PlasticRule::d_pre(hv, p, q[j], ej) + alpha_ga * hv;
+            // d pre_t through the rule, through alpha * H_t and (w given) through w: row i of
+            // grad_a @ (w + alpha * H_t)^T, in this pass rather than a separate product over w.
+            dp += grad_h * PlasticRule::d_pre(hv, p, q[j], ej) + alpha_ga * hv + grad_a_b[j] * wr[j];
             dal[j] += p * hv * grad_a_b[j];
             grad_h = (grad_h * PlasticRule::d_h(hv, p, q[j], ej) + alpha_ga * p) * k;
           }
@@ -199,7 +246,7 @@ void backward_impl(T* hbuf, T* gbuf, Rows ck, const T* pre, const T* post, const
             const T h_prev = PREV == kInvert ? PlasticRule::inverse(hv, pp, qp[j], ej) : c[j];
             if (CLIP) {
               const T raw = PlasticRule::update(h_prev, pp, qp[j], ej);
-              grad_h = (raw > clip || raw < -clip) ? T(0) : grad_h;
+              grad_h = (raw > clip_ || raw < -clip_) ? T(0) : grad_h;
             }
             col_sum[j] += grad_h * PlasticRule::d_post(h_prev, pp, qp[j], ej);
             const T dej = grad_h * PlasticRule::d_eta(h_prev, pp, qp[j], ej);
@@ -212,7 +259,7 @@ void backward_impl(T* hbuf, T* gbuf, Rows ck, const T* pre, const T* post, const
           }
           g[j] = grad_h;
         }
-        if (STAGE) dpre[b * N + i] = dp;
+        if (STAGE) dpre[b * N_ + i] = dp;
         de_thread += de;
       }
     }
@@ -227,11 +274,11 @@ void backward_impl(T* hbuf, T* gbuf, Rows ck, const T* pre, const T* post, const
 template <typename T, int PREV>
 void backward_flags(bool clip_on, bool stage, bool eta_row, T* hbuf, T* gbuf, Rows ck, const T* pre, const T* post,
                     const T* grad_a, const T* keep, const T* pre_p, const T* post_p, const T* alpha, int64_t a_rs,
-                    const T* eta, int64_t e_rs, T clip, T* dpre, T* dalpha, T* deta, T* col_sums_part, int64_t B,
-                    int64_t N) {
+                    const T* w, int64_t w_rs, const T* eta, int64_t e_rs, T clip, T* dpre, T* dalpha, T* deta,
+                    T* col_sums_part, int64_t B, int64_t N) {
 #define PLASTIC_CALL(C, S, R)                                                                                       \
-  backward_impl<T, PREV, C, S, R>(hbuf, gbuf, ck, pre, post, grad_a, keep, pre_p, post_p, alpha, a_rs, eta, e_rs, \
-                                       clip, dpre, dalpha, deta, col_sums_part, B, N)
+  backward_impl<T, PREV, C, S, R>(hbuf, gbuf, ck, pre, post, grad_a, keep, pre_p, post_p, alpha, a_rs, w, w_rs, \
+                                  eta, e_rs, clip, dpre, dalpha, deta, col_sums_part, B, N)
 #define PLASTIC_ROWS(C, S) \
   if (eta_row) PLASTIC_CALL(C, S, true); else PLASTIC_CALL(C, S, false)
   // Clipping is only undone where the state was stored (a clipped step is never inverted).
@@ -245,12 +292,13 @@ void backward_flags(bool clip_on, bool stage, bool eta_row, T* hbuf, T* gbuf, Ro
 }
 
 // prev: 0 none, 1 invert, 2 checkpoint (ckpt None = zeros). Returns the column sums
-// d post_{t-1} [B, N] (zeros when prev == 0). dpre, dalpha, deta are written / accumulated.
+// d post_{t-1} [B, N] (zeros when prev == 0). dpre, dalpha, deta are written / accumulated;
+// dpre includes grad_a @ w^T where w ([N, N]) is given.
 at::Tensor backward_stage(at::Tensor h, at::Tensor g, const c10::optional<at::Tensor>& ckpt, int64_t prev,
                           bool stage, at::Tensor pre, at::Tensor post, at::Tensor grad_a, at::Tensor keep,
                           at::Tensor pre_p, at::Tensor post_p, at::Tensor alpha, int64_t alpha_rs, at::Tensor eta,
                           int64_t eta_rs, double clip, at::Tensor dpre, at::Tensor dalpha,
-                          at::Tensor deta) {
+                          at::Tensor deta, const c10::optional<at::Tensor>& w) {
   const int64_t B = h.size(0), N = h.size(1);
   TORCH_CHECK(h.is_contiguous() && g.is_contiguous() && h.sizes() == g.sizes(), "fused kernel: h, g must match");
   TORCH_CHECK(prev >= 0 && prev <= 2, "fused kernel: prev must be 0, 1 or 2");
@@ -259,8 +307,11 @@ at::Tensor backward_stage(at::Tensor h, at::Tensor g, const c10::optional<at::Te
               "fused kernel: dalpha, deta must be [N, N]");
   const at::Tensor zero_row = at::zeros({N}, h.options());
   const Rows ck = rows_of(ckpt, zero_row);
+  const auto w_given = w_rows_of(w, zero_row, N);  // (rows, row stride)
+  const at::Tensor& w_rows = w_given.first;
+  const int64_t w_rs = w_given.second;
   const int64_t nthreads = at::get_num_threads();
-  at::Tensor col_sums_part = at::zeros({nthreads, B, N}, h.options());
+  at::Tensor col_sums_part = thread_partials(nthreads, B, N, h.options());
   AT_DISPATCH_FLOATING_TYPES(h.scalar_type(), "plastic_backward_stage", [&] {
     using T = scalar_t;
     const bool clip_on = clip > 0;
@@ -268,7 +319,8 @@ at::Tensor backward_stage(at::Tensor h, at::Tensor g, const c10::optional<at::Te
     T* grad_data = g.data_ptr<T>();
     auto go = [&](auto fn) {
       fn(clip_on, stage, eta_rs != 0, hebb_data, grad_data, ck, pre.data_ptr<T>(), post.data_ptr<T>(), grad_a.data_ptr<T>(), keep.data_ptr<T>(),
-         pre_p.data_ptr<T>(), post_p.data_ptr<T>(), alpha.data_ptr<T>(), alpha_rs, eta.data_ptr<T>(), eta_rs,
+         pre_p.data_ptr<T>(), post_p.data_ptr<T>(), alpha.data_ptr<T>(), alpha_rs, w_rows.data_ptr<T>(), w_rs,
+         eta.data_ptr<T>(), eta_rs,
          static_cast<T>(clip), dpre.data_ptr<T>(), dalpha.data_ptr<T>(), deta.data_ptr<T>(), col_sums_part.data_ptr<T>(),
          B, N);
     };
@@ -276,12 +328,12 @@ at::Tensor backward_stage(at::Tensor h, at::Tensor g, const c10::optional<at::Te
     else if (prev == kInvert) go(backward_flags<T, kInvert>);
     else go(backward_flags<T, kCkpt>);
   });
-  return col_sums_part.sum(0);
+  return total_of(col_sums_part, B, N);
 }
 
 }  // namespace
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
-  m.def("forward_step", &forward_step, "fused Hebb update + plastic matvec (one pass over Hebb)");
+  m.def("forward_step", &forward_step, "fused Hebb update + recurrent matvec (one pass over Hebb)");
   m.def("backward_stage", &backward_stage, "one backward step with Hebb reconstruction (one pass)");
 }

@@ -264,7 +264,7 @@ class TritonKernels:
         interpret = interpreted()
         return _compiled(interpret), _jitted(self.rule.elementwise, interpret)
 
-    def forward_step(self, h, h_next, pre, post, alpha, eta, clip, want_z):
+    def forward_step(self, h, h_next, pre, post, alpha, eta, clip, want_z, w=None):
         b, n = pre.shape
         (a, s_ai, s_aj), (e, s_ei, s_ej) = _strides(alpha), _strides(eta)
         bi, bj = _blocks(n)
@@ -279,10 +279,13 @@ class TritonKernels:
                       UPDATE=f["update"], HAS_H=h is not None, CLIP=bool(clip), WANT_Z=bool(want_z),
                       ACC=_acc(h_next.dtype), BI=bi, BJ=bj)
         clipped = bool(flags.any()) if clip else False
-        return clipped, (z.sum(0).to(pre.dtype) if want_z else None)
+        if not want_z:
+            return clipped, None
+        z = z.sum(0).to(pre.dtype)
+        return clipped, (z if w is None else torch.addmm(z, post, w))  # + post @ w: one GEMM (cuBLAS)
 
     def backward_stage(self, h, g, ckpt, prev, stage, pre, post, ga, keep, pre_p, post_p, alpha, eta, clip,
-                       dpre, dalpha, deta):
+                       dpre, dalpha, deta, w=None):
         b, n = pre_p.shape
         (a, s_ai, s_aj), (e, s_ei, s_ej) = _strides(alpha), _strides(eta)
         bi, bj = _blocks(n)
@@ -300,6 +303,8 @@ class TritonKernels:
                                PREV=mode, CLIP=bool(clip), ACC=_acc(h.dtype), BI=bi, BJ=bj)
         if stage:
             dpre.copy_(dpre_part.sum(0))
+            if w is not None:
+                dpre.addmm_(ga, w.t())
         if prev == NONE:
             return torch.zeros_like(pre_p)
         return col_part.sum(0).to(pre_p.dtype)

@@ -282,9 +282,9 @@ class PlasticRNN(nn.Module):
         fused_backend: kernels of the fused path: `auto` (Triton on CUDA, C++ on CPU, torch
             ops elsewhere), `triton`, `cpp` or `torch`.
         chunk_episodes: schedule of the fused path: episodes per chunk, each chunk run
-            through all its steps before the next (0: the whole batch stepped together,
-            the default; `auto`: as many as fit in the CPU's cache; None:
-            PLASTICITY_CHUNK_EPISODES, else 0).
+            through all its steps before the next (0: the whole batch stepped together;
+            `auto`: on CPU as many as fit in half the last-level cache, on a GPU the whole
+            batch; None: PLASTICITY_CHUNK_EPISODES, else `auto`).
         modulation: for neuromodulated rules (`neuromod`, `retroactive`), the network
             emits `M(t) = tanh(y(t) @ w_m + b_m)` (`modulator`, a learned read-out) that
             drives the update: `network` (one M per episode) or `neuron` (one per
