@@ -34,7 +34,7 @@ def run_seed(seed: int, args) -> list[dict]:
 
     overrides = dict(seed=seed, episodes=args.episodes, eval_every=args.eval_every,
                      save_every=args.episodes, out=args.out)
-    for name in ("eval_episodes", "batch_size", "lr", "eta_lr", "lr_schedule", "lr_final", "max_minutes"):
+    for name in ("eval_episodes", "batch_size", "lr", "eta", "eta_lr", "lr_schedule", "lr_final", "max_minutes"):
         if getattr(args, name) is not None:
             overrides[name] = getattr(args, name)
     if args.no_learn_eta:
@@ -75,10 +75,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--eval-episodes", type=int, default=None, help="default: the preset's (512)")
     ap.add_argument("--batch-size", type=int, default=None, help="default: the preset's (1)")
     ap.add_argument("--lr", type=float, default=None)
+    ap.add_argument("--eta", type=float, default=None, help="initial eta (default: the preset's 0.005)")
     ap.add_argument("--eta-lr", type=float, default=None)
     ap.add_argument("--lr-schedule", choices=["constant", "cosine"], default=None, help="default: the preset's")
     ap.add_argument("--lr-final", type=float, default=None, help="default: the preset's")
-    ap.add_argument("--no-learn-eta", action="store_true", help="keep eta fixed at the preset's 0.01")
+    ap.add_argument("--no-learn-eta", action="store_true", help="keep eta fixed at its initial value")
     ap.add_argument("--max-minutes", type=float, default=None, help="cap per seed (training + evaluation)")
     ap.add_argument("--out", default=None, help="run folders (default: a temporary folder)")
     ap.add_argument("--json", default=None, help="also write the rows here")
