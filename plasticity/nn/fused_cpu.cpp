@@ -7,14 +7,16 @@
 // plasticity/rules/elementwise.py, and compiles one module per rule.
 //
 // Shapes: Hebb / gradient buffers [B, N, N] (rows presynaptic i, columns postsynaptic j),
-// activities [B, N], alpha and eta given as rows with a row stride (N for one value per
-// connection, 0 for one shared value broadcast along a single row of N values).
+// activities [B, N], alpha, w and eta given as rows with a row stride (N for one value per
+// connection, 0 for one shared value broadcast along a single row of N values; w not
+// given: a row of zeros).
 //
 // Each kernel makes exactly one pass over its [B, N, N] tensors. Rows i are split
-// between threads; inside a row the batch loop b sits outside the contiguous j loop, so
-// the alpha / eta / dalpha / deta rows (shared by the batch) stay in L1 while the
-// [B, N, N] tensors stream through once. Column sums (over i) go to one partial buffer
-// per thread, summed at the end.
+// between threads in blocks of kRowBlock; inside a block the batch loop b sits outside
+// the rows, so the block's alpha / w / eta / dalpha / deta rows (shared by the batch) stay
+// in L2 while the [B, N, N] tensors stream through once. Column sums (over i) go to one
+// partial buffer per thread, summed at the end. Inside the parallel lambdas, what the
+// inner loops read is first copied into the worker's own variables (see backward_impl).
 
 #include <torch/extension.h>
 #include <ATen/Parallel.h>
@@ -49,7 +51,7 @@ Rows rows_of(const c10::optional<at::Tensor>& t, const at::Tensor& zero_row) {
 
 // Per-thread partial sums ([B, N] each) sit one partial_stride apart: rounded up to whole
 // 64-byte lines plus one spare line, so no two threads ever write the same cache line
-// (adjacent [B, N] rows shared a line, which bounced between the cores on every row i).
+// (packed back to back, the end of one thread's block and the start of the next shared one).
 constexpr int64_t kLineFloats = 16;
 inline int64_t partial_stride(int64_t B, int64_t N) {
   return (B * N + kLineFloats - 1) / kLineFloats * kLineFloats + kLineFloats;
