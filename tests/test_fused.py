@@ -224,3 +224,23 @@ def test_cpp_kernels_fold_w_into_their_pass(rule, shared):
     plastic_z = cpp.forward_step(h.clone(), torch.empty_like(h), pre, post, alpha, eta, None, True)[1]
     with_w = cpp.forward_step(h.clone(), torch.empty_like(h), pre, post, alpha, eta, None, True, w)[1]
     assert_close(with_w - plastic_z, post @ w, rtol=1e-10, name="the w part of z")
+
+
+@pytest.mark.skipif(__import__("platform").machine() not in ("x86_64", "AMD64"), reason="MXCSR flags are x86 only")
+def test_cpp_kernels_treat_subnormals_as_zero_and_leave_the_callers_mode_alone():
+    """Inside the C++ kernels subnormal floats count as zero (they cost 10% of a reference
+    run's time on the slow path); the calling thread's floating-point mode is restored, so
+    torch ops after a kernel still produce subnormals."""
+    from plasticity.nn.fused import cpp_kernels
+    from plasticity.rules import get_rule
+
+    k = cpp_kernels(get_rule("hebb"))
+    h = torch.full((1, 4, 4), 1e-39)  # subnormal in float32
+    assert (h * 0.5 != 0).all()
+    h_next, zeros = torch.empty_like(h), torch.zeros(1, 4)
+    k.forward_step(h, h_next, zeros, zeros, torch.tensor(1.0), torch.tensor(0.5), None, False)
+    assert (h_next == 0).all()  # 1e-39 + 0.5 * (0 - 1e-39), a subnormal: flushed
+    assert (h * 0.5 != 0).all() and (h * 0.5).abs().max() < 1e-38  # back in the caller: IEEE subnormals
+    normal = torch.full((1, 4, 4), 1e-3)
+    k.forward_step(normal, h_next, zeros, zeros, torch.tensor(1.0), torch.tensor(0.5), None, False)
+    assert_close(h_next, normal * 0.5, rtol=0, name="normal values are untouched")
