@@ -59,7 +59,7 @@ register_config(PatternsConfig, {
     # its start decides it; from 0.005 the all-bit error was <= 0.0005 by episode 1200-1400
     # on 3 of 3 seeds, where from 0.01 it was 0.0009 at 1200 (seed 0: 0.00057 at 2400),
     # from 0.0025 0.0012 and from 0.02 0.019 (README, "Against the 2018 code"). 1600
-    # episodes: about 80 s here, every seed below 0.0005.
+    # episodes: 72-79 s of training here, every seed below 0.0005.
     "reference": dict(pattern_size=1000, num_patterns=5, num_cycles=2, present_steps=6, gap_steps=4,
                       test_steps=6, lr=3e-4, eta=0.005, eta_lr=3e-5, batch_size=1, episodes=1600,
                       eval_every=200, eval_episodes=512, save_every=200),
