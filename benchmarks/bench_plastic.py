@@ -21,10 +21,10 @@ steps, Adam. Paths:
            in one of two schedules (`--schedules`, one row each):
              batch    all B episodes take each step together (B x N^2 of Hebb per step
                       streams through memory)
-             chunked  chunks of episodes whose Hebb fits the last-level cache, each run
-                      through all its steps (forward, then backward) before the next
-                      (`--chunk` sets the episodes per chunk; the library's default
-                      is the batch schedule, `chunk_episodes="auto"` selects this one)
+             chunked  chunks of episodes whose Hebb fits half the last-level cache, each
+                      run through all its steps (forward, then backward) before the next
+                      (`--chunk` sets the episodes per chunk; the library's default on
+                      CPU, `chunk_episodes="auto"`)
   fused-torch  the fused path with its torch-op kernels (the CUDA path before Triton)
   fused-bf16   the fused path with the network and Hebb stored in bfloat16 (Triton on CUDA
            computes in float32; the floor counts 2-byte tensors)
