@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import platform
-import socket
 import statistics
 import sys
 import tempfile
@@ -29,6 +28,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from cluster.local import free_port
 from plasticity.config import preset
 from plasticity.models import build_model
 from plasticity.serving import ServedModel, SessionStore
@@ -43,12 +43,6 @@ def make_checkpoint(size: str, folder: Path) -> Path:
     torch.manual_seed(0)
     model = build_model(cfg, EpisodeLayout.from_config(cfg).n_io)
     return save_checkpoint(folder / f"{size}.pt", model=model, config=cfg.to_dict(), episode=0)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def percentile(values: list[float], q: float) -> float:

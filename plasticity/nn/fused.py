@@ -99,7 +99,7 @@ class TorchKernels:
             z = alpha * torch.bmm(post.unsqueeze(1), h_next).squeeze(1)
         else:
             z = torch.bmm(post.unsqueeze(1), alpha * h_next).squeeze(1)
-        return clipped, _plus_w(z, post, w)
+        return clipped, plus_w(z, post, w)
 
     def backward_stage(self, h, grad_h, ckpt, prev, stage, pre, post, grad_a, same_episode, pre_p, post_p, alpha, eta,
                        clip, dpre, dalpha, deta, w=None):
@@ -129,7 +129,7 @@ class TorchKernels:
         return col_sums
 
 
-def _plus_w(z: Tensor, post: Tensor, w: Tensor | None) -> Tensor:
+def plus_w(z: Tensor, post: Tensor, w: Tensor | None) -> Tensor:
     """z + post @ w (z itself where w is None): the kernels' recurrent pre-activation."""
     return z if w is None else torch.addmm(z, post, w)
 

@@ -38,6 +38,8 @@ from functools import cache
 import torch
 from torch import Tensor
 
+from plasticity.nn.fused import plus_w  # fused imports this module only inside a function
+
 try:
     import triton
     import triton.language as tl
@@ -281,8 +283,7 @@ class TritonKernels:
         clipped = bool(flags.any()) if clip else False
         if not want_z:
             return clipped, None
-        z = z.sum(0).to(pre.dtype)
-        return clipped, (z if w is None else torch.addmm(z, post, w))  # + post @ w: one GEMM (cuBLAS)
+        return clipped, plus_w(z.sum(0).to(pre.dtype), post, w)  # + post @ w: one GEMM (cuBLAS)
 
     def backward_stage(self, h, g, ckpt, prev, stage, pre, post, ga, keep, pre_p, post_p, alpha, eta, clip,
                        dpre, dalpha, deta, w=None):
