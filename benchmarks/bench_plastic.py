@@ -65,7 +65,9 @@ import torch
 
 from plasticity.nn import PlasticRNN
 from plasticity.nn.fused import chosen_backend, chunk_episodes_for
-from plasticity.nn.naive import plastic_rnn_naive
+from plasticity.nn.naive import modulated_rnn_naive, plastic_rnn_naive
+from plasticity.rules import RULES
+from plasticity.rules.neuromod import DEFAULT_CLIP
 
 
 @dataclass(frozen=True)
@@ -150,15 +152,20 @@ def episode(size: Size, batch: int, g: torch.Generator) -> tuple[torch.Tensor, t
 
 
 def run_one(size_name: str, path: str, batch: int, reps: int, smoke: bool, device_name: str,
-            schedule: str = "chunked", chunk: int | None = None) -> dict:
-    """Time `reps` optimiser steps after one warm-up step; report episodes/s and memory."""
+            schedule: str = "chunked", chunk: int | None = None, rule: str = "hebb",
+            modulation: str = "neuron") -> dict:
+    """Time `reps` optimiser steps after one warm-up step; report episodes/s and memory.
+    A neuromodulated `rule` runs with M(t) per `modulation` and Backpropamine's clip."""
     size = (SMOKE if smoke else SIZES)[size_name]
     device = torch.device(device_name)
     torch.manual_seed(0)
     chunk = 0 if schedule == "batch" else ("auto" if chunk is None else chunk)
     dtype = torch.bfloat16 if path == "fused-bf16" else torch.float32
+    modulated = RULES[rule].modulated
     net = PlasticRNN(size.n, input_mode=size.input_mode, impl="autograd" if path in ("naive", "autograd") else "fused",
-                     fused_backend="torch" if path == "fused-torch" else "auto", chunk_episodes=chunk).to(device, dtype)
+                     fused_backend="torch" if path == "fused-torch" else "auto", chunk_episodes=chunk, rule=rule,
+                     modulation=modulation if modulated else "none",
+                     clip=DEFAULT_CLIP if modulated else None).to(device, dtype)
     opt = torch.optim.Adam(net.parameters(), lr=1e-4)
     g = torch.Generator().manual_seed(0)
     episodes = [episode(size, batch, g) for _ in range(reps + 1)]
@@ -173,7 +180,12 @@ def run_one(size_name: str, path: str, batch: int, reps: int, smoke: bool, devic
         if path == "naive":
             p = net.plastic
             for b in range(batch):
-                out, _ = plastic_rnn_naive(p.w, p.alpha, p.eta, "hebb", x[b], input_mode=size.input_mode)
+                if modulated:
+                    m = net.modulator
+                    out, _ = modulated_rnn_naive(p.w, p.alpha, p.eta, rule, x[b], m.weight.T, m.bias,
+                                                 input_mode=size.input_mode, clip=p.clip)
+                else:
+                    out, _ = plastic_rnn_naive(p.w, p.alpha, p.eta, rule, x[b], input_mode=size.input_mode)
                 ((out[-1] - target[b]).pow(2).mean() / batch).backward()
         else:
             out, _ = net(x)
@@ -230,6 +242,10 @@ def main() -> None:
     ap.add_argument("--chunk", type=int, help="episodes per chunk of the chunked schedule (default: from the cache)")
     ap.add_argument("--naive-batches", type=int, nargs="+", default=[1],
                     help="batches run on the naive path (it runs episodes one after another)")
+    ap.add_argument("--rule", default="hebb", choices=[n for n in RULES if n != "retroactive"],
+                    help="plasticity rule (neuromod: M(t) per --modulation, Hebb clipped to [-1, 1])")
+    ap.add_argument("--modulation", default="neuron", choices=["network", "neuron"],
+                    help="one M(t) per episode (network) or per neuron, for a neuromodulated --rule")
     ap.add_argument("--reps", type=int, default=2, help="timed optimiser steps per row (after 1 warm-up)")
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--memory-limit-gib", type=float, default=20.0)
@@ -241,13 +257,15 @@ def main() -> None:
         sys.exit(f"--chunk must be >= 1 episode, got {args.chunk}")
     if args.one:
         row = run_one(args.one[0], args.one[1], int(args.one[3]), args.reps, args.smoke_test, args.device,
-                      args.one[2], args.chunk)
+                      args.one[2], args.chunk, args.rule, args.modulation)
         print(json.dumps(row))
         return
 
     device = torch.device(args.device)
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU, {torch.get_num_threads()} threads"
-    print(f"torch {torch.__version__}, {name}; bandwidths measured in each row's process right after its timing")
+    rule = args.rule + (f" (modulation {args.modulation}, clip {DEFAULT_CLIP:g})" if RULES[args.rule].modulated else "")
+    print(f"torch {torch.__version__}, {name}; rule {rule}; bandwidths measured in each row's process right after "
+          "its timing")
     header = fmt_row("size", "path", "schedule", "batch", f"{'episodes/s':>11} {'copy GB/s':>10} {'floor ep/s':>11} "
                                               f"{'% floor':>8} {'rmw GB/s':>9} {'% rmw':>6} {'peak MiB':>9} "
                                               f"{'over idle':>10}", kernels="kernels")
@@ -266,7 +284,8 @@ def main() -> None:
                                                                f"(> {args.memory_limit_gib:g} GiB limit)"))
                     continue
             cmd = [sys.executable, __file__, "--one", size_name, path, schedule, str(batch), "--reps",
-                   str(args.reps), "--device", args.device] + (["--smoke-test"] if args.smoke_test else []) \
+                   str(args.reps), "--device", args.device, "--rule", args.rule, "--modulation", args.modulation] \
+                + (["--smoke-test"] if args.smoke_test else []) \
                 + ([] if args.chunk is None else ["--chunk", str(args.chunk)])
             proc = subprocess.run(cmd, capture_output=True, text=True)
             if proc.returncode != 0:

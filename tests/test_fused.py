@@ -70,10 +70,34 @@ def test_segment_steps_bounds_the_inversion_run():
     assert _stored(out) == len(range(5, 31, 5))
 
 
-def test_clipped_steps_are_stored_not_inverted():
-    net = _net(eta=0.5, clip=0.05)
-    out, _ = net(_x(2, 10, net.n))
-    assert _stored(out) >= 1  # a clamp loses information: those steps cannot be inverted
+def _clipped(out: torch.Tensor) -> int:
+    """Steps whose update clipped (recomputed by the backward pass, not stored)."""
+    return sum(len(chunk) for chunk in out.grad_fn.clipped)
+
+
+@pytest.mark.parametrize("rule,steps", [("hebb", 10), ("neuromod", 100)])
+def test_clipped_steps_are_recomputed_not_stored_or_inverted(rule, steps):
+    """A clamp loses information, so a clipped step cannot be inverted; rather than keeping
+    the state of every clipped step (with Hebb saturated, neuromod clips at nearly every
+    step), the fused path keeps one every ceil(sqrt(T)) steps and the backward pass
+    recomputes the clipped ones from it: memory O(sqrt(T)) states, gradients still exact."""
+    from plasticity.nn.fused import recompute_segment
+
+    # neuromod does not read eta: fixed, so that both paths differentiate the same tensors.
+    kw = dict(modulation="network", learn_eta=False) if rule == "neuromod" else {}
+    fused, plain = (_net(rule, eta=0.5, clip=0.05, impl=impl, **kw) for impl in ("fused", "autograd"))
+    x = _x(2, steps, fused.n)
+    out, _ = fused(x)
+    k = recompute_segment(steps)
+    assert _clipped(out) > steps // 2 and _stored(out) == len(range(k, steps, k))
+    expected, _ = plain(x)
+    assert_close(out, expected, rtol=1e-12)
+    weights = torch.randn(out.shape, generator=torch.Generator().manual_seed(7), dtype=torch.float64)
+    grads = [torch.autograd.grad((o * weights).sum(), [p for p in net.parameters() if p.requires_grad],
+                                 allow_unused=True, materialize_grads=True)
+             for net, o in ((fused, out), (plain, expected))]
+    for a, b in zip(*grads, strict=True):
+        assert_close(a, b, rtol=1e-9)
 
 
 @pytest.mark.parametrize("rule", ["hebb", "oja"])
@@ -105,8 +129,8 @@ def test_no_grad_forward_keeps_nothing():
     assert out.grad_fn is None and state.traces[0].shape == (2, net.n, net.n)
 
 
-def test_neuromodulated_rules_fall_back_to_plain_autograd():
-    net = PlasticRNN(6, rule="neuromod", modulation="network")
+def test_rules_without_an_elementwise_form_fall_back_to_plain_autograd():
+    net = PlasticRNN(6, rule="retroactive", modulation="network")
     assert net.impl == "fused" and not net.fused
     out, _ = net(torch.randn(2, 4, 6))
     assert "Episode" not in type(out.grad_fn).__name__
@@ -134,8 +158,13 @@ def test_fused_and_plain_give_the_same_training_gradients():
 
 
 @pytest.mark.parametrize("call,error,message", [
+    (lambda w: plastic_rnn_fused(torch.zeros(1, 3, 4), w, w, torch.tensor(0.1), rule="retroactive"),
+     ConfigError, "the fused path has no elementwise form for rule 'retroactive'"),
     (lambda w: plastic_rnn_fused(torch.zeros(1, 3, 4), w, w, torch.tensor(0.1), rule="neuromod"),
-     ConfigError, "the fused path has no elementwise form for rule 'neuromod'"),
+     ConfigError, r"rule 'neuromod' is neuromodulated: pass modulator=\(w_mod \[N, k\], b_mod \[k\]\)"),
+    (lambda w: plastic_rnn_fused(torch.zeros(1, 3, 4), w, w, torch.tensor(0.1), rule="neuromod",
+                                 modulator=(torch.zeros(4, 2), torch.zeros(2))),
+     ShapeError, r"modulator must be \(w_mod \[4, 1 or 4\], b_mod \[1 or 4\]\), got \(\(4, 2\), \(2,\)\)"),
     (lambda w: plastic_rnn_fused(torch.zeros(1, 3, 5), w, w, torch.tensor(0.1)),
      ShapeError, r"inputs must be \[B, T, 4\], got \(1, 3, 5\)"),
     (lambda w: plastic_rnn_fused(torch.zeros(1, 0, 4), w, w, torch.tensor(0.1)),
@@ -145,7 +174,7 @@ def test_fused_and_plain_give_the_same_training_gradients():
     (lambda w: plastic_rnn_fused(torch.zeros(1, 3, 4, dtype=torch.float16), w.half(), w.half(),
                                  torch.tensor(0.1).half(), backend="cpp"),
      ConfigError, "the cpp backend runs float32/float64 on CPU"),
-], ids=["rule", "shape", "empty", "backend", "dtype"])
+], ids=["rule", "no-modulator", "modulator-shape", "shape", "empty", "backend", "dtype"])
 def test_bad_input_is_named(call, error, message):
     with pytest.raises(error, match=message):
         call(torch.zeros(4, 4))

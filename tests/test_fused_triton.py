@@ -5,7 +5,8 @@ be set before triton is imported (its own library functions are made at import),
 `test_kernels_under_the_interpreter` runs this file again in a subprocess with it set;
 there, the tests marked `interpreted` run, at small sizes: values and gradients against the naive reference for every
 fused rule, clipping, shared / free alpha, scalar / per-connection eta, resets, stored
-states; the kernel contract for a rule the kernels have never seen (built from its
+states, neuromodulation (M(t) per network and per neuron); the kernel contract for every
+rule and for a rule the kernels have never seen (built from its
 elementwise functions alone); bfloat16 storage with float32 accumulation; and the
 kernels compiled for a Hopper GPU (sm_90, ahead of time, no GPU needed). Tests marked
 `gpu` run the same kernels on CUDA (`benchmarks/gpu_check.sh`).
@@ -20,19 +21,25 @@ import pytest
 import torch
 
 from plasticity.nn import PlasticRNN
-from plasticity.nn.fused import CKPT, INVERT, NONE, TorchKernels, chosen_backend, get_kernels
+from plasticity.nn.fused import INVERT, chosen_backend, get_kernels
 from plasticity.nn.naive import plastic_rnn_naive
 from plasticity.nn.plastic import eta_from_logit
 from plasticity.rules import RULES, Elementwise, Rule, get_rule
 from plasticity.rules.base import apply_elementwise
 from tests.conftest import assert_close
+from tests.kernel_contract import check_kernel_contract
+from tests.test_neuromod import _net as _modulated_net
+from tests.test_neuromod import compare_modulated_with_naive
 from tests.test_nn import _grads, _inputs, _rnn
 
 triton = pytest.importorskip("triton", reason="triton is not installed (pip install -e '.[gpu]')")
 from plasticity.nn import fused_triton  # noqa: E402 -- needs triton
 
 FUSED = sorted(name for name, rule in RULES.items() if rule.elementwise is not None)
-CASES = list(itertools.product(FUSED, ("free", "shared"), ("scalar", "per-connection"), (None, 0.5)))
+PLAIN = [name for name in FUSED if not RULES[name].modulated]
+"""The fused rules without neuromodulation (compared with `plastic_rnn_naive`)."""
+MODULATED = [name for name in FUSED if RULES[name].modulated]
+CASES = list(itertools.product(PLAIN, ("free", "shared"), ("scalar", "per-connection"), (None, 0.5)))
 INTERPRETED = fused_triton.interpreted()
 interpreted = pytest.mark.skipif(not INTERPRETED, reason="runs in the TRITON_INTERPRET=1 subprocess of "
                                  "test_kernels_under_the_interpreter")
@@ -113,14 +120,14 @@ def test_triton_matches_naive(rule, alpha_mode, eta_mode, clip):
     assert chosen_backend() == "triton"
 
 
-@pytest.mark.parametrize("rule", FUSED)
+@pytest.mark.parametrize("rule", PLAIN)
 @interpreted
 def test_triton_clamped_inputs_match_naive(rule):
     net = _rnn(rule, "free", "per-connection", "clamp", 0.5, n=10, fused_backend="triton")
     _compare_with_naive(net, _inputs(2, 5, 10, "clamp"))
 
 
-@pytest.mark.parametrize("rule", FUSED)
+@pytest.mark.parametrize("rule", PLAIN)
 @interpreted
 def test_triton_stored_states_and_resets(rule):
     """eta = 1 (every state stored, none inverted) and `segment_steps` match the
@@ -147,7 +154,7 @@ def test_triton_stored_states_and_resets(rule):
         assert_close(a, c, name=f"grad {name}")
 
 
-@pytest.mark.parametrize("rule", FUSED)
+@pytest.mark.parametrize("rule", PLAIN)
 @interpreted
 def test_triton_float32_close_to_float64(rule):
     """float32 storage and arithmetic, N = 16 (one full tile), T = 8."""
@@ -164,29 +171,53 @@ def test_triton_float32_what_the_gpu_test_runs(rule, alpha_mode, eta_mode, clip)
     _compare_with_naive(net, _inputs(2, 10, 24, "add"), rtol=2e-4)
 
 
+MODULATED_CASES = list(itertools.product(MODULATED, ("network", "neuron"), ("free", "shared"), (None, 0.5)))
+
+
+@pytest.mark.parametrize("rule,modulation,alpha_mode,clip", MODULATED_CASES,
+                         ids=["-".join(map(str, c)) for c in MODULATED_CASES])
+@interpreted
+def test_triton_modulated_matches_naive(rule, modulation, alpha_mode, clip):
+    """Neuromodulation on the Triton kernels, float64, N = 6: M(t) computed inside the
+    episode from each step's activity, against the naive loop (values, final state, the
+    gradients of w, alpha, eta, the read-out of M(t), y0 and Hebb0)."""
+    net = _modulated_net(rule, modulation, alpha_mode, "add", clip, fused_backend="triton")
+    assert net.fused
+    compare_modulated_with_naive(net, "add", clip)
+
+
+@pytest.mark.parametrize("rule", MODULATED)
+@interpreted
+def test_triton_modulated_float32_at_several_tiles(rule):
+    """float32 storage and arithmetic, N = 24 (2 x 2 tiles of 16, ragged edges), clamped
+    inputs, one M(t) per neuron."""
+    net = _modulated_net(rule, "neuron", "free", "clamp", 0.5, n=24, fused_backend="triton").float()
+    compare_modulated_with_naive(net, "clamp", 0.5, b=2, t=8, rtol=2e-4)
+
+
 # Scaled Hebb, a rule that no kernel was written for: its elementwise functions are all
 # the Triton kernels get. (Module level: triton.jit reads their source.)
-def scaled_update(h, pre, post, eta):
+def scaled_update(h, pre, post, eta, mod):
     return h + eta * (2.0 * pre * post - h)
 
 
-def scaled_inverse(h_next, pre, post, eta):
+def scaled_inverse(h_next, pre, post, eta, mod):
     return (h_next - 2.0 * eta * pre * post) / (1.0 - eta)
 
 
-def scaled_d_h(h, pre, post, eta):
+def scaled_d_h(h, pre, post, eta, mod):
     return 1.0 - eta
 
 
-def scaled_d_pre(h, pre, post, eta):
+def scaled_d_pre(h, pre, post, eta, mod):
     return 2.0 * eta * post
 
 
-def scaled_d_post(h, pre, post, eta):
+def scaled_d_post(h, pre, post, eta, mod):
     return 2.0 * eta * pre
 
 
-def scaled_d_eta(h, pre, post, eta):
+def scaled_d_eta(h, pre, post, eta, mod):
     return 2.0 * pre * post - h
 
 
@@ -201,44 +232,12 @@ SCALED = Rule("scaled-hebb", lambda *a, **k: None, elementwise=Elementwise(
 def test_triton_kernel_contract(rule, clip, shared):
     """One forward step and every backward mode (stage on/off x none / invert / stored /
     stored zero) equal the torch-op contract written from the rule's elementwise
-    functions, on a size that is not a multiple of the tile (N = 13)."""
+    functions (modulated rules with M(t)), on a size that is not a multiple of the tile (N = 13)."""
     r = SCALED if rule == "scaled-hebb" else get_rule(rule)
-    tk, ref = fused_triton.TritonKernels(r), TorchKernels(r.elementwise)
-    g = torch.Generator().manual_seed(3)
-    b, n = 3, 13
-    rand = lambda *s, scale=1.0: scale * torch.randn(s, generator=g, dtype=torch.float64)  # noqa: E731
-    pre, post, pre_p, post_p, ga = (torch.tanh(rand(b, n, scale=2.0)) for _ in range(5))
-    alpha = rand(scale=0.5) if shared else rand(n, n, scale=0.5)
-    eta = torch.tensor(0.2, dtype=torch.float64) if shared else 0.05 + 0.3 * torch.rand(n, n, generator=g,
-                                                                                        dtype=torch.float64)
-    h = rand(b, n, n, scale=0.3)
-    for h_in in (h, None):
-        outs = []
-        for k in (tk, ref):
-            h_next = torch.empty_like(h)
-            clipped, z = k.forward_step(None if h_in is None else h_in.clone(), h_next, pre, post, alpha, eta, clip,
-                                        True)
-            outs.append((h_next, z, clipped))
-        assert_close(outs[0][0], outs[1][0], name="h_next")
-        assert_close(outs[0][1], outs[1][1], name="z")
-        assert outs[0][2] == outs[1][2]
-    keep = torch.tensor([1.0, 0.0, 1.0], dtype=torch.float64)
-    ckpt = rand(b, n, n, scale=0.3)
-    for stage, (prev, ck) in itertools.product((False, True), ((NONE, None), (INVERT, None), (CKPT, ckpt),
-                                                              (CKPT, None))):
-        g_in, got = rand(b, n, n), {}
-        for name, k in (("triton", tk), ("torch", ref)):
-            hh, gg = h.clone(), g_in.clone()
-            dpre = torch.zeros(b, n, dtype=torch.float64)
-            dalpha, deta = torch.ones(n, n, dtype=torch.float64), torch.ones(n, n, dtype=torch.float64)
-            col = k.backward_stage(hh, gg, ck, prev, stage, pre, post, ga, keep, pre_p, post_p, alpha, eta, clip,
-                                   dpre, dalpha, deta)
-            got[name] = (hh, gg, dpre, dalpha, deta, col)
-        for what, a, c in zip(("h", "g", "dpre", "dalpha", "deta", "col"), got["triton"], got["torch"], strict=True):
-            assert_close(a, c, name=f"{what} (stage={stage}, prev={prev}, ckpt={ck is not None})")
+    check_kernel_contract(fused_triton.TritonKernels(r), r, clip, shared)
 
 
-@pytest.mark.parametrize("rule", FUSED)
+@pytest.mark.parametrize("rule", PLAIN)
 @interpreted
 def test_bfloat16_storage_accumulates_in_float32(rule):
     """Hebb stored in bfloat16: the update is computed in float32 from the stored values
@@ -259,7 +258,7 @@ def test_bfloat16_storage_accumulates_in_float32(rule):
     assert_close(z, z_ref, rtol=1e-6, name="z")
 
 
-@pytest.mark.parametrize("rule", FUSED)
+@pytest.mark.parametrize("rule", PLAIN)
 @interpreted
 def test_bfloat16_episode_follows_the_float64_reference(rule):
     """A whole episode with bfloat16 storage: outputs and gradients within a few percent
@@ -315,18 +314,22 @@ def test_kernels_compile_for_hopper(rule):
     fn = fused_triton._jitted(get_rule(rule).elementwise, False)
     target = GPUTarget("cuda", 90, 32)
     ptr, f32 = "*bf16", "*fp32"
-    sig = dict(h_ptr=ptr, hn_ptr=ptr, pre_ptr=f32, post_ptr=f32, alpha_ptr=f32, eta_ptr=f32, z_ptr=f32,
+    modulated = get_rule(rule).modulated
+    sig = dict(h_ptr=ptr, hn_ptr=ptr, pre_ptr=f32, post_ptr=f32, alpha_ptr=f32, eta_ptr=f32, mod_ptr=f32, z_ptr=f32,
                flag_ptr="*i32", batch="i32", n="i32", rows="i32", s_ai="i32", s_aj="i32", s_ei="i32", s_ej="i32",
                clip_ptr=f32)
-    const = dict(UPDATE=fn["update"], HAS_H=True, CLIP=True, WANT_Z=True, ACC=tl.float32, BI=64, BJ=64)
+    const = dict(UPDATE=fn["update"], HAS_H=True, CLIP=True, WANT_Z=True, MOD=modulated, ACC=tl.float32, BI=64,
+                 BJ=64)
     kernel = triton.compile(ASTSource(forward, {**sig, **dict.fromkeys(const, "constexpr")}, const), target=target)
     assert "cubin" in kernel.asm
-    sig = {name: f32 for name in ("pre_ptr", "post_ptr", "ga_ptr", "keep_ptr", "prep_ptr", "postp_ptr", "alpha_ptr",
-                                  "eta_ptr", "dpre_ptr", "col_ptr", "dalpha_ptr", "deta_ptr")}
+    sig = {name: f32 for name in ("pre_ptr", "post_ptr", "ga_ptr", "keep_ptr", "prep_ptr", "postp_ptr", "mod_ptr",
+                                  "modp_ptr", "alpha_ptr", "eta_ptr", "dpre_ptr", "col_ptr", "dmod_ptr", "dalpha_ptr",
+                                  "deta_ptr")}
     sig = dict(h_ptr=ptr, g_ptr=ptr, ck_ptr=ptr, **sig, batch="i32", n="i32", s_ai="i32", s_aj="i32", s_ei="i32",
                s_ej="i32", clip_ptr=f32)
     const = dict(UPDATE=fn["update"], INVERSE=fn["inverse"], D_H=fn["d_h"], D_PRE=fn["d_pre"], D_POST=fn["d_post"],
-                 D_ETA=fn["d_eta"], STAGE=True, PREV=INVERT, CLIP=True, ACC=tl.float32, BI=64, BJ=64)
+                 D_ETA=fn["d_eta"], D_MOD=fn.get("d_mod", fn["d_eta"]), STAGE=True, PREV=INVERT, CLIP=True,
+                 MOD=modulated, ACC=tl.float32, BI=64, BJ=64)
     kernel = triton.compile(ASTSource(backward, {**sig, **dict.fromkeys(const, "constexpr")}, const), target=target)
     assert "cubin" in kernel.asm
 
@@ -345,7 +348,7 @@ def test_cuda_triton_matches_naive(rule, alpha_mode, eta_mode, clip):
 
 @pytest.mark.gpu
 @needs_cuda
-@pytest.mark.parametrize("rule", FUSED)
+@pytest.mark.parametrize("rule", PLAIN)
 def test_cuda_matches_cpu_and_bfloat16_follows(rule):
     """N = 200 (4 x 4 tiles, ragged edges), 30 steps from zero Hebb: Triton on CUDA equals
     the fused path on CPU (torch-op kernels) in float32; bfloat16 storage on CUDA stays

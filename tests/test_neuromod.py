@@ -11,6 +11,7 @@ import torch
 from plasticity.errors import ConfigError, ShapeError
 from plasticity.nn import PlasticRNN
 from plasticity.nn.naive import modulated_rnn_naive
+from plasticity.nn.plastic import eta_from_logit
 from plasticity.rules import get_rule
 from plasticity.rules.naive import NAIVE_MODULATED_STEPS
 from tests.conftest import assert_close
@@ -117,9 +118,17 @@ def _params(net):
                          ids=["-".join(map(str, c)) for c in NET_CASES])
 def test_modulated_rnn_matches_naive_per_episode(rule, modulation, alpha_mode, input_mode, clip):
     """B batched episodes == B naive runs: outputs, final traces and gradients of w, alpha,
-    eta, the modulator's read-out and the initial state."""
+    eta, the modulator's read-out and the initial state (`neuromod` on the fused path with
+    the C++ kernels, `retroactive` on the autograd path)."""
     net = _net(rule, modulation, alpha_mode, input_mode, clip)
-    b, t, n = 3, 7, net.n
+    assert net.fused == (rule == "neuromod")
+    compare_modulated_with_naive(net, input_mode, clip)
+
+
+def compare_modulated_with_naive(net, input_mode, clip, b=3, t=7, rtol=1e-10):
+    """`net` (a modulated PlasticRNN, any dtype and path) over b episodes of t steps from a
+    random state vs the float64 naive loop per episode: outputs, final state, gradients."""
+    n, dtype = net.n, net.plastic.w.dtype
     g = torch.Generator().manual_seed(1)
     x = torch.randn(b, t, n, generator=g, dtype=torch.float64)
     if input_mode == "clamp":
@@ -127,26 +136,33 @@ def test_modulated_rnn_matches_naive_per_episode(rule, modulation, alpha_mode, i
     y0 = (0.5 * torch.randn(b, n, generator=g, dtype=torch.float64)).requires_grad_()
     tr0 = tuple((0.2 * torch.randn(b, n, n, generator=g, dtype=torch.float64)).requires_grad_()
                 for _ in net.plastic.rule.traces)
-    out, (y_final, traces) = net(x, state=(y0, tr0))
-    weights = torch.randn_like(out)
+    y0_dev, tr0_dev = (y0.to(net.plastic.w.device, dtype), tuple(tr.to(net.plastic.w.device, dtype) for tr in tr0))
+    out, (y_final, traces) = net(x.to(net.plastic.w.device, dtype), state=(y0_dev, tr0_dev))
+    out, y_final, traces = out.double().cpu(), y_final.double().cpu(), [tr.double().cpu() for tr in traces]
+    weights = torch.randn(out.shape, generator=g, dtype=torch.float64)
     fast = torch.autograd.grad((out * weights).sum() + sum(tr.pow(2).sum() for tr in traces),
                                [*_params(net), y0, *tr0], allow_unused=True, materialize_grads=True)
-    p, m = net.plastic, net.modulator
+    ref = {k: v.detach().double().cpu().requires_grad_() for k, v in net.named_parameters()}
+    p = net.plastic
     naive_loss, outs = 0, []
     for i in range(b):
-        o, (y_i, tr_i) = modulated_rnn_naive(p.w, p.alpha, p.eta, rule, x[i], m.weight.T, m.bias,
+        o, (y_i, tr_i) = modulated_rnn_naive(ref["plastic.w"], ref["plastic.alpha"],
+                                             eta_from_logit(ref["plastic.eta_logit"]), p.rule.name, x[i],
+                                             ref["modulator.weight"].T, ref["modulator.bias"],
                                              input_mode=input_mode, clip=clip,
                                              initial_state=(y0[i], tuple(tr[i] for tr in tr0)))
         outs.append(o)
         naive_loss = naive_loss + (o * weights[i]).sum() + sum(tr.pow(2).sum() for tr in tr_i)
-        assert_close(y_final[i], y_i, name="final y")
+        assert_close(y_final[i], y_i, rtol, name="final y")
         for name, a, c in zip(p.rule.traces, traces, tr_i, strict=True):
-            assert_close(a[i], c, name=f"final {name}")
-    assert_close(out, torch.stack(outs), name="outputs")
-    naive = torch.autograd.grad(naive_loss, [*_params(net), y0, *tr0], allow_unused=True, materialize_grads=True)
+            assert_close(a[i], c, rtol, name=f"final {name}")
+    assert_close(out, torch.stack(outs), rtol, name="outputs")
+    naive = torch.autograd.grad(naive_loss, [ref[k] for k in ("plastic.w", "plastic.alpha", "plastic.eta_logit",
+                                                              "modulator.weight", "modulator.bias")] + [y0, *tr0],
+                                allow_unused=True, materialize_grads=True)
     names = ["w", "alpha", "eta", "w_mod", "b_mod", "y0", *p.rule.traces]
     for name, a, c in zip(names, fast, naive, strict=True):
-        assert_close(a, c, name=f"grad {name}")
+        assert_close(a.double().cpu(), c, rtol, name=f"grad {name}")
 
 
 @pytest.mark.parametrize("rule", ["neuromod", "retroactive"])

@@ -1,7 +1,9 @@
 """Every registered rule against its own elementwise form: the form is complete and
 consistent (inverse(update(h)) == h, the derivatives are those of `update`), translates to
-C++, and the fused path built from it equals plain autograd through the rule's `update`
-in values and gradients. A half-edited rule fails with a message naming the piece."""
+C++, the C++ kernels built from it keep the kernel contract, and the fused path built
+from it equals plain autograd through the rule's `update` in values and gradients
+(neuromodulated rules with M(t) computed inside the episode). A half-edited rule fails
+with a message naming the piece."""
 
 from __future__ import annotations
 
@@ -18,7 +20,10 @@ from plasticity.rules.base import Elementwise
 from plasticity.rules.elementwise import FormError, check_elementwise, cpp_rule
 from plasticity.rules.hebb import ELEMENTWISE as HEBB_FORM
 from plasticity.rules.hebb import hebb_update
+from plasticity.rules.neuromod import ELEMENTWISE as NEUROMOD_FORM
+from plasticity.rules.neuromod import neuromod_update
 from tests.conftest import assert_close
+from tests.kernel_contract import check_kernel_contract
 
 FORMS = [name for name, rule in RULES.items() if rule.elementwise is not None]
 AUTOGRAD_ONLY = [name for name, rule in RULES.items() if rule.elementwise is None]
@@ -33,8 +38,8 @@ def test_elementwise_form_is_complete_and_consistent(name):
 
 @pytest.mark.parametrize("name", AUTOGRAD_ONLY)
 def test_rules_without_a_form_are_autograd_only(name, capsys, monkeypatch):
-    """The neuromodulated rules have no elementwise form yet: they run on the autograd
-    path, and say so once (the notice is printed once per process, hence the reset)."""
+    """A rule without an elementwise form (retroactive: two traces) runs on the autograd
+    path, and says so once (the notice is printed once per process, hence the reset)."""
     from plasticity.nn import fused
 
     monkeypatch.setattr(fused, "_NOTICES", set())
@@ -43,15 +48,19 @@ def test_rules_without_a_form_are_autograd_only(name, capsys, monkeypatch):
     assert f"rule {name!r} has no elementwise form" in capsys.readouterr().err
 
 
-def _fused_vs_plain(rule_name: str, backend: str, clip=None, eta_mode="scalar"):
-    """Outputs and gradients (w, alpha, eta, Hebb0) of the fused path vs plain autograd."""
+def _fused_vs_plain(rule_name: str, backend: str, clip=None, eta_mode="scalar", modulation="neuron"):
+    """Outputs and gradients (w, alpha, eta, Hebb0; a neuromodulated rule's read-out of M(t),
+    `modulation` per neuron or per network) of the fused path vs plain autograd."""
     results = {}
+    modulation = modulation if RULES[rule_name].modulated else "none"
     for impl, kw in (("autograd", {}), ("fused", dict(fused_backend=backend))):
         torch.manual_seed(0)
         net = PlasticRNN(6, rule=rule_name, eta=0.1, init_std=0.3, clip=clip, eta_mode=eta_mode, impl=impl,
-                         **kw).double()
+                         modulation=modulation, **kw).double()
         with torch.no_grad():
             net.plastic.alpha.mul_(3)
+            if net.modulator is not None:
+                net.modulator.weight.mul_(3)  # M(t) of both signs and of order one
         assert net.fused == (impl == "fused"), f"rule {rule_name!r} did not take the {impl} path"
         g = torch.Generator().manual_seed(1)
         x = torch.randn(3, 8, 6, generator=g, dtype=torch.float64)
@@ -59,9 +68,12 @@ def _fused_vs_plain(rule_name: str, backend: str, clip=None, eta_mode="scalar"):
         out, state = net(x, state=(torch.zeros(3, 6, dtype=torch.float64), (h0,)))
         loss = (out * torch.randn(out.shape, generator=g, dtype=torch.float64)).sum() + state.traces[0].pow(2).sum()
         p = net.plastic
-        results[impl] = (out, *torch.autograd.grad(loss, [p.w, p.alpha, p.eta_logit, h0]))
-    for what, a, b in zip(("outputs", "grad w", "grad alpha", "grad eta", "grad hebb0"), results["fused"],
-                          results["autograd"], strict=True):
+        read_out = [] if net.modulator is None else [net.modulator.weight, net.modulator.bias]
+        # allow_unused: neuromod does not read eta (no gradient either way).
+        results[impl] = (out, *torch.autograd.grad(loss, [p.w, p.alpha, p.eta_logit, h0, *read_out],
+                                                   allow_unused=True, materialize_grads=True))
+    for what, a, b in zip(("outputs", "grad w", "grad alpha", "grad eta", "grad hebb0", "grad w_mod", "grad b_mod"),
+                          results["fused"], results["autograd"], strict=False):
         assert_close(a, b, rtol=1e-9, name=f"rule {rule_name!r} ({backend}): {what}")
 
 
@@ -71,13 +83,37 @@ def test_fused_path_built_from_the_form_equals_autograd(name, backend):
     _fused_vs_plain(name, backend, clip=0.5, eta_mode="per-connection")
 
 
+MODULATED = [name for name in FORMS if RULES[name].modulated]
+
+
+@pytest.mark.parametrize("name", MODULATED)
+def test_fused_path_of_a_modulated_rule_with_one_signal_per_network(name):
+    """M(t) of shape [B, 1] (one per episode), broadcast over the neurons inside the path."""
+    _fused_vs_plain(name, "cpp", modulation="network")
+
+
+@pytest.mark.parametrize("name", FORMS)
+@pytest.mark.parametrize("clip", [None, 0.4])
+@pytest.mark.parametrize("shared", [False, True], ids=["per-connection", "shared"])
+def test_cpp_kernels_keep_the_contract(name, clip, shared):
+    """The C++ kernels compiled from the form against the torch-op kernels made from the
+    same functions: one forward step and every backward mode, N = 37 (uneven row blocks)."""
+    from plasticity.nn.fused import cpp_kernels
+
+    check_kernel_contract(cpp_kernels(RULES[name]), RULES[name], clip, shared, n=37)
+
+
 # A half-edited rule: the decaying Hebb rule with one piece of its form changed.
-def _wrong_d_post(h, pre, post, eta):
+def _wrong_d_post(h, pre, post, eta, mod):
     return eta * post
 
 
-def _uses_exp(h, pre, post, eta):
+def _uses_exp(h, pre, post, eta, mod):
     return h * torch.exp(-eta)  # outside the subset: not an elementwise form
+
+
+def _reads_mod(h, pre, post, eta, mod):
+    return h + eta * (pre * post - h) + mod * pre
 
 
 @pytest.fixture
@@ -124,6 +160,18 @@ def test_the_check_would_catch_a_wrong_derivative_on_the_fused_path(temporary_ru
             _fused_vs_plain("wrong_d_post", "torch")
     finally:
         fused._form_problem = original
+
+
+def test_modulated_rule_forms_need_d_mod_and_others_must_not_read_mod(temporary_rule):
+    no_d_mod = Rule("no_d_mod", neuromod_update, modulated=True,
+                    elementwise=dataclasses.replace(NEUROMOD_FORM, d_mod=None))
+    assert check_elementwise(no_d_mod) == ["rule 'no_d_mod': d_mod is missing: give Elementwise.d_mod = a function "
+                                           "f(h, pre, post, eta, mod)"]
+    reads = temporary_rule("reads_mod", dataclasses.replace(HEBB_FORM, update=_reads_mod))
+    problems = check_elementwise(reads)
+    assert problems == ["rule 'reads_mod': update reads mod but the rule is not modulated: register it with "
+                        "modulated=True and give d_mod, or do not read mod"]
+    assert not supports(reads, notice=False)
 
 
 def test_translation_errors_are_one_line():

@@ -14,13 +14,14 @@ from plasticity.nn.fused import CHUNK_ENV, chunk_episodes_for, plastic_rnn_fused
 from tests.conftest import assert_close
 
 CASES = [(rule, *modes) for rule, modes in itertools.product(
-    ("hebb", "oja"), [("free", "scalar", "add"), ("shared", "per-connection", "clamp")])]
+    ("hebb", "oja", "neuromod"), [("free", "scalar", "add"), ("shared", "per-connection", "clamp")])]
 
 
 def _run(chunk, rule, alpha_mode, eta_mode, input_mode, dtype=torch.float64, clip=None, eta=0.05, reset=False,
          b=5, t=9, n=7, backend="cpp"):
     """Outputs, final Hebb and the gradients of a random loss w.r.t. w, alpha, eta, the
-    inputs, y0 and Hebb0, for one schedule (`chunk` episodes per chunk; 0 = batch)."""
+    inputs, y0 and Hebb0 (and M(t)'s read-out for `neuromod`, one M per neuron), for one
+    schedule (`chunk` episodes per chunk; 0 = batch)."""
     g = torch.Generator().manual_seed(0)
     w = (0.3 * torch.randn(n, n, generator=g, dtype=torch.float64)).to(dtype).requires_grad_()
     alpha = (torch.randn(n, n, generator=g, dtype=torch.float64) if alpha_mode == "free"
@@ -33,17 +34,23 @@ def _run(chunk, rule, alpha_mode, eta_mode, input_mode, dtype=torch.float64, cli
     x = x.to(dtype).requires_grad_()
     y0 = (0.5 * torch.randn(b, n, generator=g, dtype=torch.float64)).to(dtype).requires_grad_()
     h0 = (0.2 * torch.randn(b, n, n, generator=g, dtype=torch.float64)).to(dtype).requires_grad_()
+    modulator = None
+    if rule == "neuromod":
+        modulator = tuple((s * torch.randn(*shape, generator=g, dtype=torch.float64)).to(dtype).requires_grad_()
+                          for s, shape in ((1.0, (n, n)), (0.3, (n,))))
     resets = None
     if reset:
         resets = torch.zeros(b, t, dtype=torch.bool)
         resets[1, t // 2] = True
     out, (_, hebb) = plastic_rnn_fused(x, w, alpha, eta_t, rule=rule, input_mode=input_mode, clip=clip,
-                                       initial_state=(y0, h0), reset=resets, backend=backend, chunk_episodes=chunk)
+                                       initial_state=(y0, h0), reset=resets, backend=backend, chunk_episodes=chunk,
+                                       modulator=modulator)
     weights = torch.randn(out.shape, generator=g, dtype=torch.float64).to(dtype)
     loss = (out * weights).sum() + hebb.pow(2).sum()
-    grads = torch.autograd.grad(loss, [w, alpha, eta_t, x, y0, h0])
-    return dict(zip(["out", "hebb", "w", "alpha", "eta", "inputs", "y0", "hebb0"], [out, hebb, *grads],
-                    strict=True))
+    names = ["out", "hebb", "w", "alpha", "eta", "inputs", "y0", "hebb0", "w_mod", "b_mod"]
+    grads = torch.autograd.grad(loss, [w, alpha, eta_t, x, y0, h0, *(modulator or ())], allow_unused=True,
+                                materialize_grads=True)
+    return dict(zip(names, [out, hebb, *grads], strict=False))
 
 
 FORWARD = ("out", "hebb")

@@ -76,18 +76,21 @@ class TorchKernels:
     Same contract as the C++ kernels: `forward_step` writes `h_next` and returns z, the
     next step's recurrent pre-activation `post @ (w + alpha * h_next)` (the plastic part
     alone where `w` is None); `backward_stage` updates `h`, `grad_h`, `dpre`, `dalpha`,
-    `deta` in place, dpre including `grad_a @ w^T` where `w` is given. More passes over
-    memory than the C++ ones; this is the readable reference."""
+    `deta` in place, dpre including `grad_a @ w^T` where `w` is given. Neuromodulated
+    rules: `mod` `[B, N]` is M(t) of the update the step makes (the stage's), `mod_p` that
+    of step t-1, and `dmod` `[B, N]` receives d loss / d M(t-1) (column sums of
+    `grad_h * d_mod`, zeros without a step t-1). More passes over memory than the C++
+    ones; this is the readable reference."""
 
     name = "torch"
 
     def __init__(self, form: Elementwise):
         self.form = form
 
-    def forward_step(self, h, h_next, pre, post, alpha, eta, clip, want_z, w=None):
+    def forward_step(self, h, h_next, pre, post, alpha, eta, clip, want_z, w=None, mod=None):
         if h is None:
             h = torch.zeros_like(h_next)
-        raw = apply_elementwise(self.form.update, h, pre, post, eta)
+        raw = apply_elementwise(self.form.update, h, pre, post, eta, _column(mod))
         clipped = False
         if clip:
             clipped = bool((raw.abs() > clip).any())
@@ -102,31 +105,41 @@ class TorchKernels:
         return clipped, plus_w(z, post, w)
 
     def backward_stage(self, h, grad_h, ckpt, prev, stage, pre, post, grad_a, same_episode, pre_p, post_p, alpha, eta,
-                       clip, dpre, dalpha, deta, w=None):
+                       clip, dpre, dalpha, deta, w=None, mod=None, mod_p=None, dmod=None):
         form, grad_h_buffer = self.form, grad_h
         if stage:
-            # Step t: H_{t+1} = update(H_t, pre, post); grad_h holds dL/dH_{t+1}, h holds H_t.
-            pre_i, post_j, grad_a_j = pre.unsqueeze(2), post.unsqueeze(1), grad_a.unsqueeze(1)
-            dpre.copy_((grad_h * form.d_pre(h, pre_i, post_j, eta)).sum(-1) + (alpha * h * grad_a_j).sum(-1))
+            # Step t: H_{t+1} = update(H_t, pre, post, mod); grad_h holds dL/dH_{t+1}, h holds H_t.
+            args = (pre.unsqueeze(2), post.unsqueeze(1), eta, _column(mod))
+            pre_i, grad_a_j = args[0], grad_a.unsqueeze(1)
+            dpre.copy_((grad_h * form.d_pre(h, *args)).sum(-1) + (alpha * h * grad_a_j).sum(-1))
             if w is not None:
                 dpre.addmm_(grad_a, w.t())
             dalpha += (pre_i * h * grad_a_j).sum(0)
-            grad_h = (grad_h * form.d_h(h, pre_i, post_j, eta) + alpha * pre_i * grad_a_j) * same_episode.view(-1, 1, 1)
+            grad_h = (grad_h * form.d_h(h, *args) + alpha * pre_i * grad_a_j) * same_episode.view(-1, 1, 1)
         col_sums = torch.zeros_like(pre_p)
+        if dmod is not None:
+            dmod.zero_()
         if prev != NONE:
-            # Step t-1: H_t = update(H_{t-1}, pre_p, post_p); grad_h holds dL/dH_t.
-            pre_i, post_j = pre_p.unsqueeze(2), post_p.unsqueeze(1)
+            # Step t-1: H_t = update(H_{t-1}, pre_p, post_p, mod_p); grad_h holds dL/dH_t.
+            args = (pre_p.unsqueeze(2), post_p.unsqueeze(1), eta, _column(mod_p))
             if prev == INVERT:
-                h_prev = form.inverse(h, pre_i, post_j, eta)
+                h_prev = form.inverse(h, *args)
             else:
                 h_prev = torch.zeros_like(h) if ckpt is None else ckpt
             if clip and prev == CKPT:
-                grad_h = grad_h * (form.update(h_prev, pre_i, post_j, eta).abs() <= clip)
-            col_sums = (grad_h * form.d_post(h_prev, pre_i, post_j, eta)).sum(1)
-            deta += (grad_h * form.d_eta(h_prev, pre_i, post_j, eta)).sum(0)
+                grad_h = grad_h * (form.update(h_prev, *args).abs() <= clip)
+            col_sums = (grad_h * form.d_post(h_prev, *args)).sum(1)
+            deta += (grad_h * form.d_eta(h_prev, *args)).sum(0)
+            if dmod is not None:
+                dmod.copy_((grad_h * form.d_mod(h_prev, *args)).sum(1))
             h.copy_(h_prev)
         grad_h_buffer.copy_(grad_h)
         return col_sums
+
+
+def _column(mod: Tensor | None) -> Tensor | float:
+    """M(t) `[B, N]` as the `[B, 1, N]` columns of the torch-op kernels (0: no modulation)."""
+    return 0.0 if mod is None else mod.unsqueeze(1)
 
 
 def plus_w(z: Tensor, post: Tensor, w: Tensor | None) -> Tensor:
@@ -155,19 +168,23 @@ class CppKernels:
             self._params = cached = (given, versions, (*_as_rows(alpha, n), *_as_rows(eta, n), _as_matrix(w)))
         return cached[2]
 
-    def forward_step(self, h, h_next, pre, post, alpha, eta, clip, want_z, w=None):
+    def forward_step(self, h, h_next, pre, post, alpha, eta, clip, want_z, w=None, mod=None):
         a, a_rs, e, e_rs, wm = self._rows(alpha, eta, w, pre.shape[1])
         clipped, z = self.module.forward_step(h, h_next, pre.contiguous(), post.contiguous(), a, a_rs, e, e_rs,
-                                              float(clip or 0.0), want_z, wm)
+                                              float(clip or 0.0), want_z, wm, _contiguous(mod))
         return clipped, (z if want_z else None)
 
     def backward_stage(self, h, grad_h, ckpt, prev, stage, pre, post, grad_a, same_episode, pre_p, post_p, alpha, eta,
-                       clip, dpre, dalpha, deta, w=None):
+                       clip, dpre, dalpha, deta, w=None, mod=None, mod_p=None, dmod=None):
         a, a_rs, e, e_rs, wm = self._rows(alpha, eta, w, h.shape[1])
         return self.module.backward_stage(h, grad_h, ckpt, prev, stage, pre.contiguous(), post.contiguous(),
                                           grad_a.contiguous(), same_episode.contiguous(), pre_p.contiguous(),
                                           post_p.contiguous(), a, a_rs, e, e_rs, float(clip or 0.0), dpre, dalpha,
-                                          deta, wm)
+                                          deta, wm, _contiguous(mod), _contiguous(mod_p), dmod)
+
+
+def _contiguous(t: Tensor | None) -> Tensor | None:
+    return None if t is None else t.contiguous()
 
 
 def _ninja_on_path() -> None:
@@ -384,7 +401,7 @@ def chunk_episodes_for(batch: int, n: int, itemsize: int, eta_per_connection: bo
 class _KernelSpec:
     form: Elementwise
     d_h_reads: frozenset
-    """Which of (h, pre, post, eta) the rule's d_h reads (what the error bound needs)."""
+    """Which of (h, pre, post, eta, mod) the rule's d_h reads (what the error bound needs)."""
     clamp_input: bool
     """The input clamps its neurons (`clamp`) rather than adding to them (`add`)."""
     clip: float | None
@@ -393,6 +410,8 @@ class _KernelSpec:
     kernels: object
     chunk: int
     """Episodes per chunk (see `_Episode`)."""
+    reads_eta: bool = True
+    """Whether the rule's update reads eta (`neuromod` does not: eta then gets no gradient)."""
 
     @property
     def input_mode(self) -> str:
@@ -402,33 +421,64 @@ class _KernelSpec:
 class _Amplification:
     """Bound on how much inverting one step can grow the rounding error in Hebb: the
     largest `1 / |d_h|` (d Hebb(t+1) / d Hebb(t), the rule's own derivative) over the
-    connections, given the step's activities."""
+    connections, given the step's activities (and M(t))."""
 
     def __init__(self, form: Elementwise, eta: Tensor, reads: set[str]):
         self.form, self.eta, self.reads = form, eta.detach(), reads
-        # d_h of the decaying rule reads eta alone: one value for the whole episode.
-        self.constant = None if reads & {"h", "pre", "post"} else self._bound(None, None)
+        # d_h of the decaying rule reads eta alone (neuromod's nothing): one value for the episode.
+        self.constant = None if reads & {"h", "pre", "post", "mod"} else self._bound(None, None, None)
 
-    def _bound(self, pre: Tensor | None, post: Tensor | None) -> float:
+    def _bound(self, pre: Tensor | None, post: Tensor | None, mod: Tensor | None) -> float:
         if "h" in self.reads:
             return math.inf  # depends on Hebb itself: no cheap bound, store every state
         zero = self.eta.new_zeros(())
         pre_i = pre.unsqueeze(-1) if pre is not None and "pre" in self.reads else zero
         post_j = post.unsqueeze(-2) if post is not None and "post" in self.reads else zero
-        smallest = float(torch.as_tensor(self.form.d_h(zero, pre_i, post_j, self.eta)).abs().min())
+        mod_j = mod.unsqueeze(-2) if mod is not None and "mod" in self.reads else zero
+        smallest = float(torch.as_tensor(self.form.d_h(zero, pre_i, post_j, self.eta, mod_j)).abs().min())
         return math.inf if smallest == 0 else 1 / smallest
 
-    def __call__(self, pre: Tensor, post: Tensor) -> float:
-        return self.constant if self.constant is not None else self._bound(pre, post)
+    def __call__(self, pre: Tensor, post: Tensor, mod: Tensor | None = None) -> float:
+        return self.constant if self.constant is not None else self._bound(pre, post, mod)
+
+
+class _Modulator:
+    """M(t) = tanh(y(t) @ w_mod + b_mod) of a neuromodulated network, computed inside the
+    episode from each step's activity (w_mod `[N, k]`, b_mod `[k]`; k = 1: one M per
+    episode, k = N: one per postsynaptic neuron), and its backward: d loss / d M(t) from
+    the kernels' column sums, back through tanh into the activity and the read-out."""
+
+    def __init__(self, w_mod: Tensor, b_mod: Tensor):
+        self.w, self.b = w_mod, b_mod
+
+    def signal(self, post: Tensor) -> Tensor:
+        """M(t) `[c, k]` from the activity `[c, N]`."""
+        return torch.tanh(torch.addmm(self.b, post, self.w))
+
+    @staticmethod
+    def columns(m: Tensor, n: int) -> Tensor:
+        """M(t) `[c, k]` as the kernels' `[c, N]` (one value per postsynaptic neuron)."""
+        return m.expand(-1, n).contiguous() if m.shape[1] != n else m
+
+    def backward(self, dmod: Tensor, m: Tensor, dact: Tensor) -> Tensor:
+        """dmod `[c, N]` = d loss / d M(t) per neuron; writes d loss / d(y @ w_mod + b_mod)
+        into dact `[c, k]` and returns its part of d loss / d y(t) `[c, N]`."""
+        dm = dmod.sum(1, keepdim=True) if m.shape[1] != dmod.shape[1] else dmod
+        torch.mul(dm, 1 - m * m, out=dact)
+        return dact @ self.w.t()
 
 
 def _forward_chunk(inputs: Tensor, same_episode: Tensor | None, y0: Tensor, h0: Tensor | None, w: Tensor, alpha: Tensor,
-                   eta: Tensor, spec: _KernelSpec, save: bool, out: Tensor, resets: list | None) -> tuple[Tensor, dict]:
+                   eta: Tensor, modulator: _Modulator | None, spec: _KernelSpec, save: bool, out: Tensor,
+                   mods: Tensor | None, resets: list | None) -> tuple[Tensor, dict, set]:
     """All steps of one chunk of episodes: inputs `[c, T, N]`, same_episode `[c, T]` or None, y0
-    `[c, N]`, h0 `[c, N, N]` or None; writes the activities into out `[T, c, N]`. `resets`:
-    per step, whether any episode of the *batch* resets there (every chunk then stores the
-    state before it, so that all schedules store the same states).
-    Returns (final Hebb `[c, N, N]`, the exact Hebb states kept for the backward pass by step)."""
+    `[c, N]`, h0 `[c, N, N]` or None; writes the activities into out `[T, c, N]` and, for a
+    neuromodulated rule, M(t) into mods `[T, c, k]`. `resets`: per step, whether any episode
+    of the *batch* resets there (every chunk then stores the state before it, so that all
+    schedules store the same states).
+    Returns (final Hebb `[c, N, N]`, the exact Hebb states kept for the backward pass by step,
+    the steps whose update clipped: their state H_t cannot be rebuilt by inversion and the
+    backward pass recomputes it from the last kept state, at most `segment` steps before)."""
     k, (b, steps, n) = spec.kernels, inputs.shape
     y = y0 if same_episode is None else y0 * same_episode[:, :1]
     hcur = None if h0 is None else (h0 if same_episode is None else h0 * same_episode[:, 0].view(-1, 1, 1))
@@ -442,16 +492,21 @@ def _forward_chunk(inputs: Tensor, same_episode: Tensor | None, y0: Tensor, h0: 
     # step the kernel computes it in its pass over Hebb.
     z = torch.addmm(z, y, w)
     amplification = _Amplification(spec.form, eta, spec.d_h_reads) if save else None
-    ckpts, spare, growth = {0: hcur}, None, 1.0
+    ckpts, clipped_steps, spare, growth = {0: hcur}, set(), None, 1.0
+    every = spec.every or (recompute_segment(steps) if spec.clip else 0)
     for t in range(steps):
         post = drive_neurons(z, inputs[:, t], spec.input_mode)
         out[t] = post
+        mod = None
+        if modulator is not None:
+            mods[t] = modulator.signal(post)
+            mod = modulator.columns(mods[t], n)
         last = t == steps - 1
         reset_next = resets is not None and not last and resets[t + 1]
         # Whether H_t must outlive this step: H_0 is the caller's (or None); a stored
         # state is decided before the update, except for clipping (known only after).
-        amp = amplification(y, post) if save and t > 0 else 1.0
-        store_h = t == 0 or (save and (reset_next or (spec.every and t % spec.every == 0)
+        amp = amplification(y, post, mod) if save and t > 0 else 1.0
+        store_h = t == 0 or (save and (reset_next or (every and t % every == 0)
                                       or growth * amp > spec.max_amp))
         in_place = not store_h and not spec.clip
         if in_place:
@@ -459,11 +514,13 @@ def _forward_chunk(inputs: Tensor, same_episode: Tensor | None, y0: Tensor, h0: 
         else:
             h_next = spare if spare is not None else torch.empty(b, n, n, dtype=inputs.dtype, device=inputs.device)
             spare = None
-        clipped, z = k.forward_step(hcur, h_next, y, post, alpha, eta, spec.clip, not last, w)
-        if t > 0 and save and (store_h or clipped):
+        clipped, z = k.forward_step(hcur, h_next, y, post, alpha, eta, spec.clip, not last, w, mod)
+        if t > 0 and save and store_h:
             ckpts[t], growth = hcur, 1.0
         elif t > 0:
-            growth = growth * amp
+            if save and clipped:
+                clipped_steps.add(t)  # H_t is recomputed, exactly, by the backward pass
+            growth = 1.0 if save and clipped else growth * amp
             if not in_place:
                 spare = hcur
         hcur, y = h_next, post
@@ -471,16 +528,25 @@ def _forward_chunk(inputs: Tensor, same_episode: Tensor | None, y0: Tensor, h0: 
             same_next = same_episode[:, t + 1]
             y, z = y * same_next[:, None], z * same_next[:, None]
             hcur.mul_(same_next.view(-1, 1, 1))
-    return hcur, ckpts
+    return hcur, ckpts, clipped_steps
 
 
-def _backward_chunk(spec: _KernelSpec, ckpts: dict, inputs: Tensor, same_episode: Tensor | None, y0: Tensor,
-                    out: Tensor, w: Tensor, alpha: Tensor, eta: Tensor, h_final: Tensor, g_out: Tensor | None,
-                    g_h: Tensor | None, grad_a: Tensor, dx: Tensor | None, dalpha: Tensor,
-                    deta: Tensor) -> tuple[Tensor, Tensor]:
+def recompute_segment(steps: int) -> int:
+    """With clipping: an exact state is kept every this many steps (about sqrt(T)), so that
+    the states of clipped steps, which inversion cannot rebuild, are recomputed from at most
+    this many steps back: O(T / K + K) Hebb states per episode rather than one per step."""
+    return max(1, math.ceil(math.sqrt(steps)))
+
+
+def _backward_chunk(spec: _KernelSpec, ckpts: dict, clipped: set, inputs: Tensor, same_episode: Tensor | None,
+                    y0: Tensor,
+                    out: Tensor, w: Tensor, alpha: Tensor, eta: Tensor, modulator: _Modulator | None,
+                    mods: Tensor | None, h_final: Tensor, g_out: Tensor | None, g_h: Tensor | None, grad_a: Tensor,
+                    dx: Tensor | None, dact: Tensor | None, dalpha: Tensor, deta: Tensor) -> tuple[Tensor, Tensor]:
     """All steps of one chunk of episodes, walking time backwards (shapes as in
     `_forward_chunk`, out `[T, c, N]`; g_out `[c, T, N]` or None, g_h `[c, N, N]` or None).
-    Writes dL/d(pre-activation) into grad_a `[T, c, N]` and dL/dinputs into dx `[T, c, N]`,
+    Writes dL/d(pre-activation) into grad_a `[T, c, N]`, dL/dinputs into dx `[T, c, N]` and,
+    for a neuromodulated rule, dL/d(the modulator's pre-activation) into dact `[T, c, k]`;
     adds into dalpha and deta `[N, N]`. Returns (dL/dy0 `[c, N]`, dL/dH0 `[c, N, N]`)."""
     k = spec.kernels
     steps, b, n = out.shape
@@ -491,16 +557,54 @@ def _backward_chunk(spec: _KernelSpec, ckpts: dict, inputs: Tensor, same_episode
         y = y0 if t == 0 else out[t - 1]
         return y if same_episode is None else y * same_episode[:, t, None]
 
-    def mode(t: int) -> int:
-        return CKPT if t in ckpts else INVERT
+    recomputed: dict[int, Tensor] = {}
+    free: list[Tensor] = []  # recomputed states already used: their buffers are reused
+
+    def state(t: int) -> tuple[int, Tensor | None]:
+        """How the backward pass gets H_t: (CKPT, a kept or recomputed state) or (INVERT, None)."""
+        if t in ckpts:
+            return CKPT, ckpts[t]
+        if t not in clipped:
+            return INVERT, None
+        if t not in recomputed:
+            # Step t clipped: recompute H_{s+1} .. H_t from the last kept state H_s, step by
+            # step as the forward pass did (the update is elementwise: bit for bit the same).
+            free.extend(recomputed.values())
+            recomputed.clear()
+            s = max(u for u in ckpts if u <= t)
+            h_u = ckpts[s]
+            for u in range(s, t):
+                h_next = free.pop() if free else torch.empty_like(h)
+                k.forward_step(h_u, h_next, pre(u), out[u], alpha, eta, spec.clip, False, None, mod(u))
+                if same_episode is not None:
+                    h_next.mul_(same_episode[:, u + 1].view(-1, 1, 1))
+                recomputed[u + 1] = h_u = h_next
+        return CKPT, recomputed.pop(t)
+
+    def used(ckpt: Tensor | None) -> None:
+        """A recomputed state has been read: its buffer can take the next one."""
+        if ckpt is not None and not any(ckpt is kept for kept in ckpts.values()):
+            free.append(ckpt)
+
+    def mod(t: int) -> Tensor | None:
+        return None if modulator is None else modulator.columns(mods[t], n)
+
+    def through_mod(t: int) -> Tensor | float:
+        """dL/dy_t through M(t), from the dmod the last kernel call wrote (0: no modulation)."""
+        return 0.0 if modulator is None else modulator.backward(dmod, mods[t], dact[t])
 
     h = h_final.clone()
     grad_h = torch.zeros_like(h) if g_h is None else g_h.contiguous().clone()
     dpre = torch.empty(b, n, dtype=out.dtype, device=out.device)
+    dmod = None if modulator is None else torch.empty(b, n, dtype=out.dtype, device=out.device)
     # The first pass only rebuilds H_{T-1} and takes the last update's rule gradients.
-    # grad_y: dL/dy_t from the steps after t (the rule's update read y_t as post).
-    grad_y = k.backward_stage(h, grad_h, ckpts.get(steps - 1), mode(steps - 1), False, dpre, dpre, dpre, ones,
-                              pre(steps - 1), out[steps - 1], alpha, eta, spec.clip, dpre, dalpha, deta)
+    # grad_y: dL/dy_t from the steps after t (the rule's update read y_t as post, and M(t) read y_t).
+    last = steps - 1
+    how, ckpt = state(last)
+    grad_y = k.backward_stage(h, grad_h, ckpt, how, False, dpre, dpre, dpre, ones, pre(last), out[last], alpha, eta,
+                              spec.clip, dpre, dalpha, deta, None, mod(last), mod(last), dmod)
+    used(ckpt)
+    grad_y = grad_y + through_mod(last)
     for t in range(steps - 1, -1, -1):
         x = inputs[:, t]
         grad_post = grad_y if g_out is None else grad_y + g_out[:, t]
@@ -509,12 +613,15 @@ def _backward_chunk(spec: _KernelSpec, ckpts: dict, inputs: Tensor, same_episode
         if dx is not None:
             dx[t] = grad_post.masked_fill(x == 0, 0) if spec.clamp_input else grad_a_t
         has_prev = t > 0
-        col_sums = k.backward_stage(h, grad_h, ckpts.get(t - 1), mode(t - 1) if has_prev else NONE, True, pre(t),
+        how, ckpt = state(t - 1) if has_prev else (NONE, None)
+        col_sums = k.backward_stage(h, grad_h, ckpt, how, True, pre(t),
                                     out[t], grad_a_t, same_at(t), pre(t - 1) if has_prev else dpre,
-                                    out[t - 1] if has_prev else dpre, alpha, eta, spec.clip, dpre, dalpha, deta, w)
+                                    out[t - 1] if has_prev else dpre, alpha, eta, spec.clip, dpre, dalpha, deta, w,
+                                    mod(t), mod(t - 1 if has_prev else t), dmod)
+        used(ckpt)
         # dpre: dL/dy_t through step t's pre-activation y_t @ (w + alpha * H_t) and its update.
         grad_y = dpre if same_episode is None else dpre * same_episode[:, t, None]
-        grad_y = grad_y + col_sums if has_prev else grad_y.clone()
+        grad_y = grad_y + col_sums + through_mod(t - 1) if has_prev else grad_y.clone()
     return grad_y, grad_h
 
 
@@ -522,24 +629,30 @@ class _Episode(torch.autograd.Function):
     """The whole sequence as one autograd node (see the module docstring), run chunk by
     chunk of `spec.chunk` episodes: each chunk goes through all its steps (and, in the
     backward pass, all of them backwards) before the next, so that a chunk's Hebb stays
-    in the cache. One chunk of the whole batch is the `batch` schedule."""
+    in the cache. One chunk of the whole batch is the `batch` schedule. A neuromodulated
+    rule's read-out (w_mod `[N, k]`, b_mod `[k]`; None for the other rules) is applied
+    inside, at every step."""
 
     @staticmethod
-    def forward(ctx, inputs, same_episode, y0, h0, w, alpha, eta, spec: _KernelSpec, save: bool):
+    def forward(ctx, inputs, same_episode, y0, h0, w, alpha, eta, w_mod, b_mod, spec: _KernelSpec, save: bool):
         ctx.set_materialize_grads(False)
         b, steps, n = inputs.shape
         chunks = [slice(start, min(start + spec.chunk, b)) for start in range(0, b, spec.chunk)]
         out = inputs.new_empty(steps, b, n)
+        modulator = None if w_mod is None else _Modulator(w_mod, b_mod)
+        mods = None if modulator is None else inputs.new_empty(steps, b, w_mod.shape[1])
 
         def part(t: Tensor | None, sl: slice) -> Tensor | None:
             return None if t is None else t[sl]
 
         resets = None if same_episode is None else (same_episode == 0).any(0).tolist()
-        ckpts, h_final = [], None
+        ckpts, clipped, h_final = [], [], None
         for sl in chunks:
-            h_chunk, ckpts_chunk = _forward_chunk(inputs[sl], part(same_episode, sl), y0[sl], part(h0, sl), w, alpha,
-                                                  eta, spec, save, out[:, sl], resets)
+            h_chunk, ckpts_chunk, clipped_chunk = _forward_chunk(
+                inputs[sl], part(same_episode, sl), y0[sl], part(h0, sl), w, alpha, eta, modulator, spec, save,
+                out[:, sl], None if mods is None else mods[:, sl], resets)
             ckpts.append(ckpts_chunk)
+            clipped.append(clipped_chunk)
             if len(chunks) == 1:
                 h_final = h_chunk
             else:
@@ -549,28 +662,32 @@ class _Episode(torch.autograd.Function):
             del h_chunk, ckpts_chunk
         out_btn = out.transpose(0, 1).contiguous()
         if save:
-            ctx.spec, ctx.chunks, ctx.ckpts, ctx.out, ctx.h0_given = spec, chunks, ckpts, out, h0 is not None
-            ctx.save_for_backward(inputs, same_episode, y0, w, alpha, eta, h_final)
+            ctx.spec, ctx.chunks, ctx.ckpts, ctx.clipped, ctx.out = spec, chunks, ckpts, clipped, out
+            ctx.h0_given = h0 is not None
+            ctx.save_for_backward(inputs, same_episode, y0, w, alpha, eta, w_mod, b_mod, mods, h_final)
         return out_btn, h_final
 
     @staticmethod
     def backward(ctx, g_out, g_h):
-        inputs, same_episode, y0, w, alpha, eta, h_final = ctx.saved_tensors
+        inputs, same_episode, y0, w, alpha, eta, w_mod, b_mod, mods, h_final = ctx.saved_tensors
         spec, out = ctx.spec, ctx.out
         steps, b, n = out.shape
+        modulator = None if w_mod is None else _Modulator(w_mod, b_mod)
         dalpha, deta = (torch.zeros(n, n, dtype=out.dtype, device=out.device) for _ in range(2))
         grad_a = torch.empty(steps, b, n, dtype=out.dtype, device=out.device)
         dx = torch.empty_like(grad_a) if ctx.needs_input_grad[0] else None
+        dact = None if mods is None else torch.empty_like(mods)
         dy0 = torch.empty(b, n, dtype=out.dtype, device=out.device)
         dh0 = None
 
         def part(t: Tensor | None, sl: slice) -> Tensor | None:
             return None if t is None else t[sl]
 
-        for sl, ckpts in zip(ctx.chunks, ctx.ckpts, strict=True):
+        for sl, ckpts, clipped in zip(ctx.chunks, ctx.ckpts, ctx.clipped, strict=True):
             dy0[sl], dh0_chunk = _backward_chunk(
-                spec, ckpts, inputs[sl], part(same_episode, sl), y0[sl], out[:, sl], w, alpha, eta, h_final[sl],
-                part(g_out, sl), part(g_h, sl), grad_a[:, sl], None if dx is None else dx[:, sl], dalpha, deta)
+                spec, ckpts, clipped, inputs[sl], part(same_episode, sl), y0[sl], out[:, sl], w, alpha, eta, modulator,
+                None if mods is None else mods[:, sl], h_final[sl], part(g_out, sl), part(g_h, sl), grad_a[:, sl],
+                None if dx is None else dx[:, sl], None if dact is None else dact[:, sl], dalpha, deta)
             if ctx.h0_given:
                 if len(ctx.chunks) == 1:
                     dh0 = dh0_chunk
@@ -584,8 +701,14 @@ class _Episode(torch.autograd.Function):
             pres = pres * same_episode.t().unsqueeze(-1)
         dw = pres.reshape(-1, n).t() @ grad_a.reshape(-1, n)
         dalpha = dalpha.sum() if alpha.dim() == 0 else dalpha
-        deta = deta.sum() if eta.dim() == 0 else deta
-        return (None if dx is None else dx.transpose(0, 1), None, dy0, dh0, dw, dalpha, deta, None, None)
+        deta = None if not spec.reads_eta else (deta.sum() if eta.dim() == 0 else deta)
+        dw_mod = db_mod = None
+        if dact is not None:
+            # M(t) read the activity of step t itself: out[t] (before any reset mask).
+            dw_mod = out.reshape(-1, n).t() @ dact.reshape(-1, dact.shape[-1])
+            db_mod = dact.sum((0, 1))
+        return (None if dx is None else dx.transpose(0, 1), None, dy0, dh0, dw, dalpha, deta, dw_mod, db_mod, None,
+                None)
 
 
 @cache
@@ -603,7 +726,7 @@ def supports(rule: Rule, notice: bool = True) -> bool:
     """Whether the fused path can run `rule`: it has an elementwise form that is complete,
     translatable and consistent (`check_elementwise`). The others use the plain autograd
     loop, with a one-line notice on stderr (once per rule) when `notice`."""
-    if rule.elementwise is None or rule.modulated or len(rule.traces) != 1:
+    if rule.elementwise is None or len(rule.traces) != 1:
         problem = f"rule {rule.name!r} has no elementwise form (update, inverse, derivatives)"
     else:
         problem = _form_problem(rule.name, rule.elementwise)
@@ -616,8 +739,8 @@ def plastic_rnn_fused(inputs: Tensor, w: Tensor, alpha: Tensor, eta: Tensor, *, 
                       input_mode: str = "add", clip: float | None = None,
                       initial_state: tuple[Tensor, Tensor | None] | None = None, reset: Tensor | None = None,
                       segment_steps: int = 0, max_amplification: float | None = None,
-                      backend: str = "auto", chunk_episodes: int | str | None = None
-                      ) -> tuple[Tensor, tuple[Tensor, Tensor]]:
+                      backend: str = "auto", chunk_episodes: int | str | None = None,
+                      modulator: tuple[Tensor, Tensor] | None = None) -> tuple[Tensor, tuple[Tensor, Tensor]]:
     """The fully recurrent plastic network over `inputs` `[B, T, N]` (see the module docstring).
 
     w `[N, N]`, alpha `[N, N]` or `[]`, eta `[]` or `[N, N]`; `initial_state` = (y `[B, N]`,
@@ -625,7 +748,9 @@ def plastic_rnn_fused(inputs: Tensor, w: Tensor, alpha: Tensor, eta: Tensor, *, 
     marked steps. `chunk_episodes`: the schedule, episodes per chunk run through all their
     steps before the next chunk (0: the whole batch at once; `auto`: on CPU as many as fit
     in half the last-level cache, elsewhere the whole batch; None: the environment variable
-    PLASTICITY_CHUNK_EPISODES, else `auto`; see `chunk_episodes_for`). Returns (activities `[B, T, N]`, final
+    PLASTICITY_CHUNK_EPISODES, else `auto`; see `chunk_episodes_for`). `modulator`: for a
+    neuromodulated rule, (w_mod `[N, k]`, b_mod `[k]`) of `M(t) = tanh(y(t) @ w_mod + b_mod)`,
+    k = 1 (one M per episode) or N (one per neuron). Returns (activities `[B, T, N]`, final
     (y `[B, N]`, Hebb `[B, N, N]`)).
     """
     rule_def = get_rule(rule)
@@ -638,6 +763,14 @@ def plastic_rnn_fused(inputs: Tensor, w: Tensor, alpha: Tensor, eta: Tensor, *, 
     b, steps, n = inputs.shape
     if steps == 0:
         raise ShapeError("inputs must have at least one step (T > 0)")
+    w_mod, b_mod = (None, None) if modulator is None else modulator
+    if rule_def.modulated != (modulator is not None):
+        raise ConfigError(f"rule {rule!r} " + ("is neuromodulated: pass modulator=(w_mod [N, k], b_mod [k])"
+                                               if rule_def.modulated else "is not neuromodulated: pass no modulator"))
+    if w_mod is not None and (w_mod.dim() != 2 or w_mod.shape[0] != n or w_mod.shape[1] not in (1, n)
+                              or tuple(b_mod.shape) != (w_mod.shape[1],)):
+        raise ShapeError(f"modulator must be (w_mod [{n}, 1 or {n}], b_mod [1 or {n}]), got "
+                         f"({tuple(w_mod.shape)}, {tuple(b_mod.shape)})")
     y0, h0 = (None, None) if initial_state is None else initial_state
     y0 = inputs.new_zeros(b, n) if y0 is None else y0
     same_episode = None if reset is None else (1 - reset.to(inputs.dtype)).contiguous()
@@ -649,10 +782,10 @@ def plastic_rnn_fused(inputs: Tensor, w: Tensor, alpha: Tensor, eta: Tensor, *, 
         chunk_episodes = 0  # the cache-sized chunks are a CPU schedule
     chunk = chunk_episodes_for(b, n, inputs.element_size(), eta.dim() > 0, chunk_episodes)
     spec = _KernelSpec(rule_def.elementwise, frozenset(uses(rule_def, "d_h")), input_mode == "clamp", clip,
-                       segment_steps, max_amp, kernels, chunk)
-    tensors = (inputs, y0, h0, w, alpha, eta)
+                       segment_steps, max_amp, kernels, chunk, reads_eta="eta" in uses(rule_def, "update"))
+    tensors = (inputs, y0, h0, w, alpha, eta, w_mod, b_mod)
     save = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
-    out, hebb = _Episode.apply(inputs, same_episode, y0, h0, w, alpha, eta, spec, save)
+    out, hebb = _Episode.apply(inputs, same_episode, y0, h0, w, alpha, eta, w_mod, b_mod, spec, save)
     return out, (out[:, -1], hebb)
 
 

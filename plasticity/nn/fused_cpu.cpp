@@ -2,14 +2,16 @@
 // the algorithm: fused.py, whose torch-op kernels are the reference these are tested against).
 //
 // The rule's elementwise maths is not written here: fused.py puts a `PlasticRule` functor
-// before this file (update, inverse, d_h, d_pre, d_post, d_eta as static inline
-// functions f(h, pre, post, eta)), translated from the rule's Python functions by
+// before this file (update, inverse, d_h, d_pre, d_post, d_eta, and d_mod for a
+// neuromodulated rule, as static inline functions f(h, pre, post, eta, mod); `modulated`
+// says whether the rule reads M(t)), translated from the rule's Python functions by
 // plasticity/rules/elementwise.py, and compiles one module per rule.
 //
 // Shapes: Hebb / gradient buffers [B, N, N] (rows presynaptic i, columns postsynaptic j),
 // activities [B, N], alpha, w and eta given as rows with a row stride (N for one value per
 // connection, 0 for one shared value broadcast along a single row of N values; w not
-// given: a row of zeros).
+// given: a row of zeros), M(t) of a neuromodulated rule [B, N] (one value per episode and
+// postsynaptic neuron; not given: a row of zeros for every episode).
 //
 // Each kernel makes exactly one pass over its [B, N, N] tensors. Rows i are split
 // between threads in blocks of kRowBlock; inside a block the batch loop b sits outside
@@ -82,6 +84,16 @@ at::Tensor total_of(const at::Tensor& partials, int64_t B, int64_t N) {
   return partials.narrow(1, 0, B * N).sum(0).view({B, N});
 }
 
+// M(t) as rows for the kernels: (the contiguous [B, N] tensor, episode stride N), or
+// (`zero_row`, stride 0) where none is given (a rule that is not modulated).
+std::pair<at::Tensor, int64_t> mod_rows_of(const c10::optional<at::Tensor>& mod, const at::Tensor& zero_row,
+                                           int64_t B, int64_t N) {
+  if (!mod.has_value() || !mod->defined()) return {zero_row, 0};
+  TORCH_CHECK(mod->is_contiguous() && mod->numel() == B * N && mod->scalar_type() == zero_row.scalar_type(),
+              "fused kernel: mod must be a contiguous [B, N] tensor of the activities' dtype");
+  return {*mod, N};
+}
+
 // w as rows for the kernels: (the contiguous [N, N] matrix, row stride N), or (`zero_row`,
 // row stride 0) where none is given.
 std::pair<at::Tensor, int64_t> w_rows_of(const c10::optional<at::Tensor>& w, const at::Tensor& zero_row, int64_t N) {
@@ -104,13 +116,13 @@ void check_vec(const at::Tensor& t, int64_t b, int64_t n, const char* name) {
 // The update of one row i of episode b; `h` and `out` may be the same row (IN_PLACE).
 template <typename T, bool CLIP, bool WANT_Z>
 inline int forward_row(const T* h, T* out, const T* __restrict__ a, const T* __restrict__ wr,
-                       const T* __restrict__ e, const T* __restrict__ q, T* __restrict__ z, T p, T y, T clip,
-                       int64_t N) {
+                       const T* __restrict__ e, const T* __restrict__ q, const T* __restrict__ m,
+                       T* __restrict__ z, T p, T y, T clip, int64_t N) {
   int any = 0;
 #pragma omp simd reduction(| : any)
   for (int64_t j = 0; j < N; ++j) {
     const T hv = h[j];
-    T v = PlasticRule::update(hv, p, q[j], e[j]);
+    T v = PlasticRule::update(hv, p, q[j], e[j], m[j]);
     if (CLIP) {
       any |= (v > clip) | (v < -clip);
       v = std::min(std::max(v, -clip), clip);
@@ -129,23 +141,25 @@ inline int forward_row(const T* h, T* out, const T* __restrict__ a, const T* __r
 // allocates its line first).
 template <typename T, bool CLIP, bool WANT_Z, bool IN_PLACE>
 bool forward_impl(Rows hr, T* hn, const T* pre, const T* post, const T* alpha, int64_t a_rs, const T* w,
-                  int64_t w_rs, const T* eta, int64_t e_rs, T clip, T* zpart, int64_t B, int64_t N) {
+                  int64_t w_rs, const T* eta, int64_t e_rs, const T* mod, int64_t m_bs, T clip, T* zpart, int64_t B,
+                  int64_t N) {
   const int64_t nthreads = at::get_num_threads();
   std::vector<int> clipped(nthreads, 0);
   at::parallel_for(0, N, kGrain, [&](int64_t i0, int64_t i1) {
     const FlushSubnormals flush;
     const int tid = at::get_thread_num();
-    const int64_t B_ = B, N_ = N;  // this thread's own copies (see backward_impl)
+    const int64_t B_ = B, N_ = N, m_bs_ = m_bs;  // this thread's own copies (see backward_impl)
     T* zp = zpart + tid * partial_stride(B_, N_);
     int any = 0;
     for (int64_t blk = i0; blk < i1; blk += kRowBlock)
     for (int64_t b = 0; b < B_; ++b) {
       const T* __restrict__ q = post + b * N_;
+      const T* __restrict__ m = mod + b * m_bs_;
       T* __restrict__ z = zp + b * N_;
       for (int64_t i = blk; i < std::min(blk + kRowBlock, i1); ++i) {
         T* out = hn + (b * N_ + i) * N_;
         const T* h = IN_PLACE ? out : row<T>(hr, b, i);
-        any |= forward_row<T, CLIP, WANT_Z>(h, out, alpha + i * a_rs, w + i * w_rs, eta + i * e_rs, q, z,
+        any |= forward_row<T, CLIP, WANT_Z>(h, out, alpha + i * a_rs, w + i * w_rs, eta + i * e_rs, q, m, z,
                                             pre[b * N_ + i], post[b * N_ + i], clip, N_);
       }
     }
@@ -156,21 +170,22 @@ bool forward_impl(Rows hr, T* hn, const T* pre, const T* post, const T* alpha, i
 
 template <typename T, bool CLIP>
 bool forward_want(bool want_z, bool in_place, Rows hr, T* hn, const T* pre, const T* post, const T* alpha,
-                  int64_t a_rs, const T* w, int64_t w_rs, const T* eta, int64_t e_rs, T clip, T* zpart, int64_t B,
-                  int64_t N) {
+                  int64_t a_rs, const T* w, int64_t w_rs, const T* eta, int64_t e_rs, const T* mod, int64_t m_bs,
+                  T clip, T* zpart, int64_t B, int64_t N) {
 #define PLASTIC_FWD(Z, P) \
-  forward_impl<T, CLIP, Z, P>(hr, hn, pre, post, alpha, a_rs, w, w_rs, eta, e_rs, clip, zpart, B, N)
+  forward_impl<T, CLIP, Z, P>(hr, hn, pre, post, alpha, a_rs, w, w_rs, eta, e_rs, mod, m_bs, clip, zpart, B, N)
   if (in_place) return want_z ? PLASTIC_FWD(true, true) : PLASTIC_FWD(false, true);
   return want_z ? PLASTIC_FWD(true, false) : PLASTIC_FWD(false, false);
 #undef PLASTIC_FWD
 }
 
 // h: [B, N, N] or None (zeros); h_next may be h itself (updated in place); w: [N, N] or None
-// (z is then the plastic part alone). Writes h_next; returns (clipped, z or empty).
+// (z is then the plastic part alone); mod: M(t) [B, N] or None. Writes h_next; returns
+// (clipped, z or empty).
 std::tuple<bool, at::Tensor> forward_step(const c10::optional<at::Tensor>& h, at::Tensor h_next, at::Tensor pre,
                                           at::Tensor post, at::Tensor alpha, int64_t alpha_rs, at::Tensor eta,
                                           int64_t eta_rs, double clip, bool want_z,
-                                          const c10::optional<at::Tensor>& w) {
+                                          const c10::optional<at::Tensor>& w, const c10::optional<at::Tensor>& mod) {
   const int64_t B = pre.size(0), N = pre.size(1);
   check_vec(pre, B, N, "pre");
   check_vec(post, B, N, "post");
@@ -180,6 +195,7 @@ std::tuple<bool, at::Tensor> forward_step(const c10::optional<at::Tensor>& h, at
   const auto w_given = w_rows_of(w, zero_row, N);  // (rows, row stride)
   const at::Tensor& w_rows = w_given.first;
   const int64_t w_rs = w_given.second;
+  const auto mod_given = mod_rows_of(mod, zero_row, B, N);  // (rows, episode stride)
   const bool in_place = h.has_value() && h->defined() && h->data_ptr() == h_next.data_ptr();
   const int64_t nthreads = at::get_num_threads();
   at::Tensor zpart = want_z ? thread_partials(nthreads, B, N, pre.options()) : at::Tensor();
@@ -189,7 +205,7 @@ std::tuple<bool, at::Tensor> forward_step(const c10::optional<at::Tensor>& h, at
     T* zp = want_z ? zpart.data_ptr<T>() : nullptr;
     auto args = std::make_tuple(in_place, hr, h_next.data_ptr<T>(), pre.data_ptr<T>(), post.data_ptr<T>(),
                                 alpha.data_ptr<T>(), alpha_rs, w_rows.data_ptr<T>(), w_rs, eta.data_ptr<T>(), eta_rs,
-                                static_cast<T>(clip), zp, B, N);
+                                mod_given.first.data_ptr<T>(), mod_given.second, static_cast<T>(clip), zp, B, N);
     const bool has_clip = clip > 0;
     auto call = [&](auto fn) { return std::apply([&](auto... a) { return fn(want_z, a...); }, args); };
     clipped = has_clip ? call(forward_want<T, true>) : call(forward_want<T, false>);
@@ -204,7 +220,9 @@ std::tuple<bool, at::Tensor> forward_step(const c10::optional<at::Tensor>& h, at
 //   STAGE: backpropagates step t: d pre_t (row sums), dalpha, and g <- dL/dH_t (times keep_t);
 //   PREV:  rebuilds H_{t-1} into `h` (INVERT: by inverting step t-1's update; CKPT: from the
 //          stored exact state), masks g by step t-1's clip where it clipped, and accumulates
-//          step t-1's rule gradients: d post_{t-1} (column sums) and deta.
+//          step t-1's rule gradients: d post_{t-1} (column sums), deta, and for a
+//          neuromodulated rule d M(t-1) (column sums).
+// Step t's update reads M(t) (`mod`), step t-1's M(t-1) (`mod_p`).
 enum Prev { kNone = 0, kInvert = 1, kCkpt = 2 };
 
 // ETA_ROW: eta per connection (a row of N values per i). Otherwise eta is one value: no
@@ -213,8 +231,8 @@ enum Prev { kNone = 0, kInvert = 1, kCkpt = 2 };
 template <typename T, int PREV, bool CLIP, bool STAGE, bool ETA_ROW>
 void backward_impl(T* hbuf, T* gbuf, Rows ck, const T* pre, const T* post, const T* grad_a, const T* keep,
                    const T* pre_p, const T* post_p, const T* alpha, int64_t a_rs, const T* w, int64_t w_rs,
-                   const T* eta, int64_t e_rs, T clip, T* dpre, T* dalpha, T* deta, T* col_sums_part, int64_t B,
-                   int64_t N) {
+                   const T* eta, int64_t e_rs, const T* mod, const T* mod_p, int64_t m_bs, T clip, T* dpre,
+                   T* dalpha, T* deta, T* col_sums_part, T* dmod_part, int64_t B, int64_t N) {
   const int64_t nthreads = at::get_num_threads();
   std::vector<T> deta_part(nthreads, T(0));
   const T eta0 = eta[0];
@@ -224,10 +242,11 @@ void backward_impl(T* hbuf, T* gbuf, Rows ck, const T* pre, const T* post, const
     // what that thread writes, and the cache line bounced between the cores on every
     // vector of every row (the 2-thread backward ran 2.4x slower than 1 thread).
     const T E = eta0, clip_ = clip;
-    const int64_t B_ = B, N_ = N;
+    const int64_t B_ = B, N_ = N, m_bs_ = m_bs;
     const FlushSubnormals flush;
     const int tid = at::get_thread_num();
     T* col_sums = col_sums_part + tid * partial_stride(B_, N_);
+    T* dmods = PlasticRule::modulated ? dmod_part + tid * partial_stride(B_, N_) : nullptr;
     T de_thread = 0;
     for (int64_t blk = i0; blk < i1; blk += kRowBlock)
     for (int64_t b = 0; b < B_; ++b) {
@@ -243,7 +262,10 @@ void backward_impl(T* hbuf, T* gbuf, Rows ck, const T* pre, const T* post, const
         const T* __restrict__ q = STAGE ? post + b * N_ : nullptr;
         const T* __restrict__ grad_a_b = STAGE ? grad_a + b * N_ : nullptr;
         const T* __restrict__ qp = PREV ? post_p + b * N_ : nullptr;
+        const T* __restrict__ m = mod + b * m_bs_;
+        const T* __restrict__ mp = mod_p + b * m_bs_;
         T* __restrict__ col_sum = col_sums + b * N_;
+        T* __restrict__ dmod = PlasticRule::modulated ? dmods + b * N_ : nullptr;
         const T p = STAGE ? pre[b * N_ + i] : T(0);
         const T k = STAGE ? keep[b] : T(1);
         const T pp = PREV ? pre_p[b * N_ + i] : T(0);
@@ -258,19 +280,21 @@ void backward_impl(T* hbuf, T* gbuf, Rows ck, const T* pre, const T* post, const
             const T alpha_ga = a[j] * grad_a_b[j];
             // d pre_t through the rule, through alpha * H_t and (w given) through w: row i of
             // grad_a @ (w + alpha * H_t)^T, in this pass rather than a separate product over w.
-            dp += grad_h * PlasticRule::d_pre(hv, p, q[j], ej) + alpha_ga * hv + grad_a_b[j] * wr[j];
+            dp += grad_h * PlasticRule::d_pre(hv, p, q[j], ej, m[j]) + alpha_ga * hv + grad_a_b[j] * wr[j];
             dal[j] += p * hv * grad_a_b[j];
-            grad_h = (grad_h * PlasticRule::d_h(hv, p, q[j], ej) + alpha_ga * p) * k;
+            grad_h = (grad_h * PlasticRule::d_h(hv, p, q[j], ej, m[j]) + alpha_ga * p) * k;
           }
           if (PREV) {
             // Step t-1: H_t = update(H_{t-1}, pre_{t-1}, post_{t-1}); grad_h is dL/dH_t.
-            const T h_prev = PREV == kInvert ? PlasticRule::inverse(hv, pp, qp[j], ej) : c[j];
+            const T mj = mp[j];
+            const T h_prev = PREV == kInvert ? PlasticRule::inverse(hv, pp, qp[j], ej, mj) : c[j];
             if (CLIP) {
-              const T raw = PlasticRule::update(h_prev, pp, qp[j], ej);
+              const T raw = PlasticRule::update(h_prev, pp, qp[j], ej, mj);
               grad_h = (raw > clip_ || raw < -clip_) ? T(0) : grad_h;
             }
-            col_sum[j] += grad_h * PlasticRule::d_post(h_prev, pp, qp[j], ej);
-            const T dej = grad_h * PlasticRule::d_eta(h_prev, pp, qp[j], ej);
+            col_sum[j] += grad_h * PlasticRule::d_post(h_prev, pp, qp[j], ej, mj);
+            if constexpr (PlasticRule::modulated) dmod[j] += grad_h * PlasticRule::d_mod(h_prev, pp, qp[j], ej, mj);
+            const T dej = grad_h * PlasticRule::d_eta(h_prev, pp, qp[j], ej, mj);
             if (ETA_ROW) {
               det[j] += dej;
             } else {
@@ -295,11 +319,12 @@ void backward_impl(T* hbuf, T* gbuf, Rows ck, const T* pre, const T* post, const
 template <typename T, int PREV>
 void backward_flags(bool clip_on, bool stage, bool eta_row, T* hbuf, T* gbuf, Rows ck, const T* pre, const T* post,
                     const T* grad_a, const T* keep, const T* pre_p, const T* post_p, const T* alpha, int64_t a_rs,
-                    const T* w, int64_t w_rs, const T* eta, int64_t e_rs, T clip, T* dpre, T* dalpha, T* deta,
-                    T* col_sums_part, int64_t B, int64_t N) {
+                    const T* w, int64_t w_rs, const T* eta, int64_t e_rs, const T* mod, const T* mod_p, int64_t m_bs,
+                    T clip, T* dpre, T* dalpha, T* deta, T* col_sums_part, T* dmod_part, int64_t B, int64_t N) {
 #define PLASTIC_CALL(C, S, R)                                                                                       \
   backward_impl<T, PREV, C, S, R>(hbuf, gbuf, ck, pre, post, grad_a, keep, pre_p, post_p, alpha, a_rs, w, w_rs, \
-                                  eta, e_rs, clip, dpre, dalpha, deta, col_sums_part, B, N)
+                                  eta, e_rs, mod, mod_p, m_bs, clip, dpre, dalpha, deta, col_sums_part, dmod_part, \
+                                  B, N)
 #define PLASTIC_ROWS(C, S) \
   if (eta_row) PLASTIC_CALL(C, S, true); else PLASTIC_CALL(C, S, false)
   // Clipping is only undone where the state was stored (a clipped step is never inverted).
@@ -314,12 +339,15 @@ void backward_flags(bool clip_on, bool stage, bool eta_row, T* hbuf, T* gbuf, Ro
 
 // prev: 0 none, 1 invert, 2 checkpoint (ckpt None = zeros). Returns the column sums
 // d post_{t-1} [B, N] (zeros when prev == 0). dpre, dalpha, deta are written / accumulated;
-// dpre includes grad_a @ w^T where w ([N, N]) is given.
+// dpre includes grad_a @ w^T where w ([N, N]) is given. A neuromodulated rule: mod, mod_p
+// are M(t), M(t-1) [B, N], and dmod [B, N], where given, receives d M(t-1) (zeros when
+// prev == 0).
 at::Tensor backward_stage(at::Tensor h, at::Tensor g, const c10::optional<at::Tensor>& ckpt, int64_t prev,
                           bool stage, at::Tensor pre, at::Tensor post, at::Tensor grad_a, at::Tensor keep,
                           at::Tensor pre_p, at::Tensor post_p, at::Tensor alpha, int64_t alpha_rs, at::Tensor eta,
                           int64_t eta_rs, double clip, at::Tensor dpre, at::Tensor dalpha,
-                          at::Tensor deta, const c10::optional<at::Tensor>& w) {
+                          at::Tensor deta, const c10::optional<at::Tensor>& w, const c10::optional<at::Tensor>& mod,
+                          const c10::optional<at::Tensor>& mod_p, const c10::optional<at::Tensor>& dmod) {
   const int64_t B = h.size(0), N = h.size(1);
   TORCH_CHECK(h.is_contiguous() && g.is_contiguous() && h.sizes() == g.sizes(), "fused kernel: h, g must match");
   TORCH_CHECK(prev >= 0 && prev <= 2, "fused kernel: prev must be 0, 1 or 2");
@@ -331,8 +359,14 @@ at::Tensor backward_stage(at::Tensor h, at::Tensor g, const c10::optional<at::Te
   const auto w_given = w_rows_of(w, zero_row, N);  // (rows, row stride)
   const at::Tensor& w_rows = w_given.first;
   const int64_t w_rs = w_given.second;
+  const auto mod_given = mod_rows_of(mod, zero_row, B, N);  // (rows, episode stride)
+  const auto mod_p_given = mod_rows_of(mod_p, zero_row, B, N);
+  TORCH_CHECK(mod_given.second == mod_p_given.second, "fused kernel: give both mod and mod_p, or neither");
+  const bool want_dmod = PlasticRule::modulated && dmod.has_value() && dmod->defined();
+  if (want_dmod) check_vec(*dmod, B, N, "dmod");
   const int64_t nthreads = at::get_num_threads();
   at::Tensor col_sums_part = thread_partials(nthreads, B, N, h.options());
+  at::Tensor dmod_part = PlasticRule::modulated ? thread_partials(nthreads, B, N, h.options()) : at::Tensor();
   AT_DISPATCH_FLOATING_TYPES(h.scalar_type(), "plastic_backward_stage", [&] {
     using T = scalar_t;
     const bool clip_on = clip > 0;
@@ -341,14 +375,15 @@ at::Tensor backward_stage(at::Tensor h, at::Tensor g, const c10::optional<at::Te
     auto go = [&](auto fn) {
       fn(clip_on, stage, eta_rs != 0, hebb_data, grad_data, ck, pre.data_ptr<T>(), post.data_ptr<T>(), grad_a.data_ptr<T>(), keep.data_ptr<T>(),
          pre_p.data_ptr<T>(), post_p.data_ptr<T>(), alpha.data_ptr<T>(), alpha_rs, w_rows.data_ptr<T>(), w_rs,
-         eta.data_ptr<T>(), eta_rs,
+         eta.data_ptr<T>(), eta_rs, mod_given.first.data_ptr<T>(), mod_p_given.first.data_ptr<T>(), mod_given.second,
          static_cast<T>(clip), dpre.data_ptr<T>(), dalpha.data_ptr<T>(), deta.data_ptr<T>(), col_sums_part.data_ptr<T>(),
-         B, N);
+         PlasticRule::modulated ? dmod_part.data_ptr<T>() : nullptr, B, N);
     };
     if (prev == kNone) go(backward_flags<T, kNone>);
     else if (prev == kInvert) go(backward_flags<T, kInvert>);
     else go(backward_flags<T, kCkpt>);
   });
+  if (want_dmod) dmod->copy_(total_of(dmod_part, B, N));
   return total_of(col_sums_part, B, N);
 }
 

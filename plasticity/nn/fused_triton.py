@@ -49,7 +49,7 @@ except ImportError:  # the CPU-only install: `triton_kernels()` returns None
 NONE, INVERT, CKPT, CKPT_ZERO = 0, 1, 2, 3
 """How the backward gets `H_{t-1}` (the first three as in `fused.py`; CKPT_ZERO: the
 stored state is the zero initial Hebb, passed as None)."""
-FIELDS = ("update", "inverse", "d_h", "d_pre", "d_post", "d_eta")
+FIELDS = ("update", "inverse", "d_h", "d_pre", "d_post", "d_eta", "d_mod")
 
 
 def available() -> bool:
@@ -91,12 +91,12 @@ if triton is not None:
     # Plain functions here, wrapped with `triton.jit` by `_compiled` at first use (one pair
     # per mode; triton's own library follows TRITON_INTERPRET as it was at its import).
 
-    def _forward_kernel(h_ptr, hn_ptr, pre_ptr, post_ptr, alpha_ptr, eta_ptr, z_ptr, flag_ptr,
+    def _forward_kernel(h_ptr, hn_ptr, pre_ptr, post_ptr, alpha_ptr, eta_ptr, mod_ptr, z_ptr, flag_ptr,
                         batch, n, rows, s_ai, s_aj, s_ei, s_ej, clip_ptr,
                         UPDATE: tl.constexpr, HAS_H: tl.constexpr, CLIP: tl.constexpr, WANT_Z: tl.constexpr,
-                        ACC: tl.constexpr, BI: tl.constexpr, BJ: tl.constexpr):
+                        MOD: tl.constexpr, ACC: tl.constexpr, BI: tl.constexpr, BJ: tl.constexpr):
         """Program (b, jb, s) over rows I = [s rows, (s + 1) rows):
-        H_{t+1}[b, I, J] = rule(H_t[b, I, J], pre[b, I], post[b, J]) (clamped),
+        H_{t+1}[b, I, J] = rule(H_t[b, I, J], pre[b, I], post[b, J], eta, M(t)[b, J]) (clamped),
         z[s, b, J] = sum_I post[b, i] alpha[i, J] H_{t+1}[b, i, J]; flag[s, b, jb] = any clamped."""
         b = tl.program_id(0)
         jb = tl.program_id(1)
@@ -106,6 +106,10 @@ if triton is not None:
         row = tl.cast(b, tl.int64) * n
         base = row * n
         q = tl.load(post_ptr + row + j, mask=jm, other=0.0).to(ACC)
+        if MOD:
+            mod = tl.load(mod_ptr + row + j, mask=jm, other=0.0).to(ACC)
+        else:
+            mod = tl.zeros([BJ], dtype=ACC)  # not read by the rule
         clip = tl.load(clip_ptr).to(ACC)
         z = tl.zeros([BJ], dtype=ACC)
         hits = tl.zeros([BJ], dtype=tl.int32)
@@ -120,7 +124,7 @@ if triton is not None:
                 h = tl.load(h_ptr + off, mask=m, other=0.0).to(ACC)
             else:
                 h = tl.zeros([BI, BJ], dtype=ACC)
-            new = UPDATE(h, p[:, None], q[None, :], eta)
+            new = UPDATE(h, p[:, None], q[None, :], eta, mod[None, :])
             if CLIP:
                 hits += tl.sum((((new > clip) | (new < -clip)) & m).to(tl.int32), axis=0)
                 new = tl.minimum(tl.maximum(new, -clip), clip)
@@ -138,17 +142,19 @@ if triton is not None:
             tl.store(flag_ptr + part * tl.num_programs(1) + jb, tl.max(hits, axis=0))
 
     def _backward_kernel(h_ptr, g_ptr, ck_ptr, pre_ptr, post_ptr, ga_ptr, keep_ptr, prep_ptr, postp_ptr,
-                         alpha_ptr, eta_ptr, dpre_ptr, col_ptr, dalpha_ptr, deta_ptr,
+                         mod_ptr, modp_ptr, alpha_ptr, eta_ptr, dpre_ptr, col_ptr, dmod_ptr, dalpha_ptr, deta_ptr,
                          batch, n, s_ai, s_aj, s_ei, s_ej, clip_ptr,
                          UPDATE: tl.constexpr, INVERSE: tl.constexpr, D_H: tl.constexpr, D_PRE: tl.constexpr,
-                         D_POST: tl.constexpr, D_ETA: tl.constexpr,
-                         STAGE: tl.constexpr, PREV: tl.constexpr, CLIP: tl.constexpr,
+                         D_POST: tl.constexpr, D_ETA: tl.constexpr, D_MOD: tl.constexpr,
+                         STAGE: tl.constexpr, PREV: tl.constexpr, CLIP: tl.constexpr, MOD: tl.constexpr,
                          ACC: tl.constexpr, BI: tl.constexpr, BJ: tl.constexpr):
         """Program (ib, jb) over the tile [I, J] of every episode b (see `TorchKernels.backward_stage`):
         STAGE: dpre[jb, b, I] = sum_J (g d_pre + alpha H ga), dalpha += sum_b pre H ga,
                g <- (g d_h + alpha pre ga) keep[b];
         PREV:  H <- H_{t-1} (inverse / checkpoint / zero), g masked where the update clamped,
-               col[ib, b, J] = sum_I g d_post, deta += sum_b g d_eta."""
+               col[ib, b, J] = sum_I g d_post, deta += sum_b g d_eta, and (MOD: a neuromodulated
+               rule, whose step t reads M(t) `mod`, step t-1 M(t-1) `modp`)
+               dmod[ib, b, J] = sum_I g d_mod."""
         ib = tl.program_id(0)
         jb = tl.program_id(1)
         i = ib * BI + tl.arange(0, BI)
@@ -175,15 +181,23 @@ if triton is not None:
                 q = tl.load(post_ptr + row + j, mask=jm, other=0.0).to(ACC)[None, :]
                 ga = tl.load(ga_ptr + row + j, mask=jm, other=0.0).to(ACC)[None, :]
                 keep = tl.load(keep_ptr + b).to(ACC)
-                dp = tl.sum(g * D_PRE(h, p, q, eta) + a * h * ga, axis=1)
+                if MOD:
+                    mj = tl.load(mod_ptr + row + j, mask=jm, other=0.0).to(ACC)[None, :]
+                else:
+                    mj = tl.zeros([1, BJ], dtype=ACC)  # not read by the rule
+                dp = tl.sum(g * D_PRE(h, p, q, eta, mj) + a * h * ga, axis=1)
                 tl.store(dpre_ptr + (jb * batch + b) * n64 + i, dp, mask=im)
                 dalpha += p * h * ga
-                gh = (g * D_H(h, p, q, eta) + a * p * ga) * keep
+                gh = (g * D_H(h, p, q, eta, mj) + a * p * ga) * keep
             if PREV != 0:
                 pp = tl.load(prep_ptr + row + i, mask=im, other=0.0).to(ACC)[:, None]
                 qp = tl.load(postp_ptr + row + j, mask=jm, other=0.0).to(ACC)[None, :]
+                if MOD:
+                    mp = tl.load(modp_ptr + row + j, mask=jm, other=0.0).to(ACC)[None, :]
+                else:
+                    mp = tl.zeros([1, BJ], dtype=ACC)
                 if PREV == 1:
-                    hp = INVERSE(h, pp, qp, eta)
+                    hp = INVERSE(h, pp, qp, eta, mp)
                 elif PREV == 2:
                     hp = tl.load(ck_ptr + off, mask=m, other=0.0).to(ACC)
                 else:
@@ -191,11 +205,14 @@ if triton is not None:
                 if CLIP:
                     if PREV != 1:
                         # A clamped element passed no gradient (clamped steps are stored, never inverted).
-                        raw = UPDATE(hp, pp, qp, eta)
+                        raw = UPDATE(hp, pp, qp, eta, mp)
                         gh = tl.where((raw > clip) | (raw < -clip), 0.0, gh)
-                c = tl.sum(gh * D_POST(hp, pp, qp, eta), axis=0)
+                c = tl.sum(gh * D_POST(hp, pp, qp, eta, mp), axis=0)
                 tl.store(col_ptr + (ib * batch + b) * n64 + j, c, mask=jm)
-                deta += gh * D_ETA(hp, pp, qp, eta)
+                if MOD:
+                    dm = tl.sum(gh * D_MOD(hp, pp, qp, eta, mp), axis=0)
+                    tl.store(dmod_ptr + (ib * batch + b) * n64 + j, dm, mask=jm)
+                deta += gh * D_ETA(hp, pp, qp, eta, mp)
                 tl.store(h_ptr + off, _rounded(hp, h_ptr.dtype.element_ty), mask=m)
             tl.store(g_ptr + off, _rounded(gh, g_ptr.dtype.element_ty), mask=m)
         if STAGE:
@@ -266,7 +283,7 @@ class TritonKernels:
         interpret = interpreted()
         return _compiled(interpret), _jitted(self.rule.elementwise, interpret)
 
-    def forward_step(self, h, h_next, pre, post, alpha, eta, clip, want_z, w=None):
+    def forward_step(self, h, h_next, pre, post, alpha, eta, clip, want_z, w=None, mod=None):
         b, n = pre.shape
         (a, s_ai, s_aj), (e, s_ei, s_ej) = _strides(alpha), _strides(eta)
         bi, bj = _blocks(n)
@@ -276,17 +293,17 @@ class TritonKernels:
         acc = torch.float64 if h_next.dtype == torch.float64 else torch.float32
         z = torch.empty(splits, b, n, dtype=acc, device=pre.device) if want_z else pre
         flags = torch.zeros(splits * b * grid[1], dtype=torch.int32, device=pre.device) if clip else z
-        forward[grid](h_next if h is None else h, h_next, pre.contiguous(), post.contiguous(), a, e, z,
-                      flags, b, n, rows, s_ai, s_aj, s_ei, s_ej, self._clip(clip, h_next),
-                      UPDATE=f["update"], HAS_H=h is not None, CLIP=bool(clip), WANT_Z=bool(want_z),
-                      ACC=_acc(h_next.dtype), BI=bi, BJ=bj)
+        forward[grid](h_next if h is None else h, h_next, pre.contiguous(), post.contiguous(), a, e,
+                      pre if mod is None else mod.contiguous(), z, flags, b, n, rows, s_ai, s_aj, s_ei, s_ej,
+                      self._clip(clip, h_next), UPDATE=f["update"], HAS_H=h is not None, CLIP=bool(clip),
+                      WANT_Z=bool(want_z), MOD=mod is not None, ACC=_acc(h_next.dtype), BI=bi, BJ=bj)
         clipped = bool(flags.any()) if clip else False
         if not want_z:
             return clipped, None
         return clipped, plus_w(z.sum(0).to(pre.dtype), post, w)  # + post @ w: one GEMM (cuBLAS)
 
     def backward_stage(self, h, g, ckpt, prev, stage, pre, post, ga, keep, pre_p, post_p, alpha, eta, clip,
-                       dpre, dalpha, deta, w=None):
+                       dpre, dalpha, deta, w=None, mod=None, mod_p=None, dmod=None):
         b, n = pre_p.shape
         (a, s_ai, s_aj), (e, s_ei, s_ej) = _strides(alpha), _strides(eta)
         bi, bj = _blocks(n)
@@ -294,14 +311,23 @@ class TritonKernels:
         acc = torch.float64 if h.dtype == torch.float64 else torch.float32
         dpre_part = torch.empty(grid[1], b, n, dtype=acc, device=h.device) if stage else dpre
         col_part = torch.empty(grid[0], b, n, dtype=acc, device=h.device) if prev else dpre
+        modulated = mod is not None
+        dmod_part = torch.empty(grid[0], b, n, dtype=acc, device=h.device) if modulated and prev else dpre
         mode = CKPT_ZERO if prev == CKPT and ckpt is None else prev
         (_, backward), f = self._kernels()
         backward[grid](h, g, h if ckpt is None else ckpt, pre.contiguous(), post.contiguous(),
-                               ga.contiguous(), keep.contiguous(), pre_p.contiguous(), post_p.contiguous(),
-                               a, e, dpre_part, col_part, dalpha, deta, b, n, s_ai, s_aj, s_ei, s_ej,
-                               self._clip(clip, h), UPDATE=f["update"], INVERSE=f["inverse"], D_H=f["d_h"],
-                               D_PRE=f["d_pre"], D_POST=f["d_post"], D_ETA=f["d_eta"], STAGE=bool(stage),
-                               PREV=mode, CLIP=bool(clip), ACC=_acc(h.dtype), BI=bi, BJ=bj)
+                       ga.contiguous(), keep.contiguous(), pre_p.contiguous(), post_p.contiguous(),
+                       mod.contiguous() if modulated else pre, mod_p.contiguous() if modulated else pre,
+                       a, e, dpre_part, col_part, dmod_part, dalpha, deta, b, n, s_ai, s_aj, s_ei, s_ej,
+                       self._clip(clip, h), UPDATE=f["update"], INVERSE=f["inverse"], D_H=f["d_h"],
+                       D_PRE=f["d_pre"], D_POST=f["d_post"], D_ETA=f["d_eta"], D_MOD=f.get("d_mod", f["d_eta"]),
+                       STAGE=bool(stage), PREV=mode, CLIP=bool(clip), MOD=modulated, ACC=_acc(h.dtype),
+                       BI=bi, BJ=bj)
+        if dmod is not None and modulated:
+            if prev == NONE:
+                dmod.zero_()
+            else:
+                dmod.copy_(dmod_part.sum(0))
         if stage:
             dpre.copy_(dpre_part.sum(0))
             if w is not None:
@@ -325,7 +351,8 @@ def _compiled(interpret: bool) -> tuple:
 @cache
 def _jitted(elementwise, interpret: bool) -> dict:
     """The rule's elementwise functions as Triton functions (made once per rule and mode)."""
-    return {name: jit_elementwise(getattr(elementwise, name)) for name in FIELDS}
+    return {name: jit_elementwise(getattr(elementwise, name)) for name in FIELDS
+            if getattr(elementwise, name) is not None}
 
 
 def triton_kernels(rule) -> TritonKernels | None:

@@ -271,14 +271,16 @@ class PlasticRNN(nn.Module):
         input_mode: `add` or `clamp` (see `drive_neurons`).
         impl: `fused` (default): the whole sequence as one autograd node (`fused.py`):
             one pass over Hebb per step, and a backward pass that rebuilds Hebb by
-            inverting the rule, so memory does not grow with steps x N^2. Rules without
-            an inverse (the neuromodulated ones) run `autograd` instead. `autograd`: step-by-step
-            autograd, the reference.
+            inverting the rule, so memory does not grow with steps x N^2; `neuromod`
+            computes M(t) inside it. Rules without an elementwise form (`retroactive`, which
+            carries two traces) run `autograd` instead. `autograd`: step-by-step autograd,
+            the reference.
         segment_steps: if > 0, `autograd` recomputes the forward pass in segments of this
             many steps during backward instead of storing every step's N^2 intermediates
             (memory falls from O(T) to O(T / k + k) Hebb-sized tensors per episode);
             `fused` stores an exact Hebb state every this many steps (bounds the
-            rounding error of the inversion further).
+            rounding error of the inversion further; with `clip`, the states of clipped
+            steps are recomputed from these, every ceil(sqrt(T)) steps when 0).
         fused_backend: kernels of the fused path: `auto` (Triton on CUDA, C++ on CPU, torch
             ops elsewhere), `triton`, `cpp` or `torch`.
         chunk_episodes: schedule of the fused path: episodes per chunk, each chunk run
@@ -317,6 +319,10 @@ class PlasticRNN(nn.Module):
         self.modulation = modulation
         self.modulator = None if modulation == "none" else nn.Linear(n, 1 if modulation == "network" else n)
         self.fused = impl == "fused" and fused_supports(self.plastic.rule)
+
+    def _modulator_weights(self) -> tuple[Tensor, Tensor] | None:
+        """The read-out of M(t) as the fused path takes it: (w_mod `[N, k]`, b_mod `[k]`)."""
+        return None if self.modulator is None else (self.modulator.weight.t(), self.modulator.bias)
 
     def modulate(self, y: Tensor) -> Tensor | None:
         """`M(t) = tanh(y(t) @ w_m + b_m)`: `[B, 1]` or `[B, N]`; None without modulation."""
@@ -371,7 +377,7 @@ class PlasticRNN(nn.Module):
         out, (y, hebb) = plastic_rnn_fused(inputs, p.w, p.alpha, p.eta, rule=p.rule.name, input_mode=self.input_mode,
                                            clip=p.clip, initial_state=(state.y, hebb0), reset=reset,
                                            segment_steps=self.segment_steps, backend=self.fused_backend,
-                                           chunk_episodes=self.chunk_episodes)
+                                           chunk_episodes=self.chunk_episodes, modulator=self._modulator_weights())
         return out, PlasticState(y, (hebb,))
 
     def extra_repr(self) -> str:

@@ -25,11 +25,13 @@ class Elementwise:
     """A rule's update of one Hebb element, written once, from which every fast path is
     derived (the batched torch rule, the fused torch-op / C++ / Triton kernels).
 
-    Each field is a *module-level* function `f(h, pre, post, eta)` whose body is a single
-    `return` of plain arithmetic (`+ - * /`, unary `-`, float literals) on its arguments,
-    so the same function runs on broadcast torch tensors, compiles as a Triton
+    Each field is a *module-level* function `f(h, pre, post, eta, mod)` whose body is a
+    single `return` of plain arithmetic (`+ - * /`, unary `-`, float literals) on its
+    arguments, so the same function runs on broadcast torch tensors, compiles as a Triton
     `@triton.jit` function and translates to a C++ expression. `h` is Hebb_ij(t), `pre`
-    is pre_i, `post` is post_j, `eta` the rate (one value or eta_ij)."""
+    is pre_i, `post` is post_j, `eta` the rate (one value or eta_ij), `mod` the
+    modulatory signal M_j(t) of a neuromodulated rule (one value per episode or per
+    postsynaptic neuron; the other rules take it and do not read it)."""
 
     update: Callable
     """Hebb_ij(t+1) before clipping."""
@@ -43,6 +45,8 @@ class Elementwise:
     """d Hebb(t+1) / d post."""
     d_eta: Callable
     """d Hebb(t+1) / d eta."""
+    d_mod: Callable | None = None
+    """d Hebb(t+1) / d mod: needed by neuromodulated rules only (None: `update` does not read `mod`)."""
 
 
 @dataclass(frozen=True)
@@ -58,7 +62,7 @@ class Rule:
     modulated: bool = False
     """True if the rule needs a modulatory signal `mod` from the network."""
     elementwise: Elementwise | None = None
-    """The rule's elementwise form (single-trace, unmodulated rules); None: no fast path."""
+    """The rule's elementwise form (single-trace rules); None: no fast path."""
 
     @property
     def invertible(self) -> bool:
@@ -84,10 +88,12 @@ def get_rule(name: str) -> Rule:
     return RULES[name]
 
 
-def apply_elementwise(fn: Callable, hebb: Tensor, pre: Tensor, post: Tensor, eta: Tensor) -> Tensor:
+def apply_elementwise(fn: Callable, hebb: Tensor, pre: Tensor, post: Tensor, eta: Tensor | None,
+                      mod: Tensor | float = 0.0) -> Tensor:
     """Apply an elementwise rule function to a batch: hebb `[B, N_in, N_out]`, pre `[B, N_in]`,
-    post `[B, N_out]`, eta `[]` or `[N_in, N_out]` -> `[B, N_in, N_out]`."""
-    return fn(hebb, pre.unsqueeze(-1), post.unsqueeze(-2), eta)
+    post `[B, N_out]`, eta `[]` or `[N_in, N_out]`, mod `[B, 1, 1 or N_out]` (or a number:
+    unmodulated rules do not read it) -> `[B, N_in, N_out]`."""
+    return fn(hebb, pre.unsqueeze(-1), post.unsqueeze(-2), eta, mod)
 
 
 def outer(pre: Tensor, post: Tensor) -> Tensor:

@@ -3,7 +3,7 @@
     problems = check_elementwise(rule)      # [] when every piece is there and consistent
     source = cpp_rule(rule)                 # the `PlasticRule` functor the C++ kernels use
 
-Each function of `Elementwise` is `f(h, pre, post, eta)` with one `return` of `+ - * /`,
+Each function of `Elementwise` is `f(h, pre, post, eta, mod)` with one `return` of `+ - * /`,
 unary `-`, its arguments and float literals (see `Elementwise`). That subset means the same
 function runs on torch tensors and on Triton values, and translates line for line into C++
 (`cpp_rule`); anything else is named (`FormError`) and the rule runs on the autograd path.
@@ -20,8 +20,8 @@ import torch
 
 from plasticity.rules.base import Elementwise, Rule
 
-FIELDS = ("update", "inverse", "d_h", "d_pre", "d_post", "d_eta")
-ARGS = ("h", "pre", "post", "eta")
+FIELDS = ("update", "inverse", "d_h", "d_pre", "d_post", "d_eta", "d_mod")
+ARGS = ("h", "pre", "post", "eta", "mod")
 _OPS = {ast.Add: "+", ast.Sub: "-", ast.Mult: "*"}
 
 
@@ -43,8 +43,9 @@ def _expression(rule: str, field: str, fn: Callable | None) -> tuple[ast.expr, l
         raise FormError(f"{where} must be a module-level `def`, not a lambda")
     args = [a.arg for a in node.args.args]
     body = [s for s in node.body if not (isinstance(s, ast.Expr) and isinstance(s.value, ast.Constant))]
-    if len(args) != 4 or node.args.vararg or node.args.kwarg or node.args.kwonlyargs:
-        raise FormError(f"{where} must take exactly four arguments ({', '.join(ARGS)}), got ({', '.join(args)})")
+    if len(args) != len(ARGS) or node.args.vararg or node.args.kwarg or node.args.kwonlyargs:
+        raise FormError(f"{where} must take exactly {len(ARGS)} arguments ({', '.join(ARGS)}), got "
+                        f"({', '.join(args)})")
     if len(body) != 1 or not isinstance(body[0], ast.Return) or body[0].value is None:
         raise FormError(f"{where}: the body must be a single `return <expression>`")
     return body[0].value, args
@@ -70,49 +71,61 @@ def _cpp(rule: str, field: str, node: ast.expr, args: list[str]) -> str:
     return go(node)
 
 
+def fields(rule: Rule) -> tuple[str, ...]:
+    """The fields a rule's form must give: all of `FIELDS` for a neuromodulated rule, all
+    but `d_mod` for the others."""
+    return FIELDS if rule.modulated else FIELDS[:-1]
+
+
 def cpp_rule(rule: Rule) -> str:
     """The C++ functor `PlasticRule` with one static inline function per field, translated
-    from the rule's Python functions (`FormError` if a piece is missing or untranslatable)."""
+    from the rule's Python functions (`FormError` if a piece is missing or untranslatable),
+    and `modulated` (whether the kernels take M(t) and sum d_mod)."""
     if rule.elementwise is None:
         raise FormError(f"rule {rule.name!r} has no elementwise form")
     lines = [f"// Generated from the elementwise form of rule {rule.name!r} (plasticity/rules/elementwise.py).",
-             "struct PlasticRule {"]
-    for field in FIELDS:
+             "struct PlasticRule {",
+             f"  static constexpr bool modulated = {'true' if rule.modulated else 'false'};"]
+    for field in fields(rule):
         node, args = _expression(rule.name, field, getattr(rule.elementwise, field))
         lines.append(f"  template <typename T> static inline T {field}(T {', T '.join(args)}) {{ "
                      f"return {_cpp(rule.name, field, node, args)}; }}")
+    if not rule.modulated:  # never called (`modulated` is false), but the kernels name it
+        lines.append(f"  template <typename T> static inline T d_mod(T {', T '.join(ARGS)}) {{ return T(0); }}")
     lines.append("};")
     return "\n".join(lines) + "\n"
 
 
 def uses(rule: Rule, field: str) -> set[str]:
-    """The argument names (of h, pre, post, eta) a field's expression reads."""
+    """The argument names (of h, pre, post, eta, mod) a field's expression reads."""
     node, args = _expression(rule.name, field, getattr(rule.elementwise, field))
     names = {n.id for n in ast.walk(node) if isinstance(n, ast.Name)}
     return {canonical for canonical, own in zip(ARGS, args, strict=True) if own in names}
 
 
 def _samples(seed: int = 0) -> tuple[torch.Tensor, ...]:
-    """float64 (h, pre, post, eta) in the ranges the layers use: activities in (-1, 1),
-    eta in (0, 0.5), Hebb of order one."""
+    """float64 (h, pre, post, eta, mod) in the ranges the layers use: activities and M(t)
+    in (-1, 1), eta in (0, 0.5), Hebb of order one."""
     g = torch.Generator().manual_seed(seed)
     shape = (64,)
     h = torch.randn(shape, generator=g, dtype=torch.float64)
-    pre, post = (torch.rand(shape, generator=g, dtype=torch.float64) * 1.8 - 0.9 for _ in range(2))
+    pre, post, mod = (torch.rand(shape, generator=g, dtype=torch.float64) * 1.8 - 0.9 for _ in range(3))
     eta = torch.rand(shape, generator=g, dtype=torch.float64) * 0.5
-    return h, pre, post, eta
+    return h, pre, post, eta, mod
 
 
 def check_elementwise(rule: Rule, rtol: float = 1e-9) -> list[str]:
     """What is missing or wrong in `rule`'s elementwise form, one line each (empty: all good).
 
-    Every field present and in the subset; in float64, `inverse(update(h)) == h`, and
-    d_h, d_pre, d_post, d_eta equal torch.autograd's derivatives of `update`."""
+    Every field present and in the subset (`d_mod` for neuromodulated rules only); in
+    float64, `inverse(update(h)) == h`, d_h, d_pre, d_post, d_eta (and d_mod) equal
+    torch.autograd's derivatives of `update`, and an unmodulated rule's `update` does not
+    read `mod`."""
     ew: Elementwise | None = rule.elementwise
     if ew is None:
         return [f"rule {rule.name!r} has no elementwise form: it runs on the autograd path only"]
     problems = []
-    for field in FIELDS:
+    for field in fields(rule):
         try:
             node, args = _expression(rule.name, field, getattr(ew, field))
             _cpp(rule.name, field, node, args)
@@ -120,16 +133,21 @@ def check_elementwise(rule: Rule, rtol: float = 1e-9) -> list[str]:
             problems.append(str(exc))
     if problems:
         return problems
-    h, pre, post, eta = (t.requires_grad_() for t in _samples())
-    new = ew.update(h, pre, post, eta)
-    back = ew.inverse(new.detach(), pre.detach(), post.detach(), eta.detach())
-    err = float((back - h.detach()).abs().max())
-    if not err <= rtol * max(1.0, float(h.detach().abs().max())):
+    if not rule.modulated and "mod" in uses(rule, "update"):
+        return [f"rule {rule.name!r}: update reads mod but the rule is not modulated: register it with "
+                "modulated=True and give d_mod, or do not read mod"]
+    samples = tuple(t.requires_grad_() for t in _samples())
+    plain = tuple(t.detach() for t in samples)
+    new = ew.update(*samples)
+    back = ew.inverse(new.detach(), *plain[1:])
+    err = float((back - plain[0]).abs().max())
+    if not err <= rtol * max(1.0, float(plain[0].abs().max())):
         problems.append(f"rule {rule.name!r}: inverse(update(h)) != h (max error {err:.2e}): fix inverse or update")
-    grads = torch.autograd.grad(new.sum(), [h, pre, post, eta])
-    for field, arg, expected in zip(("d_h", "d_pre", "d_post", "d_eta"), ARGS, grads, strict=True):
-        got = torch.broadcast_to(getattr(ew, field)(h.detach(), pre.detach(), post.detach(), eta.detach()),
-                                 expected.shape)
+    grads = torch.autograd.grad(new.sum(), samples, allow_unused=True, materialize_grads=True)
+    for field, arg, expected in zip(FIELDS[2:], ARGS, grads, strict=True):
+        if field not in fields(rule):
+            continue
+        got = torch.broadcast_to(torch.as_tensor(getattr(ew, field)(*plain), dtype=torch.float64), expected.shape)
         err = float((got - expected).abs().max())
         if not err <= rtol * max(1.0, float(expected.abs().max())):
             problems.append(f"rule {rule.name!r}: {field} != d update / d {arg} (max error {err:.2e}): fix {field}")

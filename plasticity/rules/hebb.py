@@ -1,7 +1,8 @@
 """Decaying Hebbian rule: `Hebb <- eta * pre post^T + (1 - eta) * Hebb` (batched).
 
 The elementwise functions below are the rule's single definition: the batched update
-and every fused kernel are derived from them (see `Elementwise`).
+and every fused kernel are derived from them (see `Elementwise`). The rule is not
+modulated: its functions take the modulatory signal `mod` like every rule's and do not read it.
 """
 
 from __future__ import annotations
@@ -11,28 +12,28 @@ from torch import Tensor
 from plasticity.rules.base import Elementwise, Rule, Traces, apply_elementwise, maybe_clip, register
 
 
-def update(h, pre, post, eta):
+def update(h, pre, post, eta, mod):
     # Written as a lerp so that autograd keeps one N^2 tensor (outer - hebb) per step.
     return h + eta * (pre * post - h)
 
 
-def inverse(h_next, pre, post, eta):
+def inverse(h_next, pre, post, eta, mod):
     return (h_next - eta * pre * post) / (1.0 - eta)
 
 
-def d_h(h, pre, post, eta):
+def d_h(h, pre, post, eta, mod):
     return 1.0 - eta
 
 
-def d_pre(h, pre, post, eta):
+def d_pre(h, pre, post, eta, mod):
     return eta * post
 
 
-def d_post(h, pre, post, eta):
+def d_post(h, pre, post, eta, mod):
     return eta * pre
 
 
-def d_eta(h, pre, post, eta):
+def d_eta(h, pre, post, eta, mod):
     return pre * post - h
 
 

@@ -15,7 +15,7 @@ from __future__ import annotations
 from torch import Tensor
 
 from plasticity.errors import ShapeError
-from plasticity.rules.base import Rule, Traces, maybe_clip, outer, register
+from plasticity.rules.base import Elementwise, Rule, Traces, apply_elementwise, maybe_clip, outer, register
 
 DEFAULT_CLIP = 1.0
 """Backpropamine's Hebb clipping for the neuromodulated rules."""
@@ -33,12 +33,46 @@ def modulation(mod: Tensor | None, post: Tensor, rule: str) -> Tensor:
     return m.unsqueeze(-2)
 
 
+# The elementwise form of `neuromod` (see `Elementwise`): its single definition, from
+# which the batched update below and every fused kernel are derived. eta is not read.
+def update(h, pre, post, eta, mod):
+    return h + mod * pre * post
+
+
+def inverse(h_next, pre, post, eta, mod):
+    return h_next - mod * pre * post
+
+
+def d_h(h, pre, post, eta, mod):
+    return 1.0
+
+
+def d_pre(h, pre, post, eta, mod):
+    return mod * post
+
+
+def d_post(h, pre, post, eta, mod):
+    return mod * pre
+
+
+def d_eta(h, pre, post, eta, mod):
+    return 0.0
+
+
+def d_mod(h, pre, post, eta, mod):
+    return pre * post
+
+
+ELEMENTWISE = Elementwise(update=update, inverse=inverse, d_h=d_h, d_pre=d_pre, d_post=d_post, d_eta=d_eta,
+                          d_mod=d_mod)
+
+
 def neuromod_update(traces: Traces, pre: Tensor, post: Tensor, *, eta: Tensor | None = None,
                     clip: float | None = DEFAULT_CLIP, mod: Tensor | None = None) -> Traces:
     """Simple neuromodulation. Shapes: Hebb `[B, N_in, N_out]`, pre `[B, N_in]`, post `[B, N_out]`,
     mod `[B]` or `[B, N_out]`. `eta` is ignored: M(t) is the rate."""
     (hebb,) = traces
-    return (maybe_clip(hebb + modulation(mod, post, "neuromod") * outer(pre, post), clip),)
+    return (maybe_clip(apply_elementwise(update, hebb, pre, post, eta, modulation(mod, post, "neuromod")), clip),)
 
 
 def retroactive_update(traces: Traces, pre: Tensor, post: Tensor, *, eta: Tensor,
@@ -52,5 +86,5 @@ def retroactive_update(traces: Traces, pre: Tensor, post: Tensor, *, eta: Tensor
     return new_hebb, new_elig
 
 
-NEUROMOD = register(Rule("neuromod", neuromod_update, modulated=True))
+NEUROMOD = register(Rule("neuromod", neuromod_update, modulated=True, elementwise=ELEMENTWISE))
 RETROACTIVE = register(Rule("retroactive", retroactive_update, traces=("hebb", "eligibility"), modulated=True))
