@@ -146,7 +146,7 @@ def cmd_train(argv: list[str]) -> int:
     cfg, opts, given = parse_train(task, argv)
     from plasticity.train import preflight, train
     from plasticity.train.common import start_run
-    from plasticity.train.loop import Interrupted
+    from plasticity.train.loop import Interrupted, StoppedBeforeTraining
 
     # Resolve the run first (config from the checkpoint, run folder), and check the data,
     # before an MLflow run is opened for nothing.
@@ -174,6 +174,12 @@ def cmd_train(argv: list[str]) -> int:
             tracker.attempt(tracker.client.set_tag, tracker.run_id, "resumable", again)
         print(f"plasticity: stopped at episode {e.episode}; checkpoint saved: continue with `{again}`",
               file=sys.stderr)
+        return e.exit_code
+    except StoppedBeforeTraining as e:
+        status = "KILLED"
+        again = (f"plasticity train {cfg.task} --resume {opts.resume}" if ckpt is not None
+                 else "the same command again")
+        print(f"plasticity: {e}: nothing new to save; to go on, run {again}", file=sys.stderr)
         return e.exit_code
     except KeyboardInterrupt:
         status = "KILLED"

@@ -196,3 +196,38 @@ def test_sigterm_marks_the_mlflow_run_killed_and_resume_continues_it(tmp_path):
     assert run.info.status == "FINISHED"
     steps = [m.step for m in MlflowClient(uri).get_metric_history(run_id, "eval/loss")]
     assert steps == sorted(set(steps)) and steps[-1] == 6144
+
+
+def test_sigterm_while_the_kernels_build_stops_at_once_with_one_line(tmp_path):
+    """A job preempted during its first minute, while the fused C++ kernels compile (a fresh
+    TORCH_EXTENSIONS_DIR forces the build): it stops within seconds with exit code 143 and
+    one line saying nothing was lost, no traceback, and no compiler left running."""
+    ext = tmp_path / "torch_extensions"
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "TORCH_EXTENSIONS_DIR": str(ext)}
+    proc = subprocess.Popen([sys.executable, "-m", "plasticity.cli", "train", "patterns", "--preset", "small",
+                             "--episodes", "64", *COMMON, "--out", str(tmp_path / "runs")], cwd=tmp_path, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    seen = []
+    for line in proc.stderr:
+        seen.append(line)
+        if "building the fused C++ kernels" in line:
+            break
+    assert any("building the fused C++ kernels" in line for line in seen), "".join(seen)
+    time.sleep(3)  # the compiler is running
+    start = time.monotonic()
+    proc.send_signal(signal.SIGTERM)
+    code, _, err = finish(proc, timeout=60)
+    assert code == 143 and time.monotonic() - start < 20, err
+    assert ("plasticity: stopped by SIGTERM while building the fused C++ kernels, before training: nothing new to "
+            "save; to go on, run the same command again") in err
+    assert "Traceback" not in err
+    time.sleep(1)
+    left = [p for p in Path("/proc").glob("[0-9]*") if str(ext).encode() in _cmdline(p)]
+    assert not left, [_cmdline(p) for p in left]
+
+
+def _cmdline(proc: Path) -> bytes:
+    try:
+        return (proc / "cmdline").read_bytes()
+    except OSError:
+        return b""

@@ -258,7 +258,27 @@ def _build_lock(cpp_extension, name: str):
     with open(folder / "plasticity.flock", "w") as held:
         fcntl.flock(held, fcntl.LOCK_EX)
         (folder / "lock").unlink(missing_ok=True)
-        yield
+        try:
+            yield
+        except KeyboardInterrupt:
+            _stop_compilers(folder)
+            raise
+
+
+def _stop_compilers(folder: Path) -> None:
+    """SIGTERM the compiler processes building in `folder` (Linux /proc). Stopped mid-build
+    (a preempted job), torch kills its `ninja` but not the compilers ninja started, which
+    would go on using the machine's cores for a minute; the flock held on the folder means
+    that every process naming it is this build's."""
+    import signal
+
+    needle = str(folder).encode()
+    for proc in Path("/proc").glob("[0-9]*"):
+        try:
+            if int(proc.name) != os.getpid() and needle in (proc / "cmdline").read_bytes():
+                os.kill(int(proc.name), signal.SIGTERM)
+        except (OSError, ValueError):
+            continue  # gone already, or not ours to signal
 
 
 def cpp_kernels(rule: Rule) -> CppKernels | None:

@@ -185,11 +185,15 @@ class EpisodicAlgorithm:
 
 def prepare_kernels(cfg, device: torch.device) -> None:
     """Build the fused C++ kernels of the run's rule before the training clock starts (a
-    one-time compile that says so on stderr, then cached on disk)."""
+    one-time compile that says so on stderr, then cached on disk). SIGTERM / SIGINT during
+    it stop the run at once with `StoppedBeforeTraining` (the compiler is killed; the next
+    run builds again)."""
     from plasticity.nn.fused import build_kernels
+    from plasticity.train.loop import raise_on_signals
 
     if cfg.model == "plastic" and cfg.impl == "fused" and device.type == "cpu":
-        build_kernels([cfg.rule])
+        with raise_on_signals("while building the fused C++ kernels, before training"):
+            build_kernels([cfg.rule])
 
 
 def train(cfg, report: Report | None = None, *, resume: str | Path | None = None,

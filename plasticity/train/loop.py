@@ -158,7 +158,41 @@ def _as_tuple(x):
     return tuple(_as_tuple(v) for v in x) if isinstance(x, (list, tuple)) else x
 
 
+class StoppedBeforeTraining(KeyboardInterrupt):
+    """A signal arrived before the first training step (e.g. while the fused C++ kernels
+    were being built): nothing new to save. `exit_code` as for `Interrupted`."""
+
+    def __init__(self, signum: int, during: str):
+        super().__init__(f"stopped by {signal.Signals(signum).name} {during}")
+        self.signum, self.during = signum, during
+
+    @property
+    def exit_code(self) -> int:
+        return 128 + self.signum
+
+
 # ----------------------------------------------------------------------- signals
+
+@contextmanager
+def raise_on_signals(during: str):
+    """While active, SIGTERM and SIGINT raise `StoppedBeforeTraining` at once (a one-time
+    setup such as a compile, which has nothing to checkpoint and can take a minute: a
+    preempted job must not wait for it, nor die without a word). Main thread only, as
+    `stop_on_signals`."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handler(signum, frame):
+        raise StoppedBeforeTraining(signum, during)
+
+    previous = {s: signal.signal(s, handler) for s in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        yield
+    finally:
+        for s, h in previous.items():
+            signal.signal(s, h)
+
 
 @contextmanager
 def stop_on_signals():
