@@ -528,7 +528,8 @@ def _forward_chunk(inputs: Tensor, same_episode: Tensor | None, y0: Tensor, h0: 
         amp = amplification(y, post, mod) if save and t > 0 else 1.0
         store_h = t == 0 or (save and (reset_next or (every and t % every == 0)
                                       or growth * amp > spec.max_amp))
-        in_place = not store_h and not spec.clip
+        # In place unless H_t is kept (a clipped step's H_t is recomputed, not kept).
+        in_place = not store_h
         if in_place:
             h_next = hcur
         else:
