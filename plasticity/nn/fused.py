@@ -39,6 +39,7 @@ from plasticity.nn.inputs import drive_derivative, drive_neurons
 from plasticity.rules import RULES, Elementwise, Rule, get_rule
 from plasticity.rules.base import apply_elementwise
 from plasticity.rules.elementwise import FormError, check_elementwise, cpp_rule, uses
+from plasticity.rules.neuromod import modulation_signal
 
 BACKENDS = ("auto", "cpp", "torch", "triton")
 TRITON_DTYPES = (torch.float32, torch.bfloat16, torch.float64)
@@ -473,7 +474,7 @@ class _Modulator:
 
     def signal(self, post: Tensor) -> Tensor:
         """M(t) `[c, k]` from the activity `[c, N]`."""
-        return torch.tanh(torch.addmm(self.b, post, self.w))
+        return modulation_signal(post, self.w, self.b)
 
     @staticmethod
     def columns(m: Tensor, n: int) -> Tensor:
@@ -560,8 +561,7 @@ def recompute_segment(steps: int) -> int:
 
 
 def _backward_chunk(spec: _KernelSpec, ckpts: dict, clipped: set, inputs: Tensor, same_episode: Tensor | None,
-                    y0: Tensor,
-                    out: Tensor, w: Tensor, alpha: Tensor, eta: Tensor, modulator: _Modulator | None,
+                    y0: Tensor, out: Tensor, w: Tensor, alpha: Tensor, eta: Tensor, modulator: _Modulator | None,
                     mods: Tensor | None, h_final: Tensor, g_out: Tensor | None, g_h: Tensor | None, grad_a: Tensor,
                     dx: Tensor | None, dact: Tensor | None, dalpha: Tensor, deta: Tensor) -> tuple[Tensor, Tensor]:
     """All steps of one chunk of episodes, walking time backwards (shapes as in
@@ -578,20 +578,20 @@ def _backward_chunk(spec: _KernelSpec, ckpts: dict, clipped: set, inputs: Tensor
         y = y0 if t == 0 else out[t - 1]
         return y if same_episode is None else y * same_episode[:, t, None]
 
+    # States recomputed for a clipped segment, by step; the buffers of those already read.
     recomputed: dict[int, Tensor] = {}
-    free: list[Tensor] = []  # recomputed states already used: their buffers are reused
+    free: list[Tensor] = []
 
     def state(t: int) -> tuple[int, Tensor | None]:
-        """How the backward pass gets H_t: (CKPT, a kept or recomputed state) or (INVERT, None)."""
+        """How the backward pass gets H_t: (CKPT, a kept or recomputed state) or (INVERT, None).
+        Called once per step, walking down: a recomputed state handed out is read before the
+        next call, so its buffer goes back to `free` as it is handed out."""
         if t in ckpts:
             return CKPT, ckpts[t]
-        if t not in clipped:
-            return INVERT, None
-        if t not in recomputed:
+        if t not in recomputed and t in clipped:
             # Step t clipped: recompute H_{s+1} .. H_t from the last kept state H_s, step by
-            # step as the forward pass did (the update is elementwise: bit for bit the same).
-            free.extend(recomputed.values())
-            recomputed.clear()
+            # step as the forward pass did (the update is elementwise: bit for bit the same);
+            # the walk down then reads each of them once.
             s = max(u for u in ckpts if u <= t)
             h_u = ckpts[s]
             for u in range(s, t):
@@ -600,12 +600,10 @@ def _backward_chunk(spec: _KernelSpec, ckpts: dict, clipped: set, inputs: Tensor
                 if same_episode is not None:
                     h_next.mul_(same_episode[:, u + 1].view(-1, 1, 1))
                 recomputed[u + 1] = h_u = h_next
-        return CKPT, recomputed.pop(t)
-
-    def used(ckpt: Tensor | None) -> None:
-        """A recomputed state has been read: its buffer can take the next one."""
-        if ckpt is not None and not any(ckpt is kept for kept in ckpts.values()):
-            free.append(ckpt)
+        if t in recomputed:
+            free.append(recomputed.pop(t))
+            return CKPT, free[-1]
+        return INVERT, None
 
     def mod(t: int) -> Tensor | None:
         return None if modulator is None else modulator.columns(mods[t], n)
@@ -624,7 +622,6 @@ def _backward_chunk(spec: _KernelSpec, ckpts: dict, clipped: set, inputs: Tensor
     how, ckpt = state(last)
     grad_y = k.backward_stage(h, grad_h, ckpt, how, False, dpre, dpre, dpre, ones, pre(last), out[last], alpha, eta,
                               spec.clip, dpre, dalpha, deta, None, mod(last), mod(last), dmod)
-    used(ckpt)
     grad_y = grad_y + through_mod(last)
     for t in range(steps - 1, -1, -1):
         x = inputs[:, t]
@@ -639,7 +636,6 @@ def _backward_chunk(spec: _KernelSpec, ckpts: dict, clipped: set, inputs: Tensor
                                     out[t], grad_a_t, same_at(t), pre(t - 1) if has_prev else dpre,
                                     out[t - 1] if has_prev else dpre, alpha, eta, spec.clip, dpre, dalpha, deta, w,
                                     mod(t), mod(t - 1 if has_prev else t), dmod)
-        used(ckpt)
         # dpre: dL/dy_t through step t's pre-activation y_t @ (w + alpha * H_t) and its update.
         grad_y = dpre if same_episode is None else dpre * same_episode[:, t, None]
         grad_y = grad_y + col_sums + through_mod(t - 1) if has_prev else grad_y.clone()

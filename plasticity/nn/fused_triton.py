@@ -88,6 +88,15 @@ if triton is not None:
         else:
             return x.to(dtype)
 
+    @triton.jit
+    def _modulation(ptr, offsets, valid, MOD: tl.constexpr, ACC: tl.constexpr, BJ: tl.constexpr):
+        """M(t) of the columns `offsets` (`[BJ]`) of a neuromodulated rule; zeros otherwise
+        (the rule's functions take it and do not read it)."""
+        if MOD:
+            return tl.load(ptr + offsets, mask=valid, other=0.0).to(ACC)
+        else:
+            return tl.zeros([BJ], dtype=ACC)
+
     # Plain functions here, wrapped with `triton.jit` by `_compiled` at first use (one pair
     # per mode; triton's own library follows TRITON_INTERPRET as it was at its import).
 
@@ -106,10 +115,7 @@ if triton is not None:
         row = tl.cast(b, tl.int64) * n
         base = row * n
         q = tl.load(post_ptr + row + j, mask=jm, other=0.0).to(ACC)
-        if MOD:
-            mod = tl.load(mod_ptr + row + j, mask=jm, other=0.0).to(ACC)
-        else:
-            mod = tl.zeros([BJ], dtype=ACC)  # not read by the rule
+        mod = _modulation(mod_ptr, row + j, jm, MOD, ACC, BJ)
         clip = tl.load(clip_ptr).to(ACC)
         z = tl.zeros([BJ], dtype=ACC)
         hits = tl.zeros([BJ], dtype=tl.int32)
@@ -181,10 +187,7 @@ if triton is not None:
                 q = tl.load(post_ptr + row + j, mask=jm, other=0.0).to(ACC)[None, :]
                 ga = tl.load(ga_ptr + row + j, mask=jm, other=0.0).to(ACC)[None, :]
                 keep = tl.load(keep_ptr + b).to(ACC)
-                if MOD:
-                    mj = tl.load(mod_ptr + row + j, mask=jm, other=0.0).to(ACC)[None, :]
-                else:
-                    mj = tl.zeros([1, BJ], dtype=ACC)  # not read by the rule
+                mj = _modulation(mod_ptr, row + j, jm, MOD, ACC, BJ)[None, :]
                 dp = tl.sum(g * D_PRE(h, p, q, eta, mj) + a * h * ga, axis=1)
                 tl.store(dpre_ptr + (jb * batch + b) * n64 + i, dp, mask=im)
                 dalpha += p * h * ga
@@ -192,10 +195,7 @@ if triton is not None:
             if PREV != 0:
                 pp = tl.load(prep_ptr + row + i, mask=im, other=0.0).to(ACC)[:, None]
                 qp = tl.load(postp_ptr + row + j, mask=jm, other=0.0).to(ACC)[None, :]
-                if MOD:
-                    mp = tl.load(modp_ptr + row + j, mask=jm, other=0.0).to(ACC)[None, :]
-                else:
-                    mp = tl.zeros([1, BJ], dtype=ACC)
+                mp = _modulation(modp_ptr, row + j, jm, MOD, ACC, BJ)[None, :]
                 if PREV == 1:
                     hp = INVERSE(h, pp, qp, eta, mp)
                 elif PREV == 2:
@@ -320,6 +320,8 @@ class TritonKernels:
                        mod.contiguous() if modulated else pre, mod_p.contiguous() if modulated else pre,
                        a, e, dpre_part, col_part, dmod_part, dalpha, deta, b, n, s_ai, s_aj, s_ei, s_ej,
                        self._clip(clip, h), UPDATE=f["update"], INVERSE=f["inverse"], D_H=f["d_h"],
+                       # D_MOD: a constexpr must be given; an unmodulated rule has no d_mod and
+                       # MOD=False never calls it.
                        D_PRE=f["d_pre"], D_POST=f["d_post"], D_ETA=f["d_eta"], D_MOD=f.get("d_mod", f["d_eta"]),
                        STAGE=bool(stage), PREV=mode, CLIP=bool(clip), MOD=modulated, ACC=_acc(h.dtype),
                        BI=bi, BJ=bj)

@@ -36,6 +36,7 @@ from plasticity.nn.fused import plastic_rnn_fused
 from plasticity.nn.fused import supports as fused_supports
 from plasticity.nn.inputs import INPUT_MODES, drive_neurons
 from plasticity.rules import Traces, get_rule
+from plasticity.rules.neuromod import modulation_signal
 
 ALPHA_MODES = ("free", "shared")
 ETA_MODES = ("scalar", "per-connection")
@@ -326,7 +327,8 @@ class PlasticRNN(nn.Module):
 
     def modulate(self, y: Tensor) -> Tensor | None:
         """`M(t) = tanh(y(t) @ w_m + b_m)`: `[B, 1]` or `[B, N]`; None without modulation."""
-        return None if self.modulator is None else torch.tanh(self.modulator(y))
+        weights = self._modulator_weights()
+        return None if weights is None else modulation_signal(y, *weights)
 
     def initial_state(self, batch: int, *, device=None, dtype=None) -> PlasticState:
         """Zero activity and zero traces: the state at the start of an episode."""

@@ -12,6 +12,7 @@ eligibility trace E, and M(t) decides how much of E is written into Hebb. Both c
 
 from __future__ import annotations
 
+import torch
 from torch import Tensor
 
 from plasticity.errors import ShapeError
@@ -19,6 +20,13 @@ from plasticity.rules.base import Elementwise, Rule, Traces, apply_elementwise, 
 
 DEFAULT_CLIP = 1.0
 """Backpropamine's Hebb clipping for the neuromodulated rules."""
+
+
+def modulation_signal(y: Tensor, w_mod: Tensor, b_mod: Tensor) -> Tensor:
+    """The network's modulatory signal `M(t) = tanh(y(t) @ w_mod + b_mod)`: y `[B, N]`,
+    w_mod `[N, k]`, b_mod `[k]` -> `[B, k]` (k = 1: one M per episode; k = N: one per
+    postsynaptic neuron). The layers' autograd loop and the fused path both call this."""
+    return torch.tanh(torch.addmm(b_mod, y, w_mod))
 
 
 def modulation(mod: Tensor | None, post: Tensor, rule: str) -> Tensor:

@@ -66,17 +66,25 @@ class Algorithm(Protocol):
         """Called once at the end of a completed run (e.g. to draw the learning curve)."""
 
 
-class Interrupted(KeyboardInterrupt):
-    """Training was stopped by a signal after writing a checkpoint. `exit_code` is the
-    shell convention (128 + signal number: 143 for SIGTERM, 130 for SIGINT)."""
+class Stopped(KeyboardInterrupt):
+    """A run stopped by signal `signum`. `exit_code` is the shell convention (128 + signal
+    number: 143 for SIGTERM, 130 for SIGINT)."""
 
-    def __init__(self, signum: int, checkpoint: Path, episode: int):
-        super().__init__(f"stopped by {signal.Signals(signum).name} at episode {episode}; checkpoint {checkpoint}")
-        self.signum, self.checkpoint, self.episode = signum, checkpoint, episode
+    def __init__(self, signum: int, message: str):
+        super().__init__(f"stopped by {signal.Signals(signum).name} {message}")
+        self.signum = signum
 
     @property
     def exit_code(self) -> int:
         return 128 + self.signum
+
+
+class Interrupted(Stopped):
+    """Training was stopped by a signal after writing a checkpoint."""
+
+    def __init__(self, signum: int, checkpoint: Path, episode: int):
+        super().__init__(signum, f"at episode {episode}; checkpoint {checkpoint}")
+        self.checkpoint, self.episode = checkpoint, episode
 
 
 # ----------------------------------------------------------------------- resuming
@@ -158,17 +166,9 @@ def _as_tuple(x):
     return tuple(_as_tuple(v) for v in x) if isinstance(x, (list, tuple)) else x
 
 
-class StoppedBeforeTraining(KeyboardInterrupt):
+class StoppedBeforeTraining(Stopped):
     """A signal arrived before the first training step (e.g. while the fused C++ kernels
-    were being built): nothing new to save. `exit_code` as for `Interrupted`."""
-
-    def __init__(self, signum: int, during: str):
-        super().__init__(f"stopped by {signal.Signals(signum).name} {during}")
-        self.signum, self.during = signum, during
-
-    @property
-    def exit_code(self) -> int:
-        return 128 + self.signum
+    were being built): nothing new to save."""
 
 
 # ----------------------------------------------------------------------- signals
@@ -179,13 +179,21 @@ def raise_on_signals(during: str):
     setup such as a compile, which has nothing to checkpoint and can take a minute: a
     preempted job must not wait for it, nor die without a word). Main thread only, as
     `stop_on_signals`."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-
     def handler(signum, frame):
         raise StoppedBeforeTraining(signum, during)
 
+    with _handling_signals(handler):
+        yield
+
+
+@contextmanager
+def _handling_signals(handler):
+    """`handler` takes SIGTERM and SIGINT while active, the previous handlers after. Only
+    the main thread can take signals: elsewhere (a Ray Tune trial) this does nothing and
+    the host handles them."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
     previous = {s: signal.signal(s, handler) for s in (signal.SIGTERM, signal.SIGINT)}
     try:
         yield
@@ -200,9 +208,6 @@ def stop_on_signals():
     (a second SIGINT raises KeyboardInterrupt at once). Only the main thread can take
     signals: elsewhere (a Ray Tune trial) this does nothing and the host handles them."""
     flag: dict[str, int | None] = {"signum": None}
-    if threading.current_thread() is not threading.main_thread():
-        yield flag
-        return
 
     def handler(signum, frame):
         if flag["signum"] is not None and signum == signal.SIGINT:
@@ -213,12 +218,8 @@ def stop_on_signals():
                   + (" (Ctrl-C again to stop at once, without one)" if signum == signal.SIGINT else ""),
                   file=sys.stderr)
 
-    previous = {s: signal.signal(s, handler) for s in (signal.SIGTERM, signal.SIGINT)}
-    try:
+    with _handling_signals(handler):
         yield flag
-    finally:
-        for s, h in previous.items():
-            signal.signal(s, h)
 
 
 # ----------------------------------------------------------------------- the loop
