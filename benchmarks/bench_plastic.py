@@ -242,7 +242,7 @@ def main() -> None:
     ap.add_argument("--chunk", type=int, help="episodes per chunk of the chunked schedule (default: from the cache)")
     ap.add_argument("--naive-batches", type=int, nargs="+", default=[1],
                     help="batches run on the naive path (it runs episodes one after another)")
-    ap.add_argument("--rule", default="hebb", choices=[n for n in RULES if n != "retroactive"],
+    ap.add_argument("--rule", default="hebb", choices=list(RULES),
                     help="plasticity rule (neuromod: M(t) per --modulation, Hebb clipped to [-1, 1])")
     ap.add_argument("--modulation", default="neuron", choices=["network", "neuron"],
                     help="one M(t) per episode (network) or per neuron, for a neuromodulated --rule")

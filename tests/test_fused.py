@@ -100,6 +100,30 @@ def test_clipped_steps_are_recomputed_not_stored_or_inverted(rule, steps):
         assert_close(a, b, rtol=1e-9)
 
 
+@pytest.mark.parametrize("clip", [None, 0.05])
+def test_two_trace_states_are_recomputed_in_segments(clip):
+    """retroactive carries Hebb and E and is never inverted: one state is kept every
+    ceil(sqrt(T)) steps, clipped or not, and the backward pass recomputes the others from
+    it; outputs and gradients (eta, the read-out of M(t) included) equal autograd's."""
+    from plasticity.nn.fused import recompute_segment
+
+    steps = 50
+    fused, plain = (_net("retroactive", eta=0.3, clip=clip, impl=impl, modulation="neuron")
+                    for impl in ("fused", "autograd"))
+    x = _x(2, steps, fused.n)
+    out, _ = fused(x)
+    k = recompute_segment(steps)
+    stored = len(range(k, steps, k))
+    assert _stored(out) == stored and _clipped(out) == steps - 1 - stored
+    expected, _ = plain(x)
+    assert_close(out, expected, rtol=1e-12)
+    weights = torch.randn(out.shape, generator=torch.Generator().manual_seed(7), dtype=torch.float64)
+    grads = [torch.autograd.grad((o * weights).sum(), list(net.parameters())) for net, o in ((fused, out),
+                                                                                          (plain, expected))]
+    for a, b in zip(*grads, strict=True):
+        assert_close(a, b, rtol=1e-9)
+
+
 @pytest.mark.parametrize("rule", ["hebb", "oja"])
 @pytest.mark.parametrize("eta", [0.01, 0.3])
 def test_float32_reference_length_episode_is_as_accurate_as_plain_autograd(rule, eta):
@@ -129,11 +153,35 @@ def test_no_grad_forward_keeps_nothing():
     assert out.grad_fn is None and state.traces[0].shape == (2, net.n, net.n)
 
 
-def test_rules_without_an_elementwise_form_fall_back_to_plain_autograd():
-    net = PlasticRNN(6, rule="retroactive", modulation="network")
+def test_rules_without_an_elementwise_form_fall_back_to_plain_autograd(monkeypatch):
+    from plasticity.rules import RULES, Rule, hebb_update
+
+    monkeypatch.setitem(RULES, "formless", Rule("formless", hebb_update))
+    net = PlasticRNN(6, rule="formless")
     assert net.impl == "fused" and not net.fused
     out, _ = net(torch.randn(2, 4, 6))
     assert "Episode" not in type(out.grad_fn).__name__
+    w = torch.zeros(4, 4)
+    with pytest.raises(ConfigError, match="the fused path has no elementwise form for rule 'formless': use one of "
+                                          "hebb, neuromod, oja, retroactive or the autograd path"):
+        plastic_rnn_fused(torch.zeros(1, 3, 4), w, w, torch.tensor(0.1), rule="formless")
+
+
+def test_two_trace_rule_on_the_fused_path_carries_both_traces():
+    """retroactive (Hebb and the eligibility trace E) runs fused; its state is both traces,
+    and a state with too many traces is refused in one line."""
+    net = PlasticRNN(6, rule="retroactive", modulation="network")
+    assert net.fused
+    out, state = net(torch.randn(2, 4, 6))
+    assert "Episode" in type(out.grad_fn).__name__
+    assert [tuple(t.shape) for t in state.traces] == [(2, 6, 6), (2, 6, 6)]
+    w = torch.zeros(4, 4)
+    mod = (torch.zeros(4, 1), torch.zeros(1))
+    with pytest.raises(ShapeError, match=r"initial_state must be \(y, hebb, eligibility\) for rule 'retroactive', "
+                                         "got 4 tensors"):
+        plastic_rnn_fused(torch.zeros(1, 3, 4), w, w, torch.tensor(0.1), rule="retroactive", modulator=mod,
+                          initial_state=(torch.zeros(1, 4), torch.zeros(1, 4, 4), torch.zeros(1, 4, 4),
+                                         torch.zeros(1, 4, 4)))
 
 
 def test_fused_and_plain_give_the_same_training_gradients():
@@ -159,7 +207,7 @@ def test_fused_and_plain_give_the_same_training_gradients():
 
 @pytest.mark.parametrize("call,error,message", [
     (lambda w: plastic_rnn_fused(torch.zeros(1, 3, 4), w, w, torch.tensor(0.1), rule="retroactive"),
-     ConfigError, "the fused path has no elementwise form for rule 'retroactive'"),
+     ConfigError, r"rule 'retroactive' is neuromodulated: pass modulator=\(w_mod \[N, k\], b_mod \[k\]\)"),
     (lambda w: plastic_rnn_fused(torch.zeros(1, 3, 4), w, w, torch.tensor(0.1), rule="neuromod"),
      ConfigError, r"rule 'neuromod' is neuromodulated: pass modulator=\(w_mod \[N, k\], b_mod \[k\]\)"),
     (lambda w: plastic_rnn_fused(torch.zeros(1, 3, 4), w, w, torch.tensor(0.1), rule="neuromod",

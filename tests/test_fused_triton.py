@@ -21,11 +21,12 @@ import pytest
 import torch
 
 from plasticity.nn import PlasticRNN
-from plasticity.nn.fused import INVERT, chosen_backend, get_kernels
+from plasticity.nn.fused import CKPT, INVERT, chosen_backend, get_kernels
 from plasticity.nn.naive import plastic_rnn_naive
 from plasticity.nn.plastic import eta_from_logit
 from plasticity.rules import RULES, Elementwise, Rule, get_rule
 from plasticity.rules.base import apply_elementwise
+from plasticity.rules.elementwise import two_traces
 from tests.conftest import assert_close
 from tests.kernel_contract import check_kernel_contract
 from tests.test_neuromod import _net as _modulated_net
@@ -315,21 +316,23 @@ def test_kernels_compile_for_hopper(rule):
     target = GPUTarget("cuda", 90, 32)
     ptr, f32 = "*bf16", "*fp32"
     modulated = get_rule(rule).modulated
-    sig = dict(h_ptr=ptr, hn_ptr=ptr, pre_ptr=f32, post_ptr=f32, alpha_ptr=f32, eta_ptr=f32, mod_ptr=f32, z_ptr=f32,
-               flag_ptr="*i32", batch="i32", n="i32", rows="i32", s_ai="i32", s_aj="i32", s_ei="i32", s_ej="i32",
-               clip_ptr=f32)
-    const = dict(UPDATE=fn["update"], HAS_H=True, CLIP=True, WANT_Z=True, MOD=modulated, ACC=tl.float32, BI=64,
-                 BJ=64)
+    two = two_traces(get_rule(rule).elementwise)
+    sig = dict(h_ptr=ptr, hn_ptr=ptr, x_ptr=ptr, xn_ptr=ptr, pre_ptr=f32, post_ptr=f32, alpha_ptr=f32, eta_ptr=f32,
+               mod_ptr=f32, z_ptr=f32, flag_ptr="*i32", batch="i32", n="i32", rows="i32", s_ai="i32", s_aj="i32",
+               s_ei="i32", s_ej="i32", clip_ptr=f32)
+    const = dict(UPDATE=fn["update"], UPDATE_E=fn.get("update_e", fn["update"]), HAS_H=True, CLIP=True, WANT_Z=True,
+                 MOD=modulated, TWO=two, ACC=tl.float32, BI=64, BJ=64)
     kernel = triton.compile(ASTSource(forward, {**sig, **dict.fromkeys(const, "constexpr")}, const), target=target)
     assert "cubin" in kernel.asm
     sig = {name: f32 for name in ("pre_ptr", "post_ptr", "ga_ptr", "keep_ptr", "prep_ptr", "postp_ptr", "mod_ptr",
                                   "modp_ptr", "alpha_ptr", "eta_ptr", "dpre_ptr", "col_ptr", "dmod_ptr", "dalpha_ptr",
                                   "deta_ptr")}
-    sig = dict(h_ptr=ptr, g_ptr=ptr, ck_ptr=ptr, **sig, batch="i32", n="i32", s_ai="i32", s_aj="i32", s_ei="i32",
-               s_ej="i32", clip_ptr=f32)
-    const = dict(UPDATE=fn["update"], INVERSE=fn["inverse"], D_H=fn["d_h"], D_PRE=fn["d_pre"], D_POST=fn["d_post"],
-                 D_ETA=fn["d_eta"], D_MOD=fn.get("d_mod", fn["d_eta"]), STAGE=True, PREV=INVERT, CLIP=True,
-                 MOD=modulated, ACC=tl.float32, BI=64, BJ=64)
+    sig = dict(h_ptr=ptr, g_ptr=ptr, ck_ptr=ptr, x_ptr=ptr, gx_ptr=ptr, ckx_ptr=ptr, **sig, batch="i32", n="i32",
+               s_ai="i32", s_aj="i32", s_ei="i32", s_ej="i32", clip_ptr=f32)
+    fns = {name.upper(): fn.get(name, fn["d_h"]) for name in fused_triton._KERNEL_FIELDS}
+    # A two-trace rule's states are stored, never inverted.
+    const = dict(**fns, STAGE=True, PREV=CKPT if two else INVERT, CLIP=True, MOD=modulated, TWO=two, ACC=tl.float32,
+                 BI=64, BJ=64)
     kernel = triton.compile(ASTSource(backward, {**sig, **dict.fromkeys(const, "constexpr")}, const), target=target)
     assert "cubin" in kernel.asm
 

@@ -26,26 +26,32 @@ from tests.conftest import assert_close
 from tests.kernel_contract import check_kernel_contract
 
 FORMS = [name for name, rule in RULES.items() if rule.elementwise is not None]
-AUTOGRAD_ONLY = [name for name, rule in RULES.items() if rule.elementwise is None]
 
 
 @pytest.mark.parametrize("name", FORMS)
 def test_elementwise_form_is_complete_and_consistent(name):
     assert check_elementwise(RULES[name]) == []
     assert "struct PlasticRule" in cpp_rule(RULES[name])
-    assert RULES[name].invertible and supports(RULES[name])
+    assert supports(RULES[name])
+    # Single-trace forms are inverted in the backward pass; two-trace ones are recomputed.
+    assert RULES[name].invertible == (len(RULES[name].traces) == 1)
 
 
-@pytest.mark.parametrize("name", AUTOGRAD_ONLY)
-def test_rules_without_a_form_are_autograd_only(name, capsys, monkeypatch):
-    """A rule without an elementwise form (retroactive: two traces) runs on the autograd
-    path, and says so once (the notice is printed once per process, hence the reset)."""
+def test_every_registered_rule_has_a_fused_form():
+    assert FORMS == list(RULES)
+
+
+def test_a_rule_without_a_form_is_autograd_only(capsys, monkeypatch):
+    """A rule without an elementwise form runs on the autograd path, and says so once (the
+    notice is printed once per process, hence the reset)."""
     from plasticity.nn import fused
 
     monkeypatch.setattr(fused, "_NOTICES", set())
-    rule = RULES[name]
+    rule = Rule("formless", hebb_update)
     assert not rule.invertible and not supports(rule)
-    assert f"rule {name!r} has no elementwise form" in capsys.readouterr().err
+    assert "rule 'formless' has no elementwise form" in capsys.readouterr().err
+    net = PlasticRNN(4, rule="hebb", impl="fused")
+    assert net.fused
 
 
 def _fused_vs_plain(rule_name: str, backend: str, clip=None, eta_mode="scalar", modulation="neuron"):
@@ -64,16 +70,20 @@ def _fused_vs_plain(rule_name: str, backend: str, clip=None, eta_mode="scalar", 
         assert net.fused == (impl == "fused"), f"rule {rule_name!r} did not take the {impl} path"
         g = torch.Generator().manual_seed(1)
         x = torch.randn(3, 8, 6, generator=g, dtype=torch.float64)
-        h0 = (0.2 * torch.randn(3, 6, 6, generator=g, dtype=torch.float64)).requires_grad_()
-        out, state = net(x, state=(torch.zeros(3, 6, dtype=torch.float64), (h0,)))
+        traces0 = [(0.2 * torch.randn(3, 6, 6, generator=g, dtype=torch.float64)).requires_grad_()
+                   for _ in RULES[rule_name].traces]  # Hebb (and retroactive's eligibility trace)
+        out, state = net(x, state=(torch.zeros(3, 6, dtype=torch.float64), tuple(traces0)))
         loss = (out * torch.randn(out.shape, generator=g, dtype=torch.float64)).sum() + state.traces[0].pow(2).sum()
+        loss = loss + sum(0.5 * t.sum() for t in state.traces[1:])
         p = net.plastic
         read_out = [] if net.modulator is None else [net.modulator.weight, net.modulator.bias]
         # allow_unused: neuromod does not read eta (no gradient either way).
-        results[impl] = (out, *torch.autograd.grad(loss, [p.w, p.alpha, p.eta_logit, h0, *read_out],
+        results[impl] = (out, *torch.autograd.grad(loss, [p.w, p.alpha, p.eta_logit, *read_out, *traces0],
                                                    allow_unused=True, materialize_grads=True))
-    for what, a, b in zip(("outputs", "grad w", "grad alpha", "grad eta", "grad hebb0", "grad w_mod", "grad b_mod"),
-                          results["fused"], results["autograd"], strict=False):
+    read_out_names = ["grad w_mod", "grad b_mod"] if RULES[rule_name].modulated else []
+    names = ["outputs", "grad w", "grad alpha", "grad eta", *read_out_names,
+             *(f"grad {t}0" for t in RULES[rule_name].traces)]
+    for what, a, b in zip(names, results["fused"], results["autograd"], strict=True):
         assert_close(a, b, rtol=1e-9, name=f"rule {rule_name!r} ({backend}): {what}")
 
 

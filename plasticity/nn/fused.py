@@ -36,9 +36,9 @@ from torch import Tensor
 
 from plasticity.errors import ConfigError, ShapeError
 from plasticity.nn.inputs import drive_derivative, drive_neurons
-from plasticity.rules import RULES, Elementwise, Rule, get_rule
+from plasticity.rules import RULES, Elementwise, Elementwise2, Rule, get_rule
 from plasticity.rules.base import apply_elementwise
-from plasticity.rules.elementwise import FormError, check_elementwise, cpp_rule, uses
+from plasticity.rules.elementwise import FormError, check_elementwise, cpp_rule, two_traces, uses
 from plasticity.rules.neuromod import modulation_signal
 
 BACKENDS = ("auto", "cpp", "torch", "triton")
@@ -88,10 +88,17 @@ class TorchKernels:
     def __init__(self, form: Elementwise):
         self.form = form
 
-    def forward_step(self, h, h_next, pre, post, alpha, eta, clip, want_z, w=None, mod=None):
+    def forward_step(self, h, h_next, pre, post, alpha, eta, clip, want_z, w=None, mod=None, e=None, e_next=None):
         if h is None:
             h = torch.zeros_like(h_next)
-        raw = apply_elementwise(self.form.update, h, pre, post, eta, _column(mod))
+        if e_next is not None:
+            # A two-trace rule: E_{t+1} from (H_t, E_t) too, computed before either is overwritten.
+            args = (h, torch.zeros_like(e_next) if e is None else e, pre.unsqueeze(2), post.unsqueeze(1), eta,
+                    _column(mod))
+            raw, new_e = self.form.update(*args), self.form.update_e(*args)
+            e_next.copy_(new_e)
+        else:
+            raw = apply_elementwise(self.form.update, h, pre, post, eta, _column(mod))
         clipped = False
         if clip:
             clipped = bool((raw.abs() > clip).any())
@@ -106,7 +113,11 @@ class TorchKernels:
         return clipped, plus_w(z, post, w)
 
     def backward_stage(self, h, grad_h, ckpt, prev, stage, pre, post, grad_a, same_episode, pre_p, post_p, alpha, eta,
-                       clip, dpre, dalpha, deta, w=None, mod=None, mod_p=None, dmod=None):
+                       clip, dpre, dalpha, deta, w=None, mod=None, mod_p=None, dmod=None, e=None, grad_e=None,
+                       ckpt_e=None):
+        if grad_e is not None:
+            return self._backward_two(h, grad_h, ckpt, prev, stage, pre, post, grad_a, same_episode, pre_p, post_p,
+                                      alpha, eta, clip, dpre, dalpha, deta, w, mod, mod_p, dmod, e, grad_e, ckpt_e)
         form, grad_h_buffer = self.form, grad_h
         if stage:
             # Step t: H_{t+1} = update(H_t, pre, post, mod); grad_h holds dL/dH_{t+1}, h holds H_t.
@@ -135,6 +146,45 @@ class TorchKernels:
                 dmod.copy_((grad_h * form.d_mod(h_prev, *args)).sum(1))
             h.copy_(h_prev)
         grad_h_buffer.copy_(grad_h)
+        return col_sums
+
+    def _backward_two(self, h, grad_h, ckpt, prev, stage, pre, post, grad_a, same_episode, pre_p, post_p, alpha, eta,
+                      clip, dpre, dalpha, deta, w, mod, mod_p, dmod, e, grad_e, ckpt_e):
+        """`backward_stage` of a two-trace rule (`Elementwise2`): the state is (H, E) in `h`,
+        `e`, its gradient in `grad_h`, `grad_e`; step t-1's state comes from a stored (or
+        recomputed) one, `ckpt`, `ckpt_e` (None: zeros), never by inversion."""
+        if prev == INVERT:
+            raise ValueError("a two-trace rule's states are recomputed, not inverted: pass prev=CKPT")
+        form, gh, ge = self.form, grad_h, grad_e
+        if stage:
+            # Step t: (H, E)_{t+1} = update((H, E)_t, pre, post, mod); gh, ge hold dL/d(H, E)_{t+1}.
+            args = (h, e, pre.unsqueeze(2), post.unsqueeze(1), eta, _column(mod))
+            pre_i, grad_a_j = args[2], grad_a.unsqueeze(1)
+            dpre.copy_((gh * form.d_pre(*args) + ge * form.e_d_pre(*args)).sum(-1) + (alpha * h * grad_a_j).sum(-1))
+            if w is not None:
+                dpre.addmm_(grad_a, w.t())
+            dalpha += (pre_i * h * grad_a_j).sum(0)
+            keep = same_episode.view(-1, 1, 1)
+            gh, ge = ((gh * form.d_h(*args) + ge * form.e_d_h(*args) + alpha * pre_i * grad_a_j) * keep,
+                      (gh * form.d_e(*args) + ge * form.e_d_e(*args)) * keep)
+        col_sums = torch.zeros_like(pre_p)
+        if dmod is not None:
+            dmod.zero_()
+        if prev != NONE:
+            # Step t-1: (H, E)_t = update((H, E)_{t-1}, pre_p, post_p, mod_p); gh, ge hold dL/d(H, E)_t.
+            h_prev = torch.zeros_like(h) if ckpt is None else ckpt
+            e_prev = torch.zeros_like(e) if ckpt_e is None else ckpt_e
+            args = (h_prev, e_prev, pre_p.unsqueeze(2), post_p.unsqueeze(1), eta, _column(mod_p))
+            if clip:
+                gh = gh * (form.update(*args).abs() <= clip)
+            col_sums = (gh * form.d_post(*args) + ge * form.e_d_post(*args)).sum(1)
+            deta += (gh * form.d_eta(*args) + ge * form.e_d_eta(*args)).sum(0)
+            if dmod is not None:
+                dmod.copy_((gh * form.d_mod(*args) + ge * form.e_d_mod(*args)).sum(1))
+            h.copy_(h_prev)
+            e.copy_(e_prev)
+        grad_h.copy_(gh)
+        grad_e.copy_(ge)
         return col_sums
 
 
@@ -169,19 +219,20 @@ class CppKernels:
             self._params = cached = (given, versions, (*_as_rows(alpha, n), *_as_rows(eta, n), _as_matrix(w)))
         return cached[2]
 
-    def forward_step(self, h, h_next, pre, post, alpha, eta, clip, want_z, w=None, mod=None):
-        a, a_rs, e, e_rs, wm = self._rows(alpha, eta, w, pre.shape[1])
-        clipped, z = self.module.forward_step(h, h_next, pre.contiguous(), post.contiguous(), a, a_rs, e, e_rs,
-                                              float(clip or 0.0), want_z, wm, _contiguous(mod))
+    def forward_step(self, h, h_next, pre, post, alpha, eta, clip, want_z, w=None, mod=None, e=None, e_next=None):
+        a, a_rs, et, e_rs, wm = self._rows(alpha, eta, w, pre.shape[1])
+        clipped, z = self.module.forward_step(h, h_next, pre.contiguous(), post.contiguous(), a, a_rs, et, e_rs,
+                                              float(clip or 0.0), want_z, wm, _contiguous(mod), e, e_next)
         return clipped, (z if want_z else None)
 
     def backward_stage(self, h, grad_h, ckpt, prev, stage, pre, post, grad_a, same_episode, pre_p, post_p, alpha, eta,
-                       clip, dpre, dalpha, deta, w=None, mod=None, mod_p=None, dmod=None):
-        a, a_rs, e, e_rs, wm = self._rows(alpha, eta, w, h.shape[1])
+                       clip, dpre, dalpha, deta, w=None, mod=None, mod_p=None, dmod=None, e=None, grad_e=None,
+                       ckpt_e=None):
+        a, a_rs, et, e_rs, wm = self._rows(alpha, eta, w, h.shape[1])
         return self.module.backward_stage(h, grad_h, ckpt, prev, stage, pre.contiguous(), post.contiguous(),
                                           grad_a.contiguous(), same_episode.contiguous(), pre_p.contiguous(),
-                                          post_p.contiguous(), a, a_rs, e, e_rs, float(clip or 0.0), dpre, dalpha,
-                                          deta, wm, _contiguous(mod), _contiguous(mod_p), dmod)
+                                          post_p.contiguous(), a, a_rs, et, e_rs, float(clip or 0.0), dpre, dalpha,
+                                          deta, wm, _contiguous(mod), _contiguous(mod_p), dmod, e, grad_e, ckpt_e)
 
 
 def _contiguous(t: Tensor | None) -> Tensor | None:
@@ -420,7 +471,7 @@ def chunk_episodes_for(batch: int, n: int, itemsize: int, eta_per_connection: bo
 # ------------------------------------------------------------------------- the episode
 @dataclass(frozen=True)
 class _KernelSpec:
-    form: Elementwise
+    form: Elementwise | Elementwise2
     d_h_reads: frozenset
     """Which of (h, pre, post, eta, mod) the rule's d_h reads (what the error bound needs)."""
     clamp_input: bool
@@ -433,10 +484,28 @@ class _KernelSpec:
     """Episodes per chunk (see `_Episode`)."""
     reads_eta: bool = True
     """Whether the rule's update reads eta (`neuromod` does not: eta then gets no gradient)."""
+    traces: int = 1
+    """The traces the rule carries: 1 (Hebb), 2 (Hebb and a second trace: never inverted,
+    its states are recomputed in segments as those of clipped steps are)."""
 
     @property
     def input_mode(self) -> str:
         return "clamp" if self.clamp_input else "add"
+
+
+State = tuple[Tensor, ...]
+"""The traces of a chunk of episodes: (Hebb,) or (Hebb, E), each `[c, N, N]`."""
+
+
+def _forward_step(k, s: State | None, s_next: State, pre, post, alpha, eta, clip, want_z, w, mod):
+    """`k.forward_step` on states: from `s` (None: zeros) into `s_next` (may be `s`)."""
+    second = {} if len(s_next) == 1 else {"e": None if s is None else s[1], "e_next": s_next[1]}
+    return k.forward_step(None if s is None else s[0], s_next[0], pre, post, alpha, eta, clip, want_z, w, mod,
+                          **second)
+
+
+def _empty_state(like: State) -> State:
+    return tuple(torch.empty_like(t) for t in like)
 
 
 class _Amplification:
@@ -489,32 +558,35 @@ class _Modulator:
         return dact @ self.w.t()
 
 
-def _forward_chunk(inputs: Tensor, same_episode: Tensor | None, y0: Tensor, h0: Tensor | None, w: Tensor, alpha: Tensor,
+def _forward_chunk(inputs: Tensor, same_episode: Tensor | None, y0: Tensor, h0: State | None, w: Tensor, alpha: Tensor,
                    eta: Tensor, modulator: _Modulator | None, spec: _KernelSpec, save: bool, out: Tensor,
-                   mods: Tensor | None, resets: list | None) -> tuple[Tensor, dict, set]:
+                   mods: Tensor | None, resets: list | None) -> tuple[State, dict, set]:
     """All steps of one chunk of episodes: inputs `[c, T, N]`, same_episode `[c, T]` or None, y0
-    `[c, N]`, h0 `[c, N, N]` or None; writes the activities into out `[T, c, N]` and, for a
+    `[c, N]`, h0 the initial traces (each `[c, N, N]`) or None; writes the activities into out `[T, c, N]` and, for a
     neuromodulated rule, M(t) into mods `[T, c, k]`. `resets`: per step, whether any episode
     of the *batch* resets there (every chunk then stores the state before it, so that all
     schedules store the same states).
-    Returns (final Hebb `[c, N, N]`, the exact Hebb states kept for the backward pass by step,
-    the steps whose update clipped: their state H_t cannot be rebuilt by inversion and the
-    backward pass recomputes it from the last kept state, at most `segment` steps before)."""
+    Returns (final traces, the exact states kept for the backward pass by step, the steps
+    whose state the backward pass recomputes from the last kept state, at most `segment`
+    steps before: those whose update clipped (a clamp cannot be inverted), and every step
+    of a two-trace rule (never inverted))."""
     k, (b, steps, n) = spec.kernels, inputs.shape
     y = y0 if same_episode is None else y0 * same_episode[:, :1]
-    hcur = None if h0 is None else (h0 if same_episode is None else h0 * same_episode[:, 0].view(-1, 1, 1))
+    hcur = None if h0 is None else (h0 if same_episode is None else
+                                    tuple(t * same_episode[:, 0].view(-1, 1, 1) for t in h0))
     if hcur is None:
         z = torch.zeros_like(y)
     elif alpha.dim() == 0:
-        z = alpha * torch.bmm(y.unsqueeze(1), hcur).squeeze(1)
+        z = alpha * torch.bmm(y.unsqueeze(1), hcur[0]).squeeze(1)
     else:
-        z = torch.bmm(y.unsqueeze(1), alpha * hcur).squeeze(1)
+        z = torch.bmm(y.unsqueeze(1), alpha * hcur[0]).squeeze(1)
     # z: the recurrent pre-activation y @ (w + alpha * H) of the next step; after the first
     # step the kernel computes it in its pass over Hebb.
     z = torch.addmm(z, y, w)
-    amplification = _Amplification(spec.form, eta, spec.d_h_reads) if save else None
+    recomputed = spec.traces > 1  # every step's state is recomputed, none inverted
+    amplification = _Amplification(spec.form, eta, spec.d_h_reads) if save and not recomputed else None
     ckpts, clipped_steps, spare, growth = {0: hcur}, set(), None, 1.0
-    every = spec.every or (recompute_segment(steps) if spec.clip else 0)
+    every = spec.every or (recompute_segment(steps) if spec.clip or recomputed else 0)
     for t in range(steps):
         post = drive_neurons(z, inputs[:, t], spec.input_mode)
         out[t] = post
@@ -526,7 +598,7 @@ def _forward_chunk(inputs: Tensor, same_episode: Tensor | None, y0: Tensor, h0: 
         reset_next = resets is not None and not last and resets[t + 1]
         # Whether H_t must outlive this step: H_0 is the caller's (or None); a stored
         # state is decided before the update, except for clipping (known only after).
-        amp = amplification(y, post, mod) if save and t > 0 else 1.0
+        amp = amplification(y, post, mod) if amplification is not None and t > 0 else 1.0
         store_h = t == 0 or (save and (reset_next or (every and t % every == 0)
                                       or growth * amp > spec.max_amp))
         # In place unless H_t is kept (a clipped step's H_t is recomputed, not kept).
@@ -534,13 +606,14 @@ def _forward_chunk(inputs: Tensor, same_episode: Tensor | None, y0: Tensor, h0: 
         if in_place:
             h_next = hcur
         else:
-            h_next = spare if spare is not None else torch.empty(b, n, n, dtype=inputs.dtype, device=inputs.device)
+            h_next = spare if spare is not None else tuple(
+                torch.empty(b, n, n, dtype=inputs.dtype, device=inputs.device) for _ in range(spec.traces))
             spare = None
-        clipped, z = k.forward_step(hcur, h_next, y, post, alpha, eta, spec.clip, not last, w, mod)
+        clipped, z = _forward_step(k, hcur, h_next, y, post, alpha, eta, spec.clip, not last, w, mod)
         if t > 0 and save and store_h:
             ckpts[t], growth = hcur, 1.0
         elif t > 0:
-            if save and clipped:
+            if save and (clipped or recomputed):
                 clipped_steps.add(t)  # H_t is recomputed, exactly, by the backward pass
             growth = 1.0 if save and clipped else growth * amp
             if not in_place:
@@ -549,7 +622,8 @@ def _forward_chunk(inputs: Tensor, same_episode: Tensor | None, y0: Tensor, h0: 
         if reset_next:
             same_next = same_episode[:, t + 1]
             y, z = y * same_next[:, None], z * same_next[:, None]
-            hcur.mul_(same_next.view(-1, 1, 1))
+            for trace in hcur:
+                trace.mul_(same_next.view(-1, 1, 1))
     return hcur, ckpts, clipped_steps
 
 
@@ -562,13 +636,14 @@ def recompute_segment(steps: int) -> int:
 
 def _backward_chunk(spec: _KernelSpec, ckpts: dict, clipped: set, inputs: Tensor, same_episode: Tensor | None,
                     y0: Tensor, out: Tensor, w: Tensor, alpha: Tensor, eta: Tensor, modulator: _Modulator | None,
-                    mods: Tensor | None, h_final: Tensor, g_out: Tensor | None, g_h: Tensor | None, grad_a: Tensor,
-                    dx: Tensor | None, dact: Tensor | None, dalpha: Tensor, deta: Tensor) -> tuple[Tensor, Tensor]:
+                    mods: Tensor | None, h_final: State, g_out: Tensor | None, g_h: State | None, grad_a: Tensor,
+                    dx: Tensor | None, dact: Tensor | None, dalpha: Tensor, deta: Tensor) -> tuple[Tensor, State]:
     """All steps of one chunk of episodes, walking time backwards (shapes as in
-    `_forward_chunk`, out `[T, c, N]`; g_out `[c, T, N]` or None, g_h `[c, N, N]` or None).
+    `_forward_chunk`, out `[T, c, N]`; g_out `[c, T, N]` or None, g_h the gradients of the
+    final traces (None where not given)).
     Writes dL/d(pre-activation) into grad_a `[T, c, N]`, dL/dinputs into dx `[T, c, N]` and,
     for a neuromodulated rule, dL/d(the modulator's pre-activation) into dact `[T, c, k]`;
-    adds into dalpha and deta `[N, N]`. Returns (dL/dy0 `[c, N]`, dL/dH0 `[c, N, N]`)."""
+    adds into dalpha and deta `[N, N]`. Returns (dL/dy0 `[c, N]`, dL/d(initial traces))."""
     k = spec.kernels
     steps, b, n = out.shape
     ones = torch.ones(b, dtype=out.dtype, device=out.device)
@@ -579,10 +654,10 @@ def _backward_chunk(spec: _KernelSpec, ckpts: dict, clipped: set, inputs: Tensor
         return y if same_episode is None else y * same_episode[:, t, None]
 
     # States recomputed for a clipped segment, by step; the buffers of those already read.
-    recomputed: dict[int, Tensor] = {}
-    free: list[Tensor] = []
+    recomputed: dict[int, State] = {}
+    free: list[State] = []
 
-    def state(t: int) -> tuple[int, Tensor | None]:
+    def state(t: int) -> tuple[int, State | None]:
         """How the backward pass gets H_t: (CKPT, a kept or recomputed state) or (INVERT, None).
         Called once per step, walking down: a recomputed state handed out is read before the
         next call, so its buffer goes back to `free` as it is handed out."""
@@ -595,10 +670,11 @@ def _backward_chunk(spec: _KernelSpec, ckpts: dict, clipped: set, inputs: Tensor
             s = max(u for u in ckpts if u <= t)
             h_u = ckpts[s]
             for u in range(s, t):
-                h_next = free.pop() if free else torch.empty_like(h)
-                k.forward_step(h_u, h_next, pre(u), out[u], alpha, eta, spec.clip, False, None, mod(u))
+                h_next = free.pop() if free else _empty_state(h)
+                _forward_step(k, h_u, h_next, pre(u), out[u], alpha, eta, spec.clip, False, None, mod(u))
                 if same_episode is not None:
-                    h_next.mul_(same_episode[:, u + 1].view(-1, 1, 1))
+                    for trace in h_next:
+                        trace.mul_(same_episode[:, u + 1].view(-1, 1, 1))
                 recomputed[u + 1] = h_u = h_next
         if t in recomputed:
             free.append(recomputed.pop(t))
@@ -612,16 +688,23 @@ def _backward_chunk(spec: _KernelSpec, ckpts: dict, clipped: set, inputs: Tensor
         """dL/dy_t through M(t), from the dmod the last kernel call wrote (0: no modulation)."""
         return 0.0 if modulator is None else modulator.backward(dmod, mods[t], dact[t])
 
-    h = h_final.clone()
-    grad_h = torch.zeros_like(h) if g_h is None else g_h.contiguous().clone()
+    def stage(how, ckpt, *args, **kwargs) -> Tensor:
+        """`k.backward_stage` on the states `h`, `grad_h` and a kept one, `ckpt` (None: zeros)."""
+        second = {} if spec.traces == 1 else {"e": h[1], "grad_e": grad_h[1],
+                                              "ckpt_e": None if ckpt is None else ckpt[1]}
+        return k.backward_stage(h[0], grad_h[0], None if ckpt is None else ckpt[0], how, *args, **kwargs, **second)
+
+    h = tuple(t.clone() for t in h_final)
+    grad_h = tuple(torch.zeros_like(t) if g is None else g.contiguous().clone()
+                   for t, g in zip(h, g_h or (None,) * len(h), strict=True))
     dpre = torch.empty(b, n, dtype=out.dtype, device=out.device)
     dmod = None if modulator is None else torch.empty(b, n, dtype=out.dtype, device=out.device)
     # The first pass only rebuilds H_{T-1} and takes the last update's rule gradients.
     # grad_y: dL/dy_t from the steps after t (the rule's update read y_t as post, and M(t) read y_t).
     last = steps - 1
     how, ckpt = state(last)
-    grad_y = k.backward_stage(h, grad_h, ckpt, how, False, dpre, dpre, dpre, ones, pre(last), out[last], alpha, eta,
-                              spec.clip, dpre, dalpha, deta, None, mod(last), mod(last), dmod)
+    grad_y = stage(how, ckpt, False, dpre, dpre, dpre, ones, pre(last), out[last], alpha, eta, spec.clip, dpre, dalpha,
+                   deta, None, mod(last), mod(last), dmod)
     grad_y = grad_y + through_mod(last)
     for t in range(steps - 1, -1, -1):
         x = inputs[:, t]
@@ -632,10 +715,9 @@ def _backward_chunk(spec: _KernelSpec, ckpts: dict, clipped: set, inputs: Tensor
             dx[t] = grad_post.masked_fill(x == 0, 0) if spec.clamp_input else grad_a_t
         has_prev = t > 0
         how, ckpt = state(t - 1) if has_prev else (NONE, None)
-        col_sums = k.backward_stage(h, grad_h, ckpt, how, True, pre(t),
-                                    out[t], grad_a_t, same_at(t), pre(t - 1) if has_prev else dpre,
-                                    out[t - 1] if has_prev else dpre, alpha, eta, spec.clip, dpre, dalpha, deta, w,
-                                    mod(t), mod(t - 1 if has_prev else t), dmod)
+        col_sums = stage(how, ckpt, True, pre(t), out[t], grad_a_t, same_at(t), pre(t - 1) if has_prev else dpre,
+                         out[t - 1] if has_prev else dpre, alpha, eta, spec.clip, dpre, dalpha, deta, w,
+                         mod(t), mod(t - 1 if has_prev else t), dmod)
         # dpre: dL/dy_t through step t's pre-activation y_t @ (w + alpha * H_t) and its update.
         grad_y = dpre if same_episode is None else dpre * same_episode[:, t, None]
         grad_y = grad_y + col_sums + through_mod(t - 1) if has_prev else grad_y.clone()
@@ -648,10 +730,11 @@ class _Episode(torch.autograd.Function):
     backward pass, all of them backwards) before the next, so that a chunk's Hebb stays
     in the cache. One chunk of the whole batch is the `batch` schedule. A neuromodulated
     rule's read-out (w_mod `[N, k]`, b_mod `[k]`; None for the other rules) is applied
-    inside, at every step."""
+    inside, at every step. h0, e0: the initial traces (e0: a two-trace rule's second; None:
+    zeros). Returns the activities and the final traces."""
 
     @staticmethod
-    def forward(ctx, inputs, same_episode, y0, h0, w, alpha, eta, w_mod, b_mod, spec: _KernelSpec, save: bool):
+    def forward(ctx, inputs, same_episode, y0, h0, e0, w, alpha, eta, w_mod, b_mod, spec: _KernelSpec, save: bool):
         ctx.set_materialize_grads(False)
         b, steps, n = inputs.shape
         chunks = [slice(start, min(start + spec.chunk, b)) for start in range(0, b, spec.chunk)]
@@ -663,30 +746,32 @@ class _Episode(torch.autograd.Function):
             return None if t is None else t[sl]
 
         resets = None if same_episode is None else (same_episode == 0).any(0).tolist()
+        given = None if h0 is None else (h0, e0)[:spec.traces]  # plastic_rnn_fused gives both or neither
         ckpts, clipped, h_final = [], [], None
         for sl in chunks:
             h_chunk, ckpts_chunk, clipped_chunk = _forward_chunk(
-                inputs[sl], part(same_episode, sl), y0[sl], part(h0, sl), w, alpha, eta, modulator, spec, save,
-                out[:, sl], None if mods is None else mods[:, sl], resets)
+                inputs[sl], part(same_episode, sl), y0[sl], None if given is None else tuple(t[sl] for t in given), w,
+                alpha, eta, modulator, spec, save, out[:, sl], None if mods is None else mods[:, sl], resets)
             ckpts.append(ckpts_chunk)
             clipped.append(clipped_chunk)
             if len(chunks) == 1:
                 h_final = h_chunk
             else:
                 if h_final is None:
-                    h_final = inputs.new_empty(b, n, n)
-                h_final[sl] = h_chunk
+                    h_final = tuple(inputs.new_empty(b, n, n) for _ in h_chunk)
+                for whole, chunk in zip(h_final, h_chunk, strict=True):
+                    whole[sl] = chunk
             del h_chunk, ckpts_chunk
         out_btn = out.transpose(0, 1).contiguous()
         if save:
             ctx.spec, ctx.chunks, ctx.ckpts, ctx.clipped, ctx.out = spec, chunks, ckpts, clipped, out
-            ctx.h0_given = h0 is not None
-            ctx.save_for_backward(inputs, same_episode, y0, w, alpha, eta, w_mod, b_mod, mods, h_final)
-        return out_btn, h_final
+            ctx.h0_given, ctx.e0_given = h0 is not None, e0 is not None
+            ctx.save_for_backward(inputs, same_episode, y0, w, alpha, eta, w_mod, b_mod, mods, *h_final)
+        return (out_btn, *h_final)
 
     @staticmethod
-    def backward(ctx, g_out, g_h):
-        inputs, same_episode, y0, w, alpha, eta, w_mod, b_mod, mods, h_final = ctx.saved_tensors
+    def backward(ctx, g_out, *g_h):
+        inputs, same_episode, y0, w, alpha, eta, w_mod, b_mod, mods, *h_final = ctx.saved_tensors
         spec, out = ctx.spec, ctx.out
         steps, b, n = out.shape
         modulator = None if w_mod is None else _Modulator(w_mod, b_mod)
@@ -695,7 +780,7 @@ class _Episode(torch.autograd.Function):
         dx = torch.empty_like(grad_a) if ctx.needs_input_grad[0] else None
         dact = None if mods is None else torch.empty_like(mods)
         dy0 = torch.empty(b, n, dtype=out.dtype, device=out.device)
-        dh0 = None
+        dh0 = None  # the gradients of the initial traces, where one was given
 
         def part(t: Tensor | None, sl: slice) -> Tensor | None:
             return None if t is None else t[sl]
@@ -703,15 +788,17 @@ class _Episode(torch.autograd.Function):
         for sl, ckpts, clipped in zip(ctx.chunks, ctx.ckpts, ctx.clipped, strict=True):
             dy0[sl], dh0_chunk = _backward_chunk(
                 spec, ckpts, clipped, inputs[sl], part(same_episode, sl), y0[sl], out[:, sl], w, alpha, eta, modulator,
-                None if mods is None else mods[:, sl], h_final[sl], part(g_out, sl), part(g_h, sl), grad_a[:, sl],
-                None if dx is None else dx[:, sl], None if dact is None else dact[:, sl], dalpha, deta)
+                None if mods is None else mods[:, sl], tuple(t[sl] for t in h_final), part(g_out, sl),
+                tuple(part(g, sl) for g in g_h), grad_a[:, sl], None if dx is None else dx[:, sl],
+                None if dact is None else dact[:, sl], dalpha, deta)
             if ctx.h0_given:
                 if len(ctx.chunks) == 1:
                     dh0 = dh0_chunk
                 else:
                     if dh0 is None:
-                        dh0 = torch.empty_like(h_final)
-                    dh0[sl] = dh0_chunk
+                        dh0 = tuple(torch.empty_like(t) for t in h_final)
+                    for whole, chunk in zip(dh0, dh0_chunk, strict=True):
+                        whole[sl] = chunk
             del dh0_chunk
         pres = torch.cat([y0.unsqueeze(0), out[:-1]])  # the presynaptic activity of each step
         if same_episode is not None:
@@ -724,12 +811,13 @@ class _Episode(torch.autograd.Function):
             # M(t) read the activity of step t itself: out[t] (before any reset mask).
             dw_mod = out.reshape(-1, n).t() @ dact.reshape(-1, dact.shape[-1])
             db_mod = dact.sum((0, 1))
-        return (None if dx is None else dx.transpose(0, 1), None, dy0, dh0, dw, dalpha, deta, dw_mod, db_mod, None,
-                None)
+        dh0, de0 = (None, None) if dh0 is None else (dh0[0], dh0[1] if ctx.e0_given else None)
+        return (None if dx is None else dx.transpose(0, 1), None, dy0, dh0, de0, dw, dalpha, deta, dw_mod, db_mod,
+                None, None)
 
 
 @cache
-def _form_problem(rule_name: str, form: Elementwise) -> str | None:
+def _form_problem(rule_name: str, form: Elementwise | Elementwise2) -> str | None:
     """The first problem of a rule's elementwise form (None: the fused path can run it)."""
     try:
         cpp_rule(RULES[rule_name])
@@ -743,7 +831,7 @@ def supports(rule: Rule, notice: bool = True) -> bool:
     """Whether the fused path can run `rule`: it has an elementwise form that is complete,
     translatable and consistent (`check_elementwise`). The others use the plain autograd
     loop, with a one-line notice on stderr (once per rule) when `notice`."""
-    if rule.elementwise is None or len(rule.traces) != 1:
+    if rule.elementwise is None or len(rule.traces) != (2 if two_traces(rule.elementwise) else 1):
         problem = f"rule {rule.name!r} has no elementwise form (update, inverse, derivatives)"
     else:
         problem = _form_problem(rule.name, rule.elementwise)
@@ -754,21 +842,22 @@ def supports(rule: Rule, notice: bool = True) -> bool:
 
 def plastic_rnn_fused(inputs: Tensor, w: Tensor, alpha: Tensor, eta: Tensor, *, rule: str = "hebb",
                       input_mode: str = "add", clip: float | None = None,
-                      initial_state: tuple[Tensor, Tensor | None] | None = None, reset: Tensor | None = None,
+                      initial_state: tuple[Tensor | None, ...] | None = None, reset: Tensor | None = None,
                       segment_steps: int = 0, max_amplification: float | None = None,
                       backend: str = "auto", chunk_episodes: int | str | None = None,
-                      modulator: tuple[Tensor, Tensor] | None = None) -> tuple[Tensor, tuple[Tensor, Tensor]]:
+                      modulator: tuple[Tensor, Tensor] | None = None) -> tuple[Tensor, tuple[Tensor, ...]]:
     """The fully recurrent plastic network over `inputs` `[B, T, N]` (see the module docstring).
 
     w `[N, N]`, alpha `[N, N]` or `[]`, eta `[]` or `[N, N]`; `initial_state` = (y `[B, N]`,
-    Hebb `[B, N, N]` or None for zeros); `reset` `[B, T]` zeroes y and Hebb before the
+    *traces): Hebb `[B, N, N]` (and, for a two-trace rule such as `retroactive`, its second
+    trace `[B, N, N]`), None for zeros; `reset` `[B, T]` zeroes y and the traces before the
     marked steps. `chunk_episodes`: the schedule, episodes per chunk run through all their
     steps before the next chunk (0: the whole batch at once; `auto`: on CPU as many as fit
     in half the last-level cache, elsewhere the whole batch; None: the environment variable
     PLASTICITY_CHUNK_EPISODES, else `auto`; see `chunk_episodes_for`). `modulator`: for a
     neuromodulated rule, (w_mod `[N, k]`, b_mod `[k]`) of `M(t) = tanh(y(t) @ w_mod + b_mod)`,
     k = 1 (one M per episode) or N (one per neuron). Returns (activities `[B, T, N]`, final
-    (y `[B, N]`, Hebb `[B, N, N]`)).
+    (y `[B, N]`, Hebb `[B, N, N]`[, second trace `[B, N, N]`])).
     """
     rule_def = get_rule(rule)
     if not supports(rule_def, notice=False):
@@ -788,7 +877,15 @@ def plastic_rnn_fused(inputs: Tensor, w: Tensor, alpha: Tensor, eta: Tensor, *, 
                               or tuple(b_mod.shape) != (w_mod.shape[1],)):
         raise ShapeError(f"modulator must be (w_mod [{n}, 1 or {n}], b_mod [1 or {n}]), got "
                          f"({tuple(w_mod.shape)}, {tuple(b_mod.shape)})")
-    y0, h0 = (None, None) if initial_state is None else initial_state
+    traces = len(rule_def.traces)
+    y0, *given = (None,) if initial_state is None else initial_state
+    if len(given) > traces:
+        raise ShapeError(f"initial_state must be (y, {', '.join(rule_def.traces)}) for rule {rule!r}, got "
+                         f"{len(given) + 1} tensors")
+    given = given + [None] * (traces - len(given))
+    if any(t is not None for t in given):
+        given = [inputs.new_zeros(b, n, n) if t is None else t for t in given]
+    h0, e0 = given[0], given[1] if traces > 1 else None
     y0 = inputs.new_zeros(b, n) if y0 is None else y0
     same_episode = None if reset is None else (1 - reset.to(inputs.dtype)).contiguous()
     kernels = get_kernels(backend, inputs.device, inputs.dtype, rule_def)
@@ -798,12 +895,13 @@ def plastic_rnn_fused(inputs: Tensor, w: Tensor, alpha: Tensor, eta: Tensor, *, 
     if chunk_episodes == "auto" and inputs.device.type != "cpu":
         chunk_episodes = 0  # the cache-sized chunks are a CPU schedule
     chunk = chunk_episodes_for(b, n, inputs.element_size(), eta.dim() > 0, chunk_episodes)
+    reads_eta = any("eta" in uses(rule_def, f) for f in ("update", "update_e") if hasattr(rule_def.elementwise, f))
     spec = _KernelSpec(rule_def.elementwise, frozenset(uses(rule_def, "d_h")), input_mode == "clamp", clip,
-                       segment_steps, max_amp, kernels, chunk, reads_eta="eta" in uses(rule_def, "update"))
-    tensors = (inputs, y0, h0, w, alpha, eta, w_mod, b_mod)
+                       segment_steps, max_amp, kernels, chunk, reads_eta=reads_eta, traces=traces)
+    tensors = (inputs, y0, h0, e0, w, alpha, eta, w_mod, b_mod)
     save = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
-    out, hebb = _Episode.apply(inputs, same_episode, y0, h0, w, alpha, eta, w_mod, b_mod, spec, save)
-    return out, (out[:, -1], hebb)
+    out, *final = _Episode.apply(inputs, same_episode, y0, h0, e0, w, alpha, eta, w_mod, b_mod, spec, save)
+    return out, (out[:, -1], *final)
 
 
 def build_kernels(rules=None) -> tuple[float, bool]:

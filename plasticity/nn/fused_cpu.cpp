@@ -5,7 +5,11 @@
 // before this file (update, inverse, d_h, d_pre, d_post, d_eta, and d_mod for a
 // neuromodulated rule, as static inline functions f(h, pre, post, eta, mod); `modulated`
 // says whether the rule reads M(t)), translated from the rule's Python functions by
-// plasticity/rules/elementwise.py, and compiles one module per rule.
+// plasticity/rules/elementwise.py, and compiles one module per rule. A rule with a second
+// trace (`traces == 2`, e.g. retroactive's eligibility trace E) has functions f(h, e, pre,
+// post, eta, mod): update and update_e, the derivatives of h(t+1) (d_h, d_e, d_pre, ...) and
+// of e(t+1) (e_d_h, e_d_e, ...), and no inverse: its kernels read and write E beside Hebb
+// (`x2` rows), and its backward always takes step t-1's state from a stored one.
 //
 // Shapes: Hebb / gradient buffers [B, N, N] (rows presynaptic i, columns postsynaptic j),
 // activities [B, N], alpha, w and eta given as rows with a row stride (N for one value per
@@ -30,6 +34,12 @@
 #endif
 
 namespace {
+
+// The rule as a type that depends on T: in a branch that `if constexpr` leaves out for this
+// rule (the two-trace code for a one-trace rule, and the reverse), its functions are then
+// looked up only where used, so each rule's functor needs its own functions alone.
+template <typename T>
+struct Rule : PlasticRule {};
 
 #ifndef PLASTIC_ROW_BLOCK
 #define PLASTIC_ROW_BLOCK 16
@@ -114,15 +124,23 @@ void check_vec(const at::Tensor& t, int64_t b, int64_t n, const char* name) {
 // in the same pass over Hebb as the update: no separate matrix-vector product over w.
 // Returns whether any value was clipped.
 // The update of one row i of episode b; `h` and `out` may be the same row (IN_PLACE).
+// A two-trace rule also reads its second trace from `x2` and writes it into `x2_out`.
 template <typename T, bool CLIP, bool WANT_Z>
-inline int forward_row(const T* h, T* out, const T* __restrict__ a, const T* __restrict__ wr,
-                       const T* __restrict__ e, const T* __restrict__ q, const T* __restrict__ m,
-                       T* __restrict__ z, T p, T y, T clip, int64_t N) {
+inline int forward_row(const T* h, T* out, const T* x2, T* x2_out, const T* __restrict__ a,
+                       const T* __restrict__ wr, const T* __restrict__ e, const T* __restrict__ q,
+                       const T* __restrict__ m, T* __restrict__ z, T p, T y, T clip, int64_t N) {
   int any = 0;
 #pragma omp simd reduction(| : any)
   for (int64_t j = 0; j < N; ++j) {
     const T hv = h[j];
-    T v = PlasticRule::update(hv, p, q[j], e[j], m[j]);
+    T v;
+    if constexpr (PlasticRule::traces == 2) {
+      const T ev = x2[j];
+      v = Rule<T>::update(hv, ev, p, q[j], e[j], m[j]);
+      x2_out[j] = Rule<T>::update_e(hv, ev, p, q[j], e[j], m[j]);
+    } else {
+      v = Rule<T>::update(hv, p, q[j], e[j], m[j]);
+    }
     if (CLIP) {
       any |= (v > clip) | (v < -clip);
       v = std::min(std::max(v, -clip), clip);
@@ -140,7 +158,7 @@ inline int forward_row(const T* h, T* out, const T* __restrict__ a, const T* __r
 // lines moves 2 bytes per byte of Hebb where writing elsewhere moves 3 (the write
 // allocates its line first).
 template <typename T, bool CLIP, bool WANT_Z, bool IN_PLACE>
-bool forward_impl(Rows hr, T* hn, const T* pre, const T* post, const T* alpha, int64_t a_rs, const T* w,
+bool forward_impl(Rows hr, T* hn, Rows xr, T* xn, const T* pre, const T* post, const T* alpha, int64_t a_rs, const T* w,
                   int64_t w_rs, const T* eta, int64_t e_rs, const T* mod, int64_t m_bs, T clip, T* zpart, int64_t B,
                   int64_t N) {
   const int64_t nthreads = at::get_num_threads();
@@ -159,8 +177,10 @@ bool forward_impl(Rows hr, T* hn, const T* pre, const T* post, const T* alpha, i
       for (int64_t i = blk; i < std::min(blk + kRowBlock, i1); ++i) {
         T* out = hn + (b * N_ + i) * N_;
         const T* h = IN_PLACE ? out : row<T>(hr, b, i);
-        any |= forward_row<T, CLIP, WANT_Z>(h, out, alpha + i * a_rs, w + i * w_rs, eta + i * e_rs, q, m, z,
-                                            pre[b * N_ + i], post[b * N_ + i], clip, N_);
+        T* x2_out = xn == nullptr ? nullptr : xn + (b * N_ + i) * N_;
+        const T* x2 = IN_PLACE ? x2_out : (xn == nullptr ? nullptr : row<T>(xr, b, i));
+        any |= forward_row<T, CLIP, WANT_Z>(h, out, x2, x2_out, alpha + i * a_rs, w + i * w_rs, eta + i * e_rs, q,
+                                            m, z, pre[b * N_ + i], post[b * N_ + i], clip, N_);
       }
     }
     clipped[tid] |= any;
@@ -169,23 +189,26 @@ bool forward_impl(Rows hr, T* hn, const T* pre, const T* post, const T* alpha, i
 }
 
 template <typename T, bool CLIP>
-bool forward_want(bool want_z, bool in_place, Rows hr, T* hn, const T* pre, const T* post, const T* alpha,
+bool forward_want(bool want_z, bool in_place, Rows hr, T* hn, Rows xr, T* xn, const T* pre, const T* post, const T* alpha,
                   int64_t a_rs, const T* w, int64_t w_rs, const T* eta, int64_t e_rs, const T* mod, int64_t m_bs,
                   T clip, T* zpart, int64_t B, int64_t N) {
 #define PLASTIC_FWD(Z, P) \
-  forward_impl<T, CLIP, Z, P>(hr, hn, pre, post, alpha, a_rs, w, w_rs, eta, e_rs, mod, m_bs, clip, zpart, B, N)
+  forward_impl<T, CLIP, Z, P>(hr, hn, xr, xn, pre, post, alpha, a_rs, w, w_rs, eta, e_rs, mod, m_bs, clip, zpart, B, N)
   if (in_place) return want_z ? PLASTIC_FWD(true, true) : PLASTIC_FWD(false, true);
   return want_z ? PLASTIC_FWD(true, false) : PLASTIC_FWD(false, false);
 #undef PLASTIC_FWD
 }
 
 // h: [B, N, N] or None (zeros); h_next may be h itself (updated in place); w: [N, N] or None
-// (z is then the plastic part alone); mod: M(t) [B, N] or None. Writes h_next; returns
-// (clipped, z or empty).
+// (z is then the plastic part alone); mod: M(t) [B, N] or None. A two-trace rule: x2 (its
+// second trace, or None: zeros) and x2_next (in place exactly when h_next is). Writes
+// h_next (and x2_next); returns (clipped, z or empty).
 std::tuple<bool, at::Tensor> forward_step(const c10::optional<at::Tensor>& h, at::Tensor h_next, at::Tensor pre,
                                           at::Tensor post, at::Tensor alpha, int64_t alpha_rs, at::Tensor eta,
                                           int64_t eta_rs, double clip, bool want_z,
-                                          const c10::optional<at::Tensor>& w, const c10::optional<at::Tensor>& mod) {
+                                          const c10::optional<at::Tensor>& w, const c10::optional<at::Tensor>& mod,
+                                          const c10::optional<at::Tensor>& x2,
+                                          const c10::optional<at::Tensor>& x2_next) {
   const int64_t B = pre.size(0), N = pre.size(1);
   check_vec(pre, B, N, "pre");
   check_vec(post, B, N, "post");
@@ -197,13 +220,23 @@ std::tuple<bool, at::Tensor> forward_step(const c10::optional<at::Tensor>& h, at
   const int64_t w_rs = w_given.second;
   const auto mod_given = mod_rows_of(mod, zero_row, B, N);  // (rows, episode stride)
   const bool in_place = h.has_value() && h->defined() && h->data_ptr() == h_next.data_ptr();
+  const bool two = PlasticRule::traces == 2;
+  TORCH_CHECK(two == (x2_next.has_value() && x2_next->defined()),
+              "fused kernel: give x2_next exactly for a rule with a second trace");
+  if (two) {
+    TORCH_CHECK(x2_next->is_contiguous() && x2_next->sizes() == h_next.sizes(), "fused kernel: x2_next must be [B, N, N]");
+    const bool x2_in_place = x2.has_value() && x2->defined() && x2->data_ptr() == x2_next->data_ptr();
+    TORCH_CHECK(x2_in_place == in_place, "fused kernel: update h and x2 both in place or neither");
+  }
+  const Rows xr = rows_of(x2, zero_row);
   const int64_t nthreads = at::get_num_threads();
   at::Tensor zpart = want_z ? thread_partials(nthreads, B, N, pre.options()) : at::Tensor();
   bool clipped = false;
   AT_DISPATCH_FLOATING_TYPES(pre.scalar_type(), "plastic_forward_step", [&] {
     using T = scalar_t;
     T* zp = want_z ? zpart.data_ptr<T>() : nullptr;
-    auto args = std::make_tuple(in_place, hr, h_next.data_ptr<T>(), pre.data_ptr<T>(), post.data_ptr<T>(),
+    auto args = std::make_tuple(in_place, hr, h_next.data_ptr<T>(), xr, two ? x2_next->data_ptr<T>() : nullptr,
+                                pre.data_ptr<T>(), post.data_ptr<T>(),
                                 alpha.data_ptr<T>(), alpha_rs, w_rows.data_ptr<T>(), w_rs, eta.data_ptr<T>(), eta_rs,
                                 mod_given.first.data_ptr<T>(), mod_given.second, static_cast<T>(clip), zp, B, N);
     const bool has_clip = clip > 0;
@@ -229,7 +262,7 @@ enum Prev { kNone = 0, kInvert = 1, kCkpt = 2 };
 // eta row to stream, deta summed in registers, and what depends on eta alone (e.g. the
 // decaying rule's 1 / (1 - eta)) hoisted out of the loop by the compiler.
 template <typename T, int PREV, bool CLIP, bool STAGE, bool ETA_ROW>
-void backward_impl(T* hbuf, T* gbuf, Rows ck, const T* pre, const T* post, const T* grad_a, const T* keep,
+void backward_impl(T* hbuf, T* gbuf, Rows ck, T* xbuf, T* gxbuf, Rows ckx, const T* pre, const T* post, const T* grad_a, const T* keep,
                    const T* pre_p, const T* post_p, const T* alpha, int64_t a_rs, const T* w, int64_t w_rs,
                    const T* eta, int64_t e_rs, const T* mod, const T* mod_p, int64_t m_bs, T clip, T* dpre,
                    T* dalpha, T* deta, T* col_sums_part, T* dmod_part, int64_t B, int64_t N) {
@@ -259,6 +292,11 @@ void backward_impl(T* hbuf, T* gbuf, Rows ck, const T* pre, const T* post, const
         T* __restrict__ h = hbuf + (b * N_ + i) * N_;
         T* __restrict__ g = gbuf + (b * N_ + i) * N_;
         const T* __restrict__ c = PREV == kCkpt ? row<T>(ck, b, i) : nullptr;
+        // A two-trace rule: its second trace, that trace's gradient and stored state.
+        constexpr bool two = PlasticRule::traces == 2;
+        T* __restrict__ x2 = two ? xbuf + (b * N_ + i) * N_ : nullptr;
+        T* __restrict__ gx = two ? gxbuf + (b * N_ + i) * N_ : nullptr;
+        const T* __restrict__ cx = two && PREV == kCkpt ? row<T>(ckx, b, i) : nullptr;
         const T* __restrict__ q = STAGE ? post + b * N_ : nullptr;
         const T* __restrict__ grad_a_b = STAGE ? grad_a + b * N_ : nullptr;
         const T* __restrict__ qp = PREV ? post_p + b * N_ : nullptr;
@@ -275,34 +313,76 @@ void backward_impl(T* hbuf, T* gbuf, Rows ck, const T* pre, const T* post, const
           const T ej = ETA_ROW ? e[j] : E;
           const T hv = h[j];
           T grad_h = g[j];
-          if (STAGE) {
-            // Step t: H_{t+1} = update(H_t, pre_t, post_t); grad_h is dL/dH_{t+1} on entry.
-            const T alpha_ga = a[j] * grad_a_b[j];
-            // d pre_t through the rule, through alpha * H_t and (w given) through w: row i of
-            // grad_a @ (w + alpha * H_t)^T, in this pass rather than a separate product over w.
-            dp += grad_h * PlasticRule::d_pre(hv, p, q[j], ej, m[j]) + alpha_ga * hv + grad_a_b[j] * wr[j];
-            dal[j] += p * hv * grad_a_b[j];
-            grad_h = (grad_h * PlasticRule::d_h(hv, p, q[j], ej, m[j]) + alpha_ga * p) * k;
-          }
-          if (PREV) {
-            // Step t-1: H_t = update(H_{t-1}, pre_{t-1}, post_{t-1}); grad_h is dL/dH_t.
-            const T mj = mp[j];
-            const T h_prev = PREV == kInvert ? PlasticRule::inverse(hv, pp, qp[j], ej, mj) : c[j];
-            if (CLIP) {
-              const T raw = PlasticRule::update(h_prev, pp, qp[j], ej, mj);
-              grad_h = (raw > clip_ || raw < -clip_) ? T(0) : grad_h;
+          if constexpr (two) {
+            // The same for a two-trace rule: state (h, x2), gradients (grad_h, grad_x).
+            const T xv = x2[j];
+            T grad_x = gx[j];
+            if (STAGE) {
+              const T alpha_ga = a[j] * grad_a_b[j];
+              dp += grad_h * Rule<T>::d_pre(hv, xv, p, q[j], ej, m[j]) +
+                    grad_x * Rule<T>::e_d_pre(hv, xv, p, q[j], ej, m[j]) + alpha_ga * hv + grad_a_b[j] * wr[j];
+              dal[j] += p * hv * grad_a_b[j];
+              const T gh = (grad_h * Rule<T>::d_h(hv, xv, p, q[j], ej, m[j]) +
+                            grad_x * Rule<T>::e_d_h(hv, xv, p, q[j], ej, m[j]) + alpha_ga * p) * k;
+              grad_x = (grad_h * Rule<T>::d_e(hv, xv, p, q[j], ej, m[j]) +
+                        grad_x * Rule<T>::e_d_e(hv, xv, p, q[j], ej, m[j])) * k;
+              grad_h = gh;
             }
-            col_sum[j] += grad_h * PlasticRule::d_post(h_prev, pp, qp[j], ej, mj);
-            if constexpr (PlasticRule::modulated) dmod[j] += grad_h * PlasticRule::d_mod(h_prev, pp, qp[j], ej, mj);
-            const T dej = grad_h * PlasticRule::d_eta(h_prev, pp, qp[j], ej, mj);
-            if (ETA_ROW) {
-              det[j] += dej;
-            } else {
-              de += dej;
+            if (PREV) {
+              // Step t-1's state is stored (c, cx; zero rows for zeros), never inverted.
+              const T mj = mp[j];
+              const T h_prev = c[j], x_prev = cx[j];
+              if (CLIP) {
+                const T raw = Rule<T>::update(h_prev, x_prev, pp, qp[j], ej, mj);
+                grad_h = (raw > clip_ || raw < -clip_) ? T(0) : grad_h;
+              }
+              col_sum[j] += grad_h * Rule<T>::d_post(h_prev, x_prev, pp, qp[j], ej, mj) +
+                            grad_x * Rule<T>::e_d_post(h_prev, x_prev, pp, qp[j], ej, mj);
+              if constexpr (PlasticRule::modulated)
+                dmod[j] += grad_h * Rule<T>::d_mod(h_prev, x_prev, pp, qp[j], ej, mj) +
+                           grad_x * Rule<T>::e_d_mod(h_prev, x_prev, pp, qp[j], ej, mj);
+              const T dej = grad_h * Rule<T>::d_eta(h_prev, x_prev, pp, qp[j], ej, mj) +
+                            grad_x * Rule<T>::e_d_eta(h_prev, x_prev, pp, qp[j], ej, mj);
+              if (ETA_ROW) {
+                det[j] += dej;
+              } else {
+                de += dej;
+              }
+              h[j] = h_prev;
+              x2[j] = x_prev;
             }
-            h[j] = h_prev;
+            g[j] = grad_h;
+            gx[j] = grad_x;
+          } else {
+            if (STAGE) {
+              // Step t: H_{t+1} = update(H_t, pre_t, post_t); grad_h is dL/dH_{t+1} on entry.
+              const T alpha_ga = a[j] * grad_a_b[j];
+              // d pre_t through the rule, through alpha * H_t and (w given) through w: row i of
+              // grad_a @ (w + alpha * H_t)^T, in this pass rather than a separate product over w.
+              dp += grad_h * Rule<T>::d_pre(hv, p, q[j], ej, m[j]) + alpha_ga * hv + grad_a_b[j] * wr[j];
+              dal[j] += p * hv * grad_a_b[j];
+              grad_h = (grad_h * Rule<T>::d_h(hv, p, q[j], ej, m[j]) + alpha_ga * p) * k;
+            }
+            if (PREV) {
+              // Step t-1: H_t = update(H_{t-1}, pre_{t-1}, post_{t-1}); grad_h is dL/dH_t.
+              const T mj = mp[j];
+              const T h_prev = PREV == kInvert ? Rule<T>::inverse(hv, pp, qp[j], ej, mj) : c[j];
+              if (CLIP) {
+                const T raw = Rule<T>::update(h_prev, pp, qp[j], ej, mj);
+                grad_h = (raw > clip_ || raw < -clip_) ? T(0) : grad_h;
+              }
+              col_sum[j] += grad_h * Rule<T>::d_post(h_prev, pp, qp[j], ej, mj);
+              if constexpr (PlasticRule::modulated) dmod[j] += grad_h * Rule<T>::d_mod(h_prev, pp, qp[j], ej, mj);
+              const T dej = grad_h * Rule<T>::d_eta(h_prev, pp, qp[j], ej, mj);
+              if (ETA_ROW) {
+                det[j] += dej;
+              } else {
+                de += dej;
+              }
+              h[j] = h_prev;
+            }
+            g[j] = grad_h;
           }
-          g[j] = grad_h;
         }
         if (STAGE) dpre[b * N_ + i] = dp;
         de_thread += de;
@@ -317,12 +397,13 @@ void backward_impl(T* hbuf, T* gbuf, Rows ck, const T* pre, const T* post, const
 }
 
 template <typename T, int PREV>
-void backward_flags(bool clip_on, bool stage, bool eta_row, T* hbuf, T* gbuf, Rows ck, const T* pre, const T* post,
+void backward_flags(bool clip_on, bool stage, bool eta_row, T* hbuf, T* gbuf, Rows ck, T* xbuf, T* gxbuf, Rows ckx,
+                    const T* pre, const T* post,
                     const T* grad_a, const T* keep, const T* pre_p, const T* post_p, const T* alpha, int64_t a_rs,
                     const T* w, int64_t w_rs, const T* eta, int64_t e_rs, const T* mod, const T* mod_p, int64_t m_bs,
                     T clip, T* dpre, T* dalpha, T* deta, T* col_sums_part, T* dmod_part, int64_t B, int64_t N) {
 #define PLASTIC_CALL(C, S, R)                                                                                       \
-  backward_impl<T, PREV, C, S, R>(hbuf, gbuf, ck, pre, post, grad_a, keep, pre_p, post_p, alpha, a_rs, w, w_rs, \
+  backward_impl<T, PREV, C, S, R>(hbuf, gbuf, ck, xbuf, gxbuf, ckx, pre, post, grad_a, keep, pre_p, post_p, alpha, a_rs, w, w_rs, \
                                   eta, e_rs, mod, mod_p, m_bs, clip, dpre, dalpha, deta, col_sums_part, dmod_part, \
                                   B, N)
 #define PLASTIC_ROWS(C, S) \
@@ -341,21 +422,33 @@ void backward_flags(bool clip_on, bool stage, bool eta_row, T* hbuf, T* gbuf, Ro
 // d post_{t-1} [B, N] (zeros when prev == 0). dpre, dalpha, deta are written / accumulated;
 // dpre includes grad_a @ w^T where w ([N, N]) is given. A neuromodulated rule: mod, mod_p
 // are M(t), M(t-1) [B, N], and dmod [B, N], where given, receives d M(t-1) (zeros when
-// prev == 0).
+// prev == 0). A two-trace rule: x2 and gx hold its second trace and that trace's gradient
+// (updated like h and g), ckpt_x its stored state (None: zeros); prev is never 1 (invert).
 at::Tensor backward_stage(at::Tensor h, at::Tensor g, const c10::optional<at::Tensor>& ckpt, int64_t prev,
                           bool stage, at::Tensor pre, at::Tensor post, at::Tensor grad_a, at::Tensor keep,
                           at::Tensor pre_p, at::Tensor post_p, at::Tensor alpha, int64_t alpha_rs, at::Tensor eta,
                           int64_t eta_rs, double clip, at::Tensor dpre, at::Tensor dalpha,
                           at::Tensor deta, const c10::optional<at::Tensor>& w, const c10::optional<at::Tensor>& mod,
-                          const c10::optional<at::Tensor>& mod_p, const c10::optional<at::Tensor>& dmod) {
+                          const c10::optional<at::Tensor>& mod_p, const c10::optional<at::Tensor>& dmod,
+                          const c10::optional<at::Tensor>& x2, const c10::optional<at::Tensor>& gx,
+                          const c10::optional<at::Tensor>& ckpt_x) {
   const int64_t B = h.size(0), N = h.size(1);
   TORCH_CHECK(h.is_contiguous() && g.is_contiguous() && h.sizes() == g.sizes(), "fused kernel: h, g must match");
   TORCH_CHECK(prev >= 0 && prev <= 2, "fused kernel: prev must be 0, 1 or 2");
+  const bool two = PlasticRule::traces == 2;
+  TORCH_CHECK(two == (x2.has_value() && x2->defined() && gx.has_value() && gx->defined()),
+              "fused kernel: give x2 and gx exactly for a rule with a second trace");
+  if (two) {
+    TORCH_CHECK(x2->is_contiguous() && gx->is_contiguous() && x2->sizes() == h.sizes() && gx->sizes() == h.sizes(),
+                "fused kernel: x2, gx must be [B, N, N] like h");
+    TORCH_CHECK(prev != kInvert, "fused kernel: a two-trace rule's states are stored, never inverted");
+  }
   for (const auto* t : {&pre, &post, &grad_a, &pre_p, &post_p, &dpre}) check_vec(*t, B, N, "activity");
   TORCH_CHECK(dalpha.is_contiguous() && deta.is_contiguous() && dalpha.numel() == N * N && deta.numel() == N * N,
               "fused kernel: dalpha, deta must be [N, N]");
   const at::Tensor zero_row = at::zeros({N}, h.options());
   const Rows ck = rows_of(ckpt, zero_row);
+  const Rows ckx = rows_of(ckpt_x, zero_row);
   const auto w_given = w_rows_of(w, zero_row, N);  // (rows, row stride)
   const at::Tensor& w_rows = w_given.first;
   const int64_t w_rs = w_given.second;
@@ -373,7 +466,8 @@ at::Tensor backward_stage(at::Tensor h, at::Tensor g, const c10::optional<at::Te
     T* hebb_data = h.data_ptr<T>();
     T* grad_data = g.data_ptr<T>();
     auto go = [&](auto fn) {
-      fn(clip_on, stage, eta_rs != 0, hebb_data, grad_data, ck, pre.data_ptr<T>(), post.data_ptr<T>(), grad_a.data_ptr<T>(), keep.data_ptr<T>(),
+      fn(clip_on, stage, eta_rs != 0, hebb_data, grad_data, ck, two ? x2->data_ptr<T>() : nullptr,
+         two ? gx->data_ptr<T>() : nullptr, ckx, pre.data_ptr<T>(), post.data_ptr<T>(), grad_a.data_ptr<T>(), keep.data_ptr<T>(),
          pre_p.data_ptr<T>(), post_p.data_ptr<T>(), alpha.data_ptr<T>(), alpha_rs, w_rows.data_ptr<T>(), w_rs,
          eta.data_ptr<T>(), eta_rs, mod_given.first.data_ptr<T>(), mod_p_given.first.data_ptr<T>(), mod_given.second,
          static_cast<T>(clip), dpre.data_ptr<T>(), dalpha.data_ptr<T>(), deta.data_ptr<T>(), col_sums_part.data_ptr<T>(),

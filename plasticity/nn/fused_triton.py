@@ -31,6 +31,7 @@ kernels run in Triton's interpreter on CPU tensors (slowly: tests use N ~ 16).
 """
 
 import builtins
+import dataclasses
 import os
 import types
 from functools import cache
@@ -49,7 +50,9 @@ except ImportError:  # the CPU-only install: `triton_kernels()` returns None
 NONE, INVERT, CKPT, CKPT_ZERO = 0, 1, 2, 3
 """How the backward gets `H_{t-1}` (the first three as in `fused.py`; CKPT_ZERO: the
 stored state is the zero initial Hebb, passed as None)."""
-FIELDS = ("update", "inverse", "d_h", "d_pre", "d_post", "d_eta", "d_mod")
+_KERNEL_FIELDS = ("update", "inverse", "d_h", "d_pre", "d_post", "d_eta", "d_mod", "d_e", "e_d_h", "e_d_e",
+                  "e_d_pre", "e_d_post", "e_d_eta", "e_d_mod")
+"""The rule functions the backward kernel takes (as upper-case constexpr arguments)."""
 
 
 def available() -> bool:
@@ -100,13 +103,16 @@ if triton is not None:
     # Plain functions here, wrapped with `triton.jit` by `_compiled` at first use (one pair
     # per mode; triton's own library follows TRITON_INTERPRET as it was at its import).
 
-    def _forward_kernel(h_ptr, hn_ptr, pre_ptr, post_ptr, alpha_ptr, eta_ptr, mod_ptr, z_ptr, flag_ptr,
-                        batch, n, rows, s_ai, s_aj, s_ei, s_ej, clip_ptr,
-                        UPDATE: tl.constexpr, HAS_H: tl.constexpr, CLIP: tl.constexpr, WANT_Z: tl.constexpr,
-                        MOD: tl.constexpr, ACC: tl.constexpr, BI: tl.constexpr, BJ: tl.constexpr):
+    def _forward_kernel(h_ptr, hn_ptr, x_ptr, xn_ptr, pre_ptr, post_ptr, alpha_ptr, eta_ptr, mod_ptr, z_ptr,
+                        flag_ptr, batch, n, rows, s_ai, s_aj, s_ei, s_ej, clip_ptr,
+                        UPDATE: tl.constexpr, UPDATE_E: tl.constexpr, HAS_H: tl.constexpr, CLIP: tl.constexpr,
+                        WANT_Z: tl.constexpr, MOD: tl.constexpr, TWO: tl.constexpr, ACC: tl.constexpr,
+                        BI: tl.constexpr, BJ: tl.constexpr):
         """Program (b, jb, s) over rows I = [s rows, (s + 1) rows):
         H_{t+1}[b, I, J] = rule(H_t[b, I, J], pre[b, I], post[b, J], eta, M(t)[b, J]) (clamped),
-        z[s, b, J] = sum_I post[b, i] alpha[i, J] H_{t+1}[b, i, J]; flag[s, b, jb] = any clamped."""
+        z[s, b, J] = sum_I post[b, i] alpha[i, J] H_{t+1}[b, i, J]; flag[s, b, jb] = any clamped.
+        TWO (a two-trace rule): the second trace X (`x_ptr` -> `xn_ptr`) is read beside Hebb,
+        the rule's functions take (h, x, pre, post, eta, mod), and X_{t+1} = UPDATE_E(...)."""
         b = tl.program_id(0)
         jb = tl.program_id(1)
         s = tl.program_id(2)
@@ -130,7 +136,16 @@ if triton is not None:
                 h = tl.load(h_ptr + off, mask=m, other=0.0).to(ACC)
             else:
                 h = tl.zeros([BI, BJ], dtype=ACC)
-            new = UPDATE(h, p[:, None], q[None, :], eta, mod[None, :])
+            if TWO:
+                if HAS_H:
+                    x = tl.load(x_ptr + off, mask=m, other=0.0).to(ACC)
+                else:
+                    x = tl.zeros([BI, BJ], dtype=ACC)
+                new = UPDATE(h, x, p[:, None], q[None, :], eta, mod[None, :])
+                new_x = UPDATE_E(h, x, p[:, None], q[None, :], eta, mod[None, :])
+                tl.store(xn_ptr + off, _rounded(new_x, xn_ptr.dtype.element_ty), mask=m)
+            else:
+                new = UPDATE(h, p[:, None], q[None, :], eta, mod[None, :])
             if CLIP:
                 hits += tl.sum((((new > clip) | (new < -clip)) & m).to(tl.int32), axis=0)
                 new = tl.minimum(tl.maximum(new, -clip), clip)
@@ -147,20 +162,25 @@ if triton is not None:
         if CLIP:
             tl.store(flag_ptr + part * tl.num_programs(1) + jb, tl.max(hits, axis=0))
 
-    def _backward_kernel(h_ptr, g_ptr, ck_ptr, pre_ptr, post_ptr, ga_ptr, keep_ptr, prep_ptr, postp_ptr,
-                         mod_ptr, modp_ptr, alpha_ptr, eta_ptr, dpre_ptr, col_ptr, dmod_ptr, dalpha_ptr, deta_ptr,
-                         batch, n, s_ai, s_aj, s_ei, s_ej, clip_ptr,
+    def _backward_kernel(h_ptr, g_ptr, ck_ptr, x_ptr, gx_ptr, ckx_ptr, pre_ptr, post_ptr, ga_ptr, keep_ptr,
+                         prep_ptr, postp_ptr, mod_ptr, modp_ptr, alpha_ptr, eta_ptr, dpre_ptr, col_ptr, dmod_ptr,
+                         dalpha_ptr, deta_ptr, batch, n, s_ai, s_aj, s_ei, s_ej, clip_ptr,
                          UPDATE: tl.constexpr, INVERSE: tl.constexpr, D_H: tl.constexpr, D_PRE: tl.constexpr,
-                         D_POST: tl.constexpr, D_ETA: tl.constexpr, D_MOD: tl.constexpr,
+                         D_POST: tl.constexpr, D_ETA: tl.constexpr, D_MOD: tl.constexpr, D_E: tl.constexpr,
+                         E_D_H: tl.constexpr, E_D_E: tl.constexpr, E_D_PRE: tl.constexpr, E_D_POST: tl.constexpr,
+                         E_D_ETA: tl.constexpr, E_D_MOD: tl.constexpr,
                          STAGE: tl.constexpr, PREV: tl.constexpr, CLIP: tl.constexpr, MOD: tl.constexpr,
-                         ACC: tl.constexpr, BI: tl.constexpr, BJ: tl.constexpr):
+                         TWO: tl.constexpr, ACC: tl.constexpr, BI: tl.constexpr, BJ: tl.constexpr):
         """Program (ib, jb) over the tile [I, J] of every episode b (see `TorchKernels.backward_stage`):
         STAGE: dpre[jb, b, I] = sum_J (g d_pre + alpha H ga), dalpha += sum_b pre H ga,
                g <- (g d_h + alpha pre ga) keep[b];
         PREV:  H <- H_{t-1} (inverse / checkpoint / zero), g masked where the update clamped,
                col[ib, b, J] = sum_I g d_post, deta += sum_b g d_eta, and (MOD: a neuromodulated
                rule, whose step t reads M(t) `mod`, step t-1 M(t-1) `modp`)
-               dmod[ib, b, J] = sum_I g d_mod."""
+               dmod[ib, b, J] = sum_I g d_mod.
+        TWO (a two-trace rule, never inverted): the second trace X and its gradient gx
+        (`x_ptr`, `gx_ptr`; stored state `ckx_ptr`) go through the same pass, with the
+        derivatives of X(t+1) (E_D_*) beside those of H(t+1) (D_*, D_E: by X(t))."""
         ib = tl.program_id(0)
         jb = tl.program_id(1)
         i = ib * BI + tl.arange(0, BI)
@@ -182,16 +202,27 @@ if triton is not None:
             h = tl.load(h_ptr + off, mask=m, other=0.0).to(ACC)
             g = tl.load(g_ptr + off, mask=m, other=0.0).to(ACC)
             gh = g
+            x, gx = h, g  # a two-trace rule's X and its gradient (read only when TWO)
+            if TWO:
+                x = tl.load(x_ptr + off, mask=m, other=0.0).to(ACC)
+                gx = tl.load(gx_ptr + off, mask=m, other=0.0).to(ACC)
+            gxn = gx
             if STAGE:
                 p = tl.load(pre_ptr + row + i, mask=im, other=0.0).to(ACC)[:, None]
                 q = tl.load(post_ptr + row + j, mask=jm, other=0.0).to(ACC)[None, :]
                 ga = tl.load(ga_ptr + row + j, mask=jm, other=0.0).to(ACC)[None, :]
                 keep = tl.load(keep_ptr + b).to(ACC)
                 mj = _modulation(mod_ptr, row + j, jm, MOD, ACC, BJ)[None, :]
-                dp = tl.sum(g * D_PRE(h, p, q, eta, mj) + a * h * ga, axis=1)
+                if TWO:
+                    dp = tl.sum(g * D_PRE(h, x, p, q, eta, mj) + gx * E_D_PRE(h, x, p, q, eta, mj) + a * h * ga,
+                                axis=1)
+                    gh = (g * D_H(h, x, p, q, eta, mj) + gx * E_D_H(h, x, p, q, eta, mj) + a * p * ga) * keep
+                    gxn = (g * D_E(h, x, p, q, eta, mj) + gx * E_D_E(h, x, p, q, eta, mj)) * keep
+                else:
+                    dp = tl.sum(g * D_PRE(h, p, q, eta, mj) + a * h * ga, axis=1)
+                    gh = (g * D_H(h, p, q, eta, mj) + a * p * ga) * keep
                 tl.store(dpre_ptr + (jb * batch + b) * n64 + i, dp, mask=im)
                 dalpha += p * h * ga
-                gh = (g * D_H(h, p, q, eta, mj) + a * p * ga) * keep
             if PREV != 0:
                 pp = tl.load(prep_ptr + row + i, mask=im, other=0.0).to(ACC)[:, None]
                 qp = tl.load(postp_ptr + row + j, mask=jm, other=0.0).to(ACC)[None, :]
@@ -202,19 +233,36 @@ if triton is not None:
                     hp = tl.load(ck_ptr + off, mask=m, other=0.0).to(ACC)
                 else:
                     hp = tl.zeros([BI, BJ], dtype=ACC)
-                if CLIP:
-                    if PREV != 1:
-                        # A clamped element passed no gradient (clamped steps are stored, never inverted).
-                        raw = UPDATE(hp, pp, qp, eta, mp)
+                xp = hp
+                if TWO:
+                    if PREV == 2:
+                        xp = tl.load(ckx_ptr + off, mask=m, other=0.0).to(ACC)
+                    if CLIP:
+                        raw = UPDATE(hp, xp, pp, qp, eta, mp)
                         gh = tl.where((raw > clip) | (raw < -clip), 0.0, gh)
-                c = tl.sum(gh * D_POST(hp, pp, qp, eta, mp), axis=0)
+                    c = tl.sum(gh * D_POST(hp, xp, pp, qp, eta, mp) + gxn * E_D_POST(hp, xp, pp, qp, eta, mp), axis=0)
+                    if MOD:
+                        dm = tl.sum(gh * D_MOD(hp, xp, pp, qp, eta, mp) + gxn * E_D_MOD(hp, xp, pp, qp, eta, mp),
+                                    axis=0)
+                        tl.store(dmod_ptr + (ib * batch + b) * n64 + j, dm, mask=jm)
+                    deta += gh * D_ETA(hp, xp, pp, qp, eta, mp) + gxn * E_D_ETA(hp, xp, pp, qp, eta, mp)
+                    tl.store(x_ptr + off, _rounded(xp, x_ptr.dtype.element_ty), mask=m)
+                else:
+                    if CLIP:
+                        if PREV != 1:
+                            # A clamped element passed no gradient (clamped steps are stored, never inverted).
+                            raw = UPDATE(hp, pp, qp, eta, mp)
+                            gh = tl.where((raw > clip) | (raw < -clip), 0.0, gh)
+                    c = tl.sum(gh * D_POST(hp, pp, qp, eta, mp), axis=0)
+                    if MOD:
+                        dm = tl.sum(gh * D_MOD(hp, pp, qp, eta, mp), axis=0)
+                        tl.store(dmod_ptr + (ib * batch + b) * n64 + j, dm, mask=jm)
+                    deta += gh * D_ETA(hp, pp, qp, eta, mp)
                 tl.store(col_ptr + (ib * batch + b) * n64 + j, c, mask=jm)
-                if MOD:
-                    dm = tl.sum(gh * D_MOD(hp, pp, qp, eta, mp), axis=0)
-                    tl.store(dmod_ptr + (ib * batch + b) * n64 + j, dm, mask=jm)
-                deta += gh * D_ETA(hp, pp, qp, eta, mp)
                 tl.store(h_ptr + off, _rounded(hp, h_ptr.dtype.element_ty), mask=m)
             tl.store(g_ptr + off, _rounded(gh, g_ptr.dtype.element_ty), mask=m)
+            if TWO:
+                tl.store(gx_ptr + off, _rounded(gxn, gx_ptr.dtype.element_ty), mask=m)
         if STAGE:
             acc = tl.load(dalpha_ptr + tile, mask=m, other=0.0).to(ACC) + dalpha
             tl.store(dalpha_ptr + tile, _rounded(acc, dalpha_ptr.dtype.element_ty), mask=m)
@@ -283,9 +331,9 @@ class TritonKernels:
         interpret = interpreted()
         return _compiled(interpret), _jitted(self.rule.elementwise, interpret)
 
-    def forward_step(self, h, h_next, pre, post, alpha, eta, clip, want_z, w=None, mod=None):
+    def forward_step(self, h, h_next, pre, post, alpha, eta, clip, want_z, w=None, mod=None, e=None, e_next=None):
         b, n = pre.shape
-        (a, s_ai, s_aj), (e, s_ei, s_ej) = _strides(alpha), _strides(eta)
+        (a, s_ai, s_aj), (et, s_ei, s_ej) = _strides(alpha), _strides(eta)
         bi, bj = _blocks(n)
         splits, rows = _row_splits(b, n, bi, bj, pre.device)
         grid = (b, triton.cdiv(n, bj), splits)
@@ -293,19 +341,25 @@ class TritonKernels:
         acc = torch.float64 if h_next.dtype == torch.float64 else torch.float32
         z = torch.empty(splits, b, n, dtype=acc, device=pre.device) if want_z else pre
         flags = torch.zeros(splits * b * grid[1], dtype=torch.int32, device=pre.device) if clip else z
-        forward[grid](h_next if h is None else h, h_next, pre.contiguous(), post.contiguous(), a, e,
+        two = e_next is not None
+        forward[grid](h_next if h is None else h, h_next, (e if e is not None else e_next) if two else h_next,
+                      e_next if two else h_next, pre.contiguous(), post.contiguous(), a, et,
                       pre if mod is None else mod.contiguous(), z, flags, b, n, rows, s_ai, s_aj, s_ei, s_ej,
-                      self._clip(clip, h_next), UPDATE=f["update"], HAS_H=h is not None, CLIP=bool(clip),
-                      WANT_Z=bool(want_z), MOD=mod is not None, ACC=_acc(h_next.dtype), BI=bi, BJ=bj)
+                      self._clip(clip, h_next), UPDATE=f["update"], UPDATE_E=f.get("update_e", f["update"]),
+                      HAS_H=h is not None, CLIP=bool(clip), WANT_Z=bool(want_z), MOD=mod is not None, TWO=two,
+                      ACC=_acc(h_next.dtype), BI=bi, BJ=bj)
         clipped = bool(flags.any()) if clip else False
         if not want_z:
             return clipped, None
         return clipped, plus_w(z.sum(0).to(pre.dtype), post, w)  # + post @ w: one GEMM (cuBLAS)
 
     def backward_stage(self, h, g, ckpt, prev, stage, pre, post, ga, keep, pre_p, post_p, alpha, eta, clip,
-                       dpre, dalpha, deta, w=None, mod=None, mod_p=None, dmod=None):
+                       dpre, dalpha, deta, w=None, mod=None, mod_p=None, dmod=None, e=None, grad_e=None, ckpt_e=None):
         b, n = pre_p.shape
-        (a, s_ai, s_aj), (e, s_ei, s_ej) = _strides(alpha), _strides(eta)
+        (a, s_ai, s_aj), (et, s_ei, s_ej) = _strides(alpha), _strides(eta)
+        two = grad_e is not None
+        if two and prev == INVERT:
+            raise ValueError("a two-trace rule's states are recomputed, not inverted: pass prev=CKPT")
         bi, bj = _blocks(n)
         grid = (triton.cdiv(n, bi), triton.cdiv(n, bj))
         acc = torch.float64 if h.dtype == torch.float64 else torch.float32
@@ -315,15 +369,17 @@ class TritonKernels:
         dmod_part = torch.empty(grid[0], b, n, dtype=acc, device=h.device) if modulated and prev else dpre
         mode = CKPT_ZERO if prev == CKPT and ckpt is None else prev
         (_, backward), f = self._kernels()
-        backward[grid](h, g, h if ckpt is None else ckpt, pre.contiguous(), post.contiguous(),
+        # A constexpr function must be given even where its branch is never taken: the
+        # functions a rule does not have (d_mod of an unmodulated rule, the inverse of a
+        # two-trace rule, the second trace's of a one-trace rule) are given as d_h.
+        fns = {name: f.get(name, f["d_h"]) for name in _KERNEL_FIELDS}
+        backward[grid](h, g, h if ckpt is None else ckpt, e if two else h, grad_e if two else g,
+                       (h if ckpt_e is None else ckpt_e) if two else h, pre.contiguous(), post.contiguous(),
                        ga.contiguous(), keep.contiguous(), pre_p.contiguous(), post_p.contiguous(),
                        mod.contiguous() if modulated else pre, mod_p.contiguous() if modulated else pre,
-                       a, e, dpre_part, col_part, dmod_part, dalpha, deta, b, n, s_ai, s_aj, s_ei, s_ej,
-                       self._clip(clip, h), UPDATE=f["update"], INVERSE=f["inverse"], D_H=f["d_h"],
-                       # D_MOD: a constexpr must be given; an unmodulated rule has no d_mod and
-                       # MOD=False never calls it.
-                       D_PRE=f["d_pre"], D_POST=f["d_post"], D_ETA=f["d_eta"], D_MOD=f.get("d_mod", f["d_eta"]),
-                       STAGE=bool(stage), PREV=mode, CLIP=bool(clip), MOD=modulated, ACC=_acc(h.dtype),
+                       a, et, dpre_part, col_part, dmod_part, dalpha, deta, b, n, s_ai, s_aj, s_ei, s_ej,
+                       self._clip(clip, h), **{name.upper(): fn for name, fn in fns.items()},
+                       STAGE=bool(stage), PREV=mode, CLIP=bool(clip), MOD=modulated, TWO=two, ACC=_acc(h.dtype),
                        BI=bi, BJ=bj)
         if dmod is not None and modulated:
             if prev == NONE:
@@ -353,8 +409,8 @@ def _compiled(interpret: bool) -> tuple:
 @cache
 def _jitted(elementwise, interpret: bool) -> dict:
     """The rule's elementwise functions as Triton functions (made once per rule and mode)."""
-    return {name: jit_elementwise(getattr(elementwise, name)) for name in FIELDS
-            if getattr(elementwise, name) is not None}
+    return {f.name: jit_elementwise(getattr(elementwise, f.name)) for f in dataclasses.fields(elementwise)
+            if getattr(elementwise, f.name) is not None}
 
 
 def triton_kernels(rule) -> TritonKernels | None:

@@ -272,9 +272,10 @@ class PlasticRNN(nn.Module):
         input_mode: `add` or `clamp` (see `drive_neurons`).
         impl: `fused` (default): the whole sequence as one autograd node (`fused.py`):
             one pass over Hebb per step, and a backward pass that rebuilds Hebb by
-            inverting the rule, so memory does not grow with steps x N^2; `neuromod`
-            computes M(t) inside it. Rules without an elementwise form (`retroactive`, which
-            carries two traces) run `autograd` instead. `autograd`: step-by-step autograd,
+            inverting the rule (recomputing it in segments where it clipped, and for
+            `retroactive`, which carries two traces), so memory does not grow with steps x
+            N^2; the neuromodulated rules compute M(t) inside it. A rule without an
+            elementwise form runs `autograd` instead. `autograd`: step-by-step autograd,
             the reference.
         segment_steps: if > 0, `autograd` recomputes the forward pass in segments of this
             many steps during backward instead of storing every step's N^2 intermediates
@@ -374,13 +375,14 @@ class PlasticRNN(nn.Module):
     def _fused(self, inputs: Tensor, state: PlasticState, reset: Tensor | None,
                fresh: bool) -> tuple[Tensor, PlasticState]:
         p = self.plastic
-        # A fresh episode starts from zero Hebb: None spares the kernels a pass over zeros.
-        hebb0 = None if fresh else state.traces[0]
-        out, (y, hebb) = plastic_rnn_fused(inputs, p.w, p.alpha, p.eta, rule=p.rule.name, input_mode=self.input_mode,
-                                           clip=p.clip, initial_state=(state.y, hebb0), reset=reset,
-                                           segment_steps=self.segment_steps, backend=self.fused_backend,
-                                           chunk_episodes=self.chunk_episodes, modulator=self._modulator_weights())
-        return out, PlasticState(y, (hebb,))
+        # A fresh episode starts from zero traces: None spares the kernels a pass over zeros.
+        traces0 = (None,) if fresh else state.traces
+        out, (y, *traces) = plastic_rnn_fused(inputs, p.w, p.alpha, p.eta, rule=p.rule.name,
+                                              input_mode=self.input_mode, clip=p.clip,
+                                              initial_state=(state.y, *traces0), reset=reset,
+                                              segment_steps=self.segment_steps, backend=self.fused_backend,
+                                              chunk_episodes=self.chunk_episodes, modulator=self._modulator_weights())
+        return out, PlasticState(y, tuple(traces))
 
     def extra_repr(self) -> str:
         impl = "fused" if self.fused else "autograd"

@@ -50,6 +50,45 @@ class Elementwise:
 
 
 @dataclass(frozen=True)
+class Elementwise2:
+    """The elementwise form of a rule that carries a second trace `e` beside Hebb `h` (an
+    eligibility trace), written once like `Elementwise`: every function is
+    `f(h, e, pre, post, eta, mod)`, with the same subset. There is no inverse: the fused
+    path keeps one exact state (h, e) every few steps and recomputes the others from it
+    (`update` is elementwise, so the recomputed states are the forward pass's, bit for bit).
+    Clipping applies to `h` only."""
+
+    update: Callable
+    """h_ij(t+1) before clipping."""
+    update_e: Callable
+    """e_ij(t+1)."""
+    d_h: Callable
+    """d h(t+1) / d h(t)."""
+    d_e: Callable
+    """d h(t+1) / d e(t)."""
+    d_pre: Callable
+    """d h(t+1) / d pre."""
+    d_post: Callable
+    """d h(t+1) / d post."""
+    d_eta: Callable
+    """d h(t+1) / d eta."""
+    e_d_h: Callable
+    """d e(t+1) / d h(t)."""
+    e_d_e: Callable
+    """d e(t+1) / d e(t)."""
+    e_d_pre: Callable
+    """d e(t+1) / d pre."""
+    e_d_post: Callable
+    """d e(t+1) / d post."""
+    e_d_eta: Callable
+    """d e(t+1) / d eta."""
+    d_mod: Callable | None = None
+    """d h(t+1) / d mod (neuromodulated rules only)."""
+    e_d_mod: Callable | None = None
+    """d e(t+1) / d mod (neuromodulated rules only)."""
+
+
+@dataclass(frozen=True)
 class Rule:
     """A registered plasticity rule."""
 
@@ -61,13 +100,15 @@ class Rule:
     """Names of the state tensors the rule carries; the first is always Hebb."""
     modulated: bool = False
     """True if the rule needs a modulatory signal `mod` from the network."""
-    elementwise: Elementwise | None = None
-    """The rule's elementwise form (single-trace rules); None: no fast path."""
+    elementwise: Elementwise | Elementwise2 | None = None
+    """The rule's elementwise form (`Elementwise` for Hebb alone, `Elementwise2` for Hebb and
+    a second trace); None: no fast path."""
 
     @property
     def invertible(self) -> bool:
-        """True if `traces(t)` can be rebuilt from `traces(t+1)` (the fused path's backward)."""
-        return self.elementwise is not None
+        """True if `traces(t)` can be rebuilt from `traces(t+1)` by the form's `inverse` (the
+        fused path's backward; two-trace forms recompute their states instead)."""
+        return isinstance(self.elementwise, Elementwise)
 
 
 RULES: dict[str, Rule] = {}

@@ -1,4 +1,5 @@
-"""Neuromodulated plasticity (Backpropamine, Miconi et al. 2019), batched.
+"""Neuromodulated plasticity (Backpropamine, Miconi et al. 2019), batched, and what the
+neuromodulated rules share (`retroactive.py` is the other one).
 
     neuromod     Hebb <- clip(Hebb + M(t) * pre post^T)
     retroactive  Hebb <- clip(Hebb + M(t) * E);  E <- (1 - eta) E + eta * pre post^T
@@ -16,7 +17,7 @@ import torch
 from torch import Tensor
 
 from plasticity.errors import ShapeError
-from plasticity.rules.base import Elementwise, Rule, Traces, apply_elementwise, maybe_clip, outer, register
+from plasticity.rules.base import Elementwise, Rule, Traces, apply_elementwise, maybe_clip, register
 
 DEFAULT_CLIP = 1.0
 """Backpropamine's Hebb clipping for the neuromodulated rules."""
@@ -83,16 +84,4 @@ def neuromod_update(traces: Traces, pre: Tensor, post: Tensor, *, eta: Tensor | 
     return (maybe_clip(apply_elementwise(update, hebb, pre, post, eta, modulation(mod, post, "neuromod")), clip),)
 
 
-def retroactive_update(traces: Traces, pre: Tensor, post: Tensor, *, eta: Tensor,
-                       clip: float | None = DEFAULT_CLIP, mod: Tensor | None = None) -> Traces:
-    """Retroactive neuromodulation. Traces (Hebb, E), each `[B, N_in, N_out]`; eta `[]` or
-    `[N_in, N_out]` is the eligibility trace's rate. Hebb takes E(t) before E is updated."""
-    hebb, elig = traces
-    new_hebb = maybe_clip(hebb + modulation(mod, post, "retroactive") * elig, clip)
-    # Written as a lerp, like the decaying Hebb rule.
-    new_elig = elig + eta * (outer(pre, post) - elig)
-    return new_hebb, new_elig
-
-
 NEUROMOD = register(Rule("neuromod", neuromod_update, modulated=True, elementwise=ELEMENTWISE))
-RETROACTIVE = register(Rule("retroactive", retroactive_update, traces=("hebb", "eligibility"), modulated=True))
