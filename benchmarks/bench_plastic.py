@@ -30,17 +30,19 @@ steps, Adam. Paths:
            computes in float32; the floor counts 2-byte tensors)
   The `kernels` column names the fused path's kernels (`auto`: C++ on CPU, Triton on CUDA).
 
-The floor: the fused algorithm must move, per step, its `[B, N, N]` float32 tensors
-6 times (forward: read H_t, write H_t+1; backward: read H_t and dL/dH, write H_t-1 and
-dL/dH) and the `[N, N]` parameters 6 times (alpha read forward and backward; dalpha
-and deta read and written). Floor episodes/s = B / (T x those bytes / bandwidth), the
-bandwidth being this machine's measured copy rate (read + write of a tensor far larger
-than the caches), measured in each row's process right after its timing (on a shared
-machine it drifts from minute to minute). `% floor` = measured / floor episodes/s: 100% would be a step bound
-by memory traffic alone; above 100% means the tensors stayed in cache. `% rmw` is the
-same ratio with the in-place read-modify-write rate, the stricter bound for kernels
-that update their tensors in place (as these do): copying pays for each write's line
-being read first, an in-place update does not.
+The floor: the fused algorithm must move, per step, its `[B, N, N]` float32 tensors 6 times
+(forward: read H_t, write H_t+1; backward: read H_t and dL/dH, write H_t-1 and dL/dH) and
+the `[N, N]` parameters 6 times (alpha read forward and backward; dalpha and deta read and
+written); a two-trace rule (`retroactive`: Hebb and E) moves each of its two traces and
+their gradients so, 12 times (the recomputation of the states it does not keep is not
+counted: the floor is the traffic any fused algorithm needs). Floor episodes/s = B / (T x
+those bytes / bandwidth), the bandwidth being this machine's measured copy rate (read +
+write of a tensor far larger than the caches), measured in each row's process right after
+its timing (on a shared machine it drifts from minute to minute). `% floor` = measured /
+floor episodes/s: 100% would be a step bound by memory traffic alone; above 100% means the
+tensors stayed in cache. `% rmw` is the same ratio with the in-place read-modify-write rate,
+the stricter bound for kernels that update their tensors in place (as these do): copying
+pays for each write's line being read first, an in-place update does not.
 
 Peak memory is the process's own (CPU: resident-set high-water mark; CUDA: peak
 allocated), so it includes torch itself (`over idle` subtracts what the process held
@@ -111,8 +113,8 @@ def sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def floor_bytes_per_step(n: int, batch: int, itemsize: int = 4) -> int:
-    return (6 * batch * n * n + 6 * n * n) * itemsize
+def floor_bytes_per_step(n: int, batch: int, itemsize: int = 4, traces: int = 1) -> int:
+    return (6 * traces * batch * n * n + 6 * n * n) * itemsize
 
 
 def peak_mib(device: torch.device) -> float:
@@ -162,6 +164,7 @@ def run_one(size_name: str, path: str, batch: int, reps: int, smoke: bool, devic
     chunk = 0 if schedule == "batch" else ("auto" if chunk is None else chunk)
     dtype = torch.bfloat16 if path == "fused-bf16" else torch.float32
     modulated = RULES[rule].modulated
+    traces = len(RULES[rule].traces)
     net = PlasticRNN(size.n, input_mode=size.input_mode, impl="autograd" if path in ("naive", "autograd") else "fused",
                      fused_backend="torch" if path == "fused-torch" else "auto", chunk_episodes=chunk, rule=rule,
                      modulation=modulation if modulated else "none",
@@ -204,7 +207,7 @@ def run_one(size_name: str, path: str, batch: int, reps: int, smoke: bool, devic
     elif schedule == "batch" or (device.type != "cpu" and chunk == "auto"):
         label = "batch"  # the chunked schedule is for CPU caches: elsewhere it is the batch one
     else:
-        label = f"chunked/{chunk_episodes_for(batch, size.n, 4, False, chunk)}"  # episodes per chunk
+        label = f"chunked/{chunk_episodes_for(batch, size.n, 4, False, chunk, traces=traces)}"  # episodes per chunk
     row = {"size": size_name, "path": path, "schedule": label, "batch": batch, "episodes_per_s": batch / seconds,
            "peak_mib": peak_mib(device), "idle_mib": idle,
            "kernels": (chosen_backend() or "?") if path.startswith("fused") else "autograd"}
@@ -212,7 +215,7 @@ def run_one(size_name: str, path: str, batch: int, reps: int, smoke: bool, devic
     # is shared), so each row is compared with what memory delivered at the time.
     del batches, targets, episodes
     copy, rmw = bandwidths(device, 64 if smoke else 512)
-    floor = batch * copy / (size.steps * floor_bytes_per_step(size.n, batch, dtype.itemsize))
+    floor = batch * copy / (size.steps * floor_bytes_per_step(size.n, batch, dtype.itemsize, traces))
     row.update(copy_gbs=copy / 1e9, rmw_gbs=rmw / 1e9, floor_episodes_per_s=floor,
                rmw_floor_episodes_per_s=floor * rmw / copy)
     return row

@@ -189,3 +189,43 @@ def test_translation_errors_are_one_line():
     with pytest.raises(FormError) as info:
         cpp_rule(rule)
     assert "\n" not in str(info.value) and "exp_rule" in str(info.value) and "d_h" in str(info.value)
+
+
+# A half-edited two-trace rule: retroactive with one piece of its form changed.
+def _wrong_e_d_e(h, e, pre, post, eta, mod):
+    return 1.0 + eta
+
+
+def _two_trace_reads_inverse(h_next, pre, post, eta, mod):
+    return h_next
+
+
+@pytest.mark.parametrize("change,message", [
+    (dict(e_d_e=_wrong_e_d_e), r"rule 'half_retro': e_d_e != d update_e / d e \(max error .*\): fix e_d_e"),
+    (dict(update_e=None), r"rule 'half_retro': update_e is missing: give Elementwise2.update_e = a function "
+                          r"f\(h, e, pre, post, eta, mod\)"),
+    (dict(d_e=_two_trace_reads_inverse), r"rule 'half_retro': d_e must take exactly 6 arguments "
+                                         r"\(h, e, pre, post, eta, mod\), got \(h_next, pre, post, eta, mod\)"),
+], ids=["wrong-e_d_e", "no-update_e", "five-arguments"])
+def test_a_half_edited_two_trace_rule_is_named_and_runs_on_the_autograd_path(change, message, capsys, monkeypatch):
+    from plasticity.rules.retroactive import ELEMENTWISE as RETRO_FORM
+    from plasticity.rules.retroactive import retroactive_update
+
+    rule = Rule("half_retro", retroactive_update, traces=("hebb", "eligibility"), modulated=True,
+                elementwise=dataclasses.replace(RETRO_FORM, **change))
+    monkeypatch.setitem(RULES, "half_retro", rule)
+    problems = check_elementwise(rule)
+    assert problems and any(re.search(message, p) for p in problems), problems
+    net = PlasticRNN(4, rule="half_retro", modulation="network")
+    assert not net.fused
+    assert "runs on the autograd path" in capsys.readouterr().err
+    net(torch.randn(2, 3, 4))[0].sum().backward()
+
+
+def test_two_trace_form_is_translated_with_both_traces():
+    source = cpp_rule(RULES["retroactive"])
+    assert "static constexpr int traces = 2;" in source
+    update_e = ("static inline T update_e(T h, T e, T pre, T post, T eta, T mod) { "
+                "return (e + (eta * ((pre * post) - e)));")
+    assert update_e in source
+    assert "static constexpr int traces = 1;" in cpp_rule(RULES["hebb"])

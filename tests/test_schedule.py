@@ -102,6 +102,9 @@ def test_chunk_size_follows_the_cache_and_can_be_overridden(monkeypatch):
     assert chunk_episodes_for(32, 1001, 4, True, "auto", cache_bytes=64 * mib) == 1
     assert chunk_episodes_for(32, 1001, 4, False, "auto", cache_bytes=8 * mib) == 1  # at least one
     assert chunk_episodes_for(4, 50, 4, False, "auto", cache_bytes=32 * mib) == 4  # all fit: one chunk
+    # A two-trace rule (retroactive) streams each trace and its gradient: half the episodes.
+    assert chunk_episodes_for(32, 500, 4, False, "auto", cache_bytes=32 * mib) == 6
+    assert chunk_episodes_for(32, 500, 4, False, "auto", cache_bytes=32 * mib, traces=2) == 3
     assert chunk_episodes_for(32, 1001, 4, False, requested=5) == 5
     assert chunk_episodes_for(32, 1001, 4, False, requested=0) == 32
     monkeypatch.setenv(CHUNK_ENV, "3")

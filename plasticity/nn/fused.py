@@ -441,14 +441,14 @@ def last_level_cache_bytes() -> int:
 
 
 def chunk_episodes_for(batch: int, n: int, itemsize: int, eta_per_connection: bool,
-                       requested: int | str | None = None, cache_bytes: int | None = None) -> int:
+                       requested: int | str | None = None, cache_bytes: int | None = None, traces: int = 1) -> int:
     """Episodes per chunk, in 1..batch (batch: one chunk, the `batch` schedule).
 
     `requested` (else the environment variable PLASTICITY_CHUNK_EPISODES; unset: `auto`):
     a number of episodes (0: the whole batch), or `auto`: as many episodes as fit in half
     the last-level cache beside the `[N, N]` tensors every episode reads (w, alpha, dalpha,
     and eta, deta per connection), counting the backward pass's two `[N, N]` tensors per
-    episode (Hebb and its gradient), at least one. Half: at N = 1001 float32 in a 32 MiB
+    episode and trace (each trace and its gradient), at least one. Half: at N = 1001 float32 in a 32 MiB
     cache, one episode per chunk (20 MB) ran 1.2x faster than two (28 MB) and 1.7x faster
     than the batch schedule (README, "Schedules"); the rest of the cache holds what a step
     also reads (activities, the optimiser's state, other processes on a shared machine)."""
@@ -465,7 +465,7 @@ def chunk_episodes_for(batch: int, n: int, itemsize: int, eta_per_connection: bo
         return batch if requested == 0 else min(requested, batch)
     cache_bytes = last_level_cache_bytes() if cache_bytes is None else cache_bytes
     shared = (3 + 2 * eta_per_connection) * n * n * itemsize
-    return max(1, min(batch, (cache_bytes // 2 - shared) // (2 * n * n * itemsize)))
+    return max(1, min(batch, (cache_bytes // 2 - shared) // (2 * traces * n * n * itemsize)))
 
 
 # ------------------------------------------------------------------------- the episode
@@ -894,7 +894,7 @@ def plastic_rnn_fused(inputs: Tensor, w: Tensor, alpha: Tensor, eta: Tensor, *, 
         chunk_episodes = os.environ.get(CHUNK_ENV, "").strip() or "auto"
     if chunk_episodes == "auto" and inputs.device.type != "cpu":
         chunk_episodes = 0  # the cache-sized chunks are a CPU schedule
-    chunk = chunk_episodes_for(b, n, inputs.element_size(), eta.dim() > 0, chunk_episodes)
+    chunk = chunk_episodes_for(b, n, inputs.element_size(), eta.dim() > 0, chunk_episodes, traces=traces)
     reads_eta = any("eta" in uses(rule_def, f) for f in ("update", "update_e") if hasattr(rule_def.elementwise, f))
     spec = _KernelSpec(rule_def.elementwise, frozenset(uses(rule_def, "d_h")), input_mode == "clamp", clip,
                        segment_steps, max_amp, kernels, chunk, reads_eta=reads_eta, traces=traces)
