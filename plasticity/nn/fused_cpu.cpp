@@ -177,8 +177,12 @@ bool forward_impl(Rows hr, T* hn, Rows xr, T* xn, const T* pre, const T* post, c
       for (int64_t i = blk; i < std::min(blk + kRowBlock, i1); ++i) {
         T* out = hn + (b * N_ + i) * N_;
         const T* h = IN_PLACE ? out : row<T>(hr, b, i);
-        T* x2_out = xn == nullptr ? nullptr : xn + (b * N_ + i) * N_;
-        const T* x2 = IN_PLACE ? x2_out : (xn == nullptr ? nullptr : row<T>(xr, b, i));
+        T* x2_out = nullptr;  // a two-trace rule's second trace: its rows in and out
+        const T* x2 = nullptr;
+        if constexpr (PlasticRule::traces == 2) {
+          x2_out = xn + (b * N_ + i) * N_;
+          x2 = IN_PLACE ? x2_out : row<T>(xr, b, i);
+        }
         any |= forward_row<T, CLIP, WANT_Z>(h, out, x2, x2_out, alpha + i * a_rs, w + i * w_rs, eta + i * e_rs, q,
                                             m, z, pre[b * N_ + i], post[b * N_ + i], clip, N_);
       }
