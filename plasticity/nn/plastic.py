@@ -282,7 +282,8 @@ class PlasticRNN(nn.Module):
             (memory falls from O(T) to O(T / k + k) Hebb-sized tensors per episode);
             `fused` stores an exact Hebb state every this many steps (bounds the
             rounding error of the inversion further; with `clip`, the states of clipped
-            steps are recomputed from these, every ceil(sqrt(T)) steps when 0).
+            steps, and every state of a two-trace rule, are recomputed from these,
+            every ceil(sqrt(T)) steps when 0).
         fused_backend: kernels of the fused path: `auto` (Triton on CUDA, C++ on CPU, torch
             ops elsewhere), `triton`, `cpp` or `torch`.
         chunk_episodes: schedule of the fused path: episodes per chunk, each chunk run
