@@ -583,10 +583,10 @@ def _forward_chunk(inputs: Tensor, same_episode: Tensor | None, y0: Tensor, h0: 
     # z: the recurrent pre-activation y @ (w + alpha * H) of the next step; after the first
     # step the kernel computes it in its pass over Hebb.
     z = torch.addmm(z, y, w)
-    recomputed = spec.traces > 1  # every step's state is recomputed, none inverted
-    amplification = _Amplification(spec.form, eta, spec.d_h_reads) if save and not recomputed else None
+    never_inverted = spec.traces > 1  # a two-trace rule: every state is kept or recomputed
+    amplification = _Amplification(spec.form, eta, spec.d_h_reads) if save and not never_inverted else None
     ckpts, clipped_steps, spare, growth = {0: hcur}, set(), None, 1.0
-    every = spec.every or (recompute_segment(steps) if spec.clip or recomputed else 0)
+    every = spec.every or (recompute_segment(steps) if spec.clip or never_inverted else 0)
     for t in range(steps):
         post = drive_neurons(z, inputs[:, t], spec.input_mode)
         out[t] = post
@@ -613,7 +613,7 @@ def _forward_chunk(inputs: Tensor, same_episode: Tensor | None, y0: Tensor, h0: 
         if t > 0 and save and store_h:
             ckpts[t], growth = hcur, 1.0
         elif t > 0:
-            if save and (clipped or recomputed):
+            if save and (clipped or never_inverted):
                 clipped_steps.add(t)  # H_t is recomputed, exactly, by the backward pass
             growth = 1.0 if save and clipped else growth * amp
             if not in_place:
