@@ -115,76 +115,58 @@ class TorchKernels:
     def backward_stage(self, h, grad_h, ckpt, prev, stage, pre, post, grad_a, same_episode, pre_p, post_p, alpha, eta,
                        clip, dpre, dalpha, deta, w=None, mod=None, mod_p=None, dmod=None, e=None, grad_e=None,
                        ckpt_e=None):
-        if grad_e is not None:
-            return self._backward_two(h, grad_h, ckpt, prev, stage, pre, post, grad_a, same_episode, pre_p, post_p,
-                                      alpha, eta, clip, dpre, dalpha, deta, w, mod, mod_p, dmod, e, grad_e, ckpt_e)
-        form, grad_h_buffer = self.form, grad_h
+        # A two-trace rule (`Elementwise2`) also has its second trace E in `e`, E's gradient in
+        # `grad_e` and its stored state in `ckpt_e` (None: zeros); it is never inverted.
+        form, two, grad_h_buffer = self.form, grad_e is not None, grad_h
+        if two and prev == INVERT:
+            raise ValueError("a two-trace rule's states are recomputed, not inverted: pass prev=CKPT")
+        grad_e_t = grad_e
+
+        def args_of(h_t, e_t, pre_t, post_t, mod_t):
+            """The form's arguments: (h[, e], pre_i, post_j, eta, M_j)."""
+            return (h_t, *((e_t,) if two else ()), pre_t.unsqueeze(2), post_t.unsqueeze(1), eta, _column(mod_t))
+
+        def through(field, args):
+            """grad_h * d h'/d arg (+ grad_e * d e'/d arg for a two-trace rule), `field` = d_<arg>."""
+            term = grad_h * getattr(form, field)(*args)
+            return term + grad_e_t * getattr(form, "e_" + field)(*args) if two else term
+
         if stage:
             # Step t: H_{t+1} = update(H_t, pre, post, mod); grad_h holds dL/dH_{t+1}, h holds H_t.
-            args = (pre.unsqueeze(2), post.unsqueeze(1), eta, _column(mod))
-            pre_i, grad_a_j = args[0], grad_a.unsqueeze(1)
-            dpre.copy_((grad_h * form.d_pre(h, *args)).sum(-1) + (alpha * h * grad_a_j).sum(-1))
+            args = args_of(h, e, pre, post, mod)
+            pre_i, grad_a_j = pre.unsqueeze(2), grad_a.unsqueeze(1)
+            dpre.copy_(through("d_pre", args).sum(-1) + (alpha * h * grad_a_j).sum(-1))
             if w is not None:
                 dpre.addmm_(grad_a, w.t())
             dalpha += (pre_i * h * grad_a_j).sum(0)
-            grad_h = (grad_h * form.d_h(h, *args) + alpha * pre_i * grad_a_j) * same_episode.view(-1, 1, 1)
+            keep = same_episode.view(-1, 1, 1)
+            new_grad_h = (through("d_h", args) + alpha * pre_i * grad_a_j) * keep
+            if two:  # dL/dE_t: E_t is read by the Hebb update (d_e) and by its own (e_d_e)
+                grad_e_t = through("d_e", args) * keep
+            grad_h = new_grad_h
         col_sums = torch.zeros_like(pre_p)
         if dmod is not None:
             dmod.zero_()
         if prev != NONE:
             # Step t-1: H_t = update(H_{t-1}, pre_p, post_p, mod_p); grad_h holds dL/dH_t.
-            args = (pre_p.unsqueeze(2), post_p.unsqueeze(1), eta, _column(mod_p))
             if prev == INVERT:
-                h_prev = form.inverse(h, *args)
+                h_prev = form.inverse(h, *args_of(h, e, pre_p, post_p, mod_p)[1:])
             else:
                 h_prev = torch.zeros_like(h) if ckpt is None else ckpt
+            e_prev = (torch.zeros_like(e) if ckpt_e is None else ckpt_e) if two else None
+            args = args_of(h_prev, e_prev, pre_p, post_p, mod_p)
             if clip and prev == CKPT:
-                grad_h = grad_h * (form.update(h_prev, *args).abs() <= clip)
-            col_sums = (grad_h * form.d_post(h_prev, *args)).sum(1)
-            deta += (grad_h * form.d_eta(h_prev, *args)).sum(0)
+                grad_h = grad_h * (form.update(*args).abs() <= clip)
+            col_sums = through("d_post", args).sum(1)
+            deta += through("d_eta", args).sum(0)
             if dmod is not None:
-                dmod.copy_((grad_h * form.d_mod(h_prev, *args)).sum(1))
+                dmod.copy_(through("d_mod", args).sum(1))
             h.copy_(h_prev)
+            if two:
+                e.copy_(e_prev)
         grad_h_buffer.copy_(grad_h)
-        return col_sums
-
-    def _backward_two(self, h, grad_h, ckpt, prev, stage, pre, post, grad_a, same_episode, pre_p, post_p, alpha, eta,
-                      clip, dpre, dalpha, deta, w, mod, mod_p, dmod, e, grad_e, ckpt_e):
-        """`backward_stage` of a two-trace rule (`Elementwise2`): the state is (H, E) in `h`,
-        `e`, its gradient in `grad_h`, `grad_e`; step t-1's state comes from a stored (or
-        recomputed) one, `ckpt`, `ckpt_e` (None: zeros), never by inversion."""
-        if prev == INVERT:
-            raise ValueError("a two-trace rule's states are recomputed, not inverted: pass prev=CKPT")
-        form, gh, ge = self.form, grad_h, grad_e
-        if stage:
-            # Step t: (H, E)_{t+1} = update((H, E)_t, pre, post, mod); gh, ge hold dL/d(H, E)_{t+1}.
-            args = (h, e, pre.unsqueeze(2), post.unsqueeze(1), eta, _column(mod))
-            pre_i, grad_a_j = args[2], grad_a.unsqueeze(1)
-            dpre.copy_((gh * form.d_pre(*args) + ge * form.e_d_pre(*args)).sum(-1) + (alpha * h * grad_a_j).sum(-1))
-            if w is not None:
-                dpre.addmm_(grad_a, w.t())
-            dalpha += (pre_i * h * grad_a_j).sum(0)
-            keep = same_episode.view(-1, 1, 1)
-            gh, ge = ((gh * form.d_h(*args) + ge * form.e_d_h(*args) + alpha * pre_i * grad_a_j) * keep,
-                      (gh * form.d_e(*args) + ge * form.e_d_e(*args)) * keep)
-        col_sums = torch.zeros_like(pre_p)
-        if dmod is not None:
-            dmod.zero_()
-        if prev != NONE:
-            # Step t-1: (H, E)_t = update((H, E)_{t-1}, pre_p, post_p, mod_p); gh, ge hold dL/d(H, E)_t.
-            h_prev = torch.zeros_like(h) if ckpt is None else ckpt
-            e_prev = torch.zeros_like(e) if ckpt_e is None else ckpt_e
-            args = (h_prev, e_prev, pre_p.unsqueeze(2), post_p.unsqueeze(1), eta, _column(mod_p))
-            if clip:
-                gh = gh * (form.update(*args).abs() <= clip)
-            col_sums = (gh * form.d_post(*args) + ge * form.e_d_post(*args)).sum(1)
-            deta += (gh * form.d_eta(*args) + ge * form.e_d_eta(*args)).sum(0)
-            if dmod is not None:
-                dmod.copy_((gh * form.d_mod(*args) + ge * form.e_d_mod(*args)).sum(1))
-            h.copy_(h_prev)
-            e.copy_(e_prev)
-        grad_h.copy_(gh)
-        grad_e.copy_(ge)
+        if two:
+            grad_e.copy_(grad_e_t)
         return col_sums
 
 
@@ -827,6 +809,15 @@ def _form_problem(rule_name: str, form: Elementwise | Elementwise2) -> str | Non
     return problems[0] if problems else None
 
 
+@cache
+def _form_reads(rule: Rule) -> tuple[frozenset, bool]:
+    """What the episode needs to know of a rule's form, read from its functions' source once
+    per rule (not at every call): the arguments d_h reads (the error bound), and whether the
+    updates read eta (else eta gets no gradient)."""
+    updates = ("update", "update_e") if two_traces(rule.elementwise) else ("update",)
+    return frozenset(uses(rule, "d_h")), any("eta" in uses(rule, f) for f in updates)
+
+
 def supports(rule: Rule, notice: bool = True) -> bool:
     """Whether the fused path can run `rule`: it has an elementwise form that is complete,
     translatable and consistent (`check_elementwise`). The others use the plain autograd
@@ -895,9 +886,9 @@ def plastic_rnn_fused(inputs: Tensor, w: Tensor, alpha: Tensor, eta: Tensor, *, 
     if chunk_episodes == "auto" and inputs.device.type != "cpu":
         chunk_episodes = 0  # the cache-sized chunks are a CPU schedule
     chunk = chunk_episodes_for(b, n, inputs.element_size(), eta.dim() > 0, chunk_episodes, traces=traces)
-    reads_eta = any("eta" in uses(rule_def, f) for f in ("update", "update_e") if hasattr(rule_def.elementwise, f))
-    spec = _KernelSpec(rule_def.elementwise, frozenset(uses(rule_def, "d_h")), input_mode == "clamp", clip,
-                       segment_steps, max_amp, kernels, chunk, reads_eta=reads_eta, traces=traces)
+    d_h_reads, reads_eta = _form_reads(rule_def)
+    spec = _KernelSpec(rule_def.elementwise, d_h_reads, input_mode == "clamp", clip, segment_steps, max_amp, kernels,
+                       chunk, reads_eta=reads_eta, traces=traces)
     tensors = (inputs, y0, h0, e0, w, alpha, eta, w_mod, b_mod)
     save = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
     out, *final = _Episode.apply(inputs, same_episode, y0, h0, e0, w, alpha, eta, w_mod, b_mod, spec, save)

@@ -41,6 +41,35 @@ namespace {
 template <typename T>
 struct Rule : PlasticRule {};
 
+// The rule's functions at one connection of its state (h, x), for the kernels' one loop
+// body: x, a two-trace rule's second trace, is 0 and unread for a one-trace rule. The
+// derivatives take the gradients of both traces and return g * d h'/d arg + gx * d x'/d arg
+// (one-trace: g * d h'/d arg, the same arithmetic as the rule's own d_<arg>).
+template <typename T>
+struct Step {
+  static constexpr bool two = PlasticRule::traces == 2;
+  static inline T update(T h, T x, T p, T q, T e, T m) {
+    if constexpr (two) return Rule<T>::update(h, x, p, q, e, m);
+    else return Rule<T>::update(h, p, q, e, m);
+  }
+  static inline T inverse(T h, T p, T q, T e, T m) {
+    if constexpr (two) return h;  // never called: a two-trace rule is not inverted (backward_stage checks)
+    else return Rule<T>::inverse(h, p, q, e, m);
+  }
+#define PLASTIC_THROUGH(D)                                                                           \
+  static inline T D(T g, T gx, T h, T x, T p, T q, T e, T m) {                                       \
+    if constexpr (two) return g * Rule<T>::D(h, x, p, q, e, m) + gx * Rule<T>::e_##D(h, x, p, q, e, m); \
+    else return g * Rule<T>::D(h, p, q, e, m);                                                        \
+  }
+  PLASTIC_THROUGH(d_h)
+  PLASTIC_THROUGH(d_e)  // called for two-trace rules only
+  PLASTIC_THROUGH(d_pre)
+  PLASTIC_THROUGH(d_post)
+  PLASTIC_THROUGH(d_eta)
+  PLASTIC_THROUGH(d_mod)
+#undef PLASTIC_THROUGH
+};
+
 #ifndef PLASTIC_ROW_BLOCK
 #define PLASTIC_ROW_BLOCK 16
 #endif
@@ -133,14 +162,9 @@ inline int forward_row(const T* h, T* out, const T* x2, T* x2_out, const T* __re
 #pragma omp simd reduction(| : any)
   for (int64_t j = 0; j < N; ++j) {
     const T hv = h[j];
-    T v;
-    if constexpr (PlasticRule::traces == 2) {
-      const T ev = x2[j];
-      v = Rule<T>::update(hv, ev, p, q[j], e[j], m[j]);
-      x2_out[j] = Rule<T>::update_e(hv, ev, p, q[j], e[j], m[j]);
-    } else {
-      v = Rule<T>::update(hv, p, q[j], e[j], m[j]);
-    }
+    const T xv = Step<T>::two ? x2[j] : T(0);
+    T v = Step<T>::update(hv, xv, p, q[j], e[j], m[j]);
+    if constexpr (Step<T>::two) x2_out[j] = Rule<T>::update_e(hv, xv, p, q[j], e[j], m[j]);
     if (CLIP) {
       any |= (v > clip) | (v < -clip);
       v = std::min(std::max(v, -clip), clip);
@@ -317,76 +341,43 @@ void backward_impl(T* hbuf, T* gbuf, Rows ck, T* xbuf, T* gxbuf, Rows ckx, const
           const T ej = ETA_ROW ? e[j] : E;
           const T hv = h[j];
           T grad_h = g[j];
-          if constexpr (two) {
-            // The same for a two-trace rule: state (h, x2), gradients (grad_h, grad_x).
-            const T xv = x2[j];
-            T grad_x = gx[j];
-            if (STAGE) {
-              const T alpha_ga = a[j] * grad_a_b[j];
-              dp += grad_h * Rule<T>::d_pre(hv, xv, p, q[j], ej, m[j]) +
-                    grad_x * Rule<T>::e_d_pre(hv, xv, p, q[j], ej, m[j]) + alpha_ga * hv + grad_a_b[j] * wr[j];
-              dal[j] += p * hv * grad_a_b[j];
-              const T gh = (grad_h * Rule<T>::d_h(hv, xv, p, q[j], ej, m[j]) +
-                            grad_x * Rule<T>::e_d_h(hv, xv, p, q[j], ej, m[j]) + alpha_ga * p) * k;
-              grad_x = (grad_h * Rule<T>::d_e(hv, xv, p, q[j], ej, m[j]) +
-                        grad_x * Rule<T>::e_d_e(hv, xv, p, q[j], ej, m[j])) * k;
-              grad_h = gh;
-            }
-            if (PREV) {
-              // Step t-1's state is stored (c, cx; zero rows for zeros), never inverted.
-              const T mj = mp[j];
-              const T h_prev = c[j], x_prev = cx[j];
-              if (CLIP) {
-                const T raw = Rule<T>::update(h_prev, x_prev, pp, qp[j], ej, mj);
-                grad_h = (raw > clip_ || raw < -clip_) ? T(0) : grad_h;
-              }
-              col_sum[j] += grad_h * Rule<T>::d_post(h_prev, x_prev, pp, qp[j], ej, mj) +
-                            grad_x * Rule<T>::e_d_post(h_prev, x_prev, pp, qp[j], ej, mj);
-              if constexpr (PlasticRule::modulated)
-                dmod[j] += grad_h * Rule<T>::d_mod(h_prev, x_prev, pp, qp[j], ej, mj) +
-                           grad_x * Rule<T>::e_d_mod(h_prev, x_prev, pp, qp[j], ej, mj);
-              const T dej = grad_h * Rule<T>::d_eta(h_prev, x_prev, pp, qp[j], ej, mj) +
-                            grad_x * Rule<T>::e_d_eta(h_prev, x_prev, pp, qp[j], ej, mj);
-              if (ETA_ROW) {
-                det[j] += dej;
-              } else {
-                de += dej;
-              }
-              h[j] = h_prev;
-              x2[j] = x_prev;
-            }
-            g[j] = grad_h;
-            gx[j] = grad_x;
-          } else {
-            if (STAGE) {
-              // Step t: H_{t+1} = update(H_t, pre_t, post_t); grad_h is dL/dH_{t+1} on entry.
-              const T alpha_ga = a[j] * grad_a_b[j];
-              // d pre_t through the rule, through alpha * H_t and (w given) through w: row i of
-              // grad_a @ (w + alpha * H_t)^T, in this pass rather than a separate product over w.
-              dp += grad_h * Rule<T>::d_pre(hv, p, q[j], ej, m[j]) + alpha_ga * hv + grad_a_b[j] * wr[j];
-              dal[j] += p * hv * grad_a_b[j];
-              grad_h = (grad_h * Rule<T>::d_h(hv, p, q[j], ej, m[j]) + alpha_ga * p) * k;
-            }
-            if (PREV) {
-              // Step t-1: H_t = update(H_{t-1}, pre_{t-1}, post_{t-1}); grad_h is dL/dH_t.
-              const T mj = mp[j];
-              const T h_prev = PREV == kInvert ? Rule<T>::inverse(hv, pp, qp[j], ej, mj) : c[j];
-              if (CLIP) {
-                const T raw = Rule<T>::update(h_prev, pp, qp[j], ej, mj);
-                grad_h = (raw > clip_ || raw < -clip_) ? T(0) : grad_h;
-              }
-              col_sum[j] += grad_h * Rule<T>::d_post(h_prev, pp, qp[j], ej, mj);
-              if constexpr (PlasticRule::modulated) dmod[j] += grad_h * Rule<T>::d_mod(h_prev, pp, qp[j], ej, mj);
-              const T dej = grad_h * Rule<T>::d_eta(h_prev, pp, qp[j], ej, mj);
-              if (ETA_ROW) {
-                det[j] += dej;
-              } else {
-                de += dej;
-              }
-              h[j] = h_prev;
-            }
-            g[j] = grad_h;
+          const T xv = two ? x2[j] : T(0);  // a two-trace rule's second trace and its gradient
+          T grad_x = two ? gx[j] : T(0);
+          if (STAGE) {
+            // Step t: H_{t+1} = update(H_t, pre_t, post_t); grad_h is dL/dH_{t+1} on entry.
+            const T alpha_ga = a[j] * grad_a_b[j];
+            // d pre_t through the rule, through alpha * H_t and (w given) through w: row i of
+            // grad_a @ (w + alpha * H_t)^T, in this pass rather than a separate product over w.
+            dp += Step<T>::d_pre(grad_h, grad_x, hv, xv, p, q[j], ej, m[j]) + alpha_ga * hv + grad_a_b[j] * wr[j];
+            dal[j] += p * hv * grad_a_b[j];
+            const T gh = (Step<T>::d_h(grad_h, grad_x, hv, xv, p, q[j], ej, m[j]) + alpha_ga * p) * k;
+            if constexpr (two) grad_x = Step<T>::d_e(grad_h, grad_x, hv, xv, p, q[j], ej, m[j]) * k;
+            grad_h = gh;
           }
+          if (PREV) {
+            // Step t-1: H_t = update(H_{t-1}, pre_{t-1}, post_{t-1}); grad_h is dL/dH_t. A
+            // two-trace rule's state is always stored (c, cx; zero rows for zeros).
+            const T mj = mp[j];
+            const T h_prev = PREV == kInvert ? Step<T>::inverse(hv, pp, qp[j], ej, mj) : c[j];
+            const T x_prev = two && PREV == kCkpt ? cx[j] : T(0);
+            if (CLIP) {
+              const T raw = Step<T>::update(h_prev, x_prev, pp, qp[j], ej, mj);
+              grad_h = (raw > clip_ || raw < -clip_) ? T(0) : grad_h;
+            }
+            col_sum[j] += Step<T>::d_post(grad_h, grad_x, h_prev, x_prev, pp, qp[j], ej, mj);
+            if constexpr (PlasticRule::modulated)
+              dmod[j] += Step<T>::d_mod(grad_h, grad_x, h_prev, x_prev, pp, qp[j], ej, mj);
+            const T dej = Step<T>::d_eta(grad_h, grad_x, h_prev, x_prev, pp, qp[j], ej, mj);
+            if (ETA_ROW) {
+              det[j] += dej;
+            } else {
+              de += dej;
+            }
+            h[j] = h_prev;
+            if constexpr (two) x2[j] = x_prev;
+          }
+          g[j] = grad_h;
+          if constexpr (two) gx[j] = grad_x;
         }
         if (STAGE) dpre[b * N_ + i] = dp;
         de_thread += de;

@@ -40,6 +40,7 @@ import torch
 from torch import Tensor
 
 from plasticity.nn.fused import plus_w  # fused imports this module only inside a function
+from plasticity.rules.elementwise import FIELDS, FIELDS2
 
 try:
     import triton
@@ -50,9 +51,9 @@ except ImportError:  # the CPU-only install: `triton_kernels()` returns None
 NONE, INVERT, CKPT, CKPT_ZERO = 0, 1, 2, 3
 """How the backward gets `H_{t-1}` (the first three as in `fused.py`; CKPT_ZERO: the
 stored state is the zero initial Hebb, passed as None)."""
-_KERNEL_FIELDS = ("update", "inverse", "d_h", "d_pre", "d_post", "d_eta", "d_mod", "d_e", "e_d_h", "e_d_e",
-                  "e_d_pre", "e_d_post", "e_d_eta", "e_d_mod")
-"""The rule functions the backward kernel takes (as upper-case constexpr arguments)."""
+_KERNEL_FIELDS = tuple(f for f in dict.fromkeys(FIELDS + FIELDS2) if f != "update_e")
+"""The rule functions the backward kernel takes (as upper-case constexpr arguments): both
+forms' fields but `update_e`, which only the forward kernel calls."""
 
 
 def available() -> bool:
@@ -90,6 +91,23 @@ if triton is not None:
             return (bits >> 16).to(tl.uint16).to(tl.bfloat16, bitcast=True)
         else:
             return x.to(dtype)
+
+    @triton.jit
+    def _update(UPDATE: tl.constexpr, h, x, p, q, eta, m, TWO: tl.constexpr):
+        """The rule's `update` of H at a tile: of (h, x) for a two-trace rule, of h otherwise."""
+        if TWO:
+            return UPDATE(h, x, p, q, eta, m)
+        else:
+            return UPDATE(h, p, q, eta, m)
+
+    @triton.jit
+    def _through(D: tl.constexpr, E_D: tl.constexpr, g, gx, h, x, p, q, eta, m, TWO: tl.constexpr):
+        """g * d h'/d arg (+ gx * d x'/d arg for a two-trace rule): the gradient that flows
+        through one update into one of its arguments, D = the rule's d_<arg>, E_D = e_d_<arg>."""
+        if TWO:
+            return g * D(h, x, p, q, eta, m) + gx * E_D(h, x, p, q, eta, m)
+        else:
+            return g * D(h, p, q, eta, m)
 
     @triton.jit
     def _modulation(ptr, offsets, valid, MOD: tl.constexpr, ACC: tl.constexpr, BJ: tl.constexpr):
@@ -213,14 +231,10 @@ if triton is not None:
                 ga = tl.load(ga_ptr + row + j, mask=jm, other=0.0).to(ACC)[None, :]
                 keep = tl.load(keep_ptr + b).to(ACC)
                 mj = _modulation(mod_ptr, row + j, jm, MOD, ACC, BJ)[None, :]
+                dp = tl.sum(_through(D_PRE, E_D_PRE, g, gx, h, x, p, q, eta, mj, TWO) + a * h * ga, axis=1)
+                gh = (_through(D_H, E_D_H, g, gx, h, x, p, q, eta, mj, TWO) + a * p * ga) * keep
                 if TWO:
-                    dp = tl.sum(g * D_PRE(h, x, p, q, eta, mj) + gx * E_D_PRE(h, x, p, q, eta, mj) + a * h * ga,
-                                axis=1)
-                    gh = (g * D_H(h, x, p, q, eta, mj) + gx * E_D_H(h, x, p, q, eta, mj) + a * p * ga) * keep
-                    gxn = (g * D_E(h, x, p, q, eta, mj) + gx * E_D_E(h, x, p, q, eta, mj)) * keep
-                else:
-                    dp = tl.sum(g * D_PRE(h, p, q, eta, mj) + a * h * ga, axis=1)
-                    gh = (g * D_H(h, p, q, eta, mj) + a * p * ga) * keep
+                    gxn = _through(D_E, E_D_E, g, gx, h, x, p, q, eta, mj, TWO) * keep
                 tl.store(dpre_ptr + (jb * batch + b) * n64 + i, dp, mask=im)
                 dalpha += p * h * ga
             if PREV != 0:
@@ -228,7 +242,7 @@ if triton is not None:
                 qp = tl.load(postp_ptr + row + j, mask=jm, other=0.0).to(ACC)[None, :]
                 mp = _modulation(modp_ptr, row + j, jm, MOD, ACC, BJ)[None, :]
                 if PREV == 1:
-                    hp = INVERSE(h, pp, qp, eta, mp)
+                    hp = INVERSE(h, pp, qp, eta, mp)  # one-trace rules only
                 elif PREV == 2:
                     hp = tl.load(ck_ptr + off, mask=m, other=0.0).to(ACC)
                 else:
@@ -237,29 +251,20 @@ if triton is not None:
                 if TWO:
                     if PREV == 2:
                         xp = tl.load(ckx_ptr + off, mask=m, other=0.0).to(ACC)
-                    if CLIP:
-                        raw = UPDATE(hp, xp, pp, qp, eta, mp)
+                if CLIP:
+                    if PREV != 1:
+                        # A clamped element passed no gradient (clamped steps are stored, never inverted).
+                        raw = _update(UPDATE, hp, xp, pp, qp, eta, mp, TWO)
                         gh = tl.where((raw > clip) | (raw < -clip), 0.0, gh)
-                    c = tl.sum(gh * D_POST(hp, xp, pp, qp, eta, mp) + gxn * E_D_POST(hp, xp, pp, qp, eta, mp), axis=0)
-                    if MOD:
-                        dm = tl.sum(gh * D_MOD(hp, xp, pp, qp, eta, mp) + gxn * E_D_MOD(hp, xp, pp, qp, eta, mp),
-                                    axis=0)
-                        tl.store(dmod_ptr + (ib * batch + b) * n64 + j, dm, mask=jm)
-                    deta += gh * D_ETA(hp, xp, pp, qp, eta, mp) + gxn * E_D_ETA(hp, xp, pp, qp, eta, mp)
-                    tl.store(x_ptr + off, _rounded(xp, x_ptr.dtype.element_ty), mask=m)
-                else:
-                    if CLIP:
-                        if PREV != 1:
-                            # A clamped element passed no gradient (clamped steps are stored, never inverted).
-                            raw = UPDATE(hp, pp, qp, eta, mp)
-                            gh = tl.where((raw > clip) | (raw < -clip), 0.0, gh)
-                    c = tl.sum(gh * D_POST(hp, pp, qp, eta, mp), axis=0)
-                    if MOD:
-                        dm = tl.sum(gh * D_MOD(hp, pp, qp, eta, mp), axis=0)
-                        tl.store(dmod_ptr + (ib * batch + b) * n64 + j, dm, mask=jm)
-                    deta += gh * D_ETA(hp, pp, qp, eta, mp)
+                c = tl.sum(_through(D_POST, E_D_POST, gh, gxn, hp, xp, pp, qp, eta, mp, TWO), axis=0)
                 tl.store(col_ptr + (ib * batch + b) * n64 + j, c, mask=jm)
+                if MOD:
+                    dm = tl.sum(_through(D_MOD, E_D_MOD, gh, gxn, hp, xp, pp, qp, eta, mp, TWO), axis=0)
+                    tl.store(dmod_ptr + (ib * batch + b) * n64 + j, dm, mask=jm)
+                deta += _through(D_ETA, E_D_ETA, gh, gxn, hp, xp, pp, qp, eta, mp, TWO)
                 tl.store(h_ptr + off, _rounded(hp, h_ptr.dtype.element_ty), mask=m)
+                if TWO:
+                    tl.store(x_ptr + off, _rounded(xp, x_ptr.dtype.element_ty), mask=m)
             tl.store(g_ptr + off, _rounded(gh, g_ptr.dtype.element_ty), mask=m)
             if TWO:
                 tl.store(gx_ptr + off, _rounded(gxn, gx_ptr.dtype.element_ty), mask=m)
