@@ -40,7 +40,11 @@ def test_killed_driver_resumes_without_rerunning_finished_trials(tmp_path):
     args = ["--task", "patterns", "--num-samples", "4", "--max-episodes", "256", "--eval-every", "128",
             "--scheduler", "fifo", "--max-concurrent", "1", "--name", "crash", "--no-tracking"]
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
-    env.update(PYTHONPATH=str(REPO), PYTHONUNBUFFERED="1")
+    # Tune saves its experiment state at most every 10 s by default ("auto"), so on a fast
+    # machine all four short trials could finish between two saves and the kill would find
+    # nothing left to resume. Saving at every step of the driver's loop makes what the test
+    # reads (and what the kill leaves) the driver's state at the moment of the kill.
+    env.update(PYTHONPATH=str(REPO), PYTHONUNBUFFERED="1", TUNE_GLOBAL_CHECKPOINT_S="0")
     driver = subprocess.Popen([sys.executable, "-m", "tune.sweep", *args], cwd=tmp_path, env=env,
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     results = tmp_path / "ray_results" / "crash"
