@@ -56,12 +56,15 @@ def _run(chunk, rule, alpha_mode, eta_mode, input_mode, dtype=torch.float64, cli
 
 
 FORWARD = ("out", "hebb", "elig")
-"""Per episode: the same values in every schedule to float64 rounding (1e-14). Not bit for
-bit: the step's `y @ w` is `[c, N] @ [N, N]`, which the BLAS may compute as a GEMV for a
-chunk of c = 1 and a GEMM for the batch, in another summation order (seen with torch
-2.13.0's CPU BLAS on 2 cores). The gradients agree to rounding too: dalpha and deta also
-sum over episodes and steps in another order (the batch schedule adds step by step over
-the batch, a chunk over its steps first)."""
+"""Per episode: the same values in every schedule to float64 rounding (1e-13 of the
+tensor's largest value). Not bit for bit: the step's `y @ w` is `[c, N] @ [N, N]`, which
+the BLAS may compute as a GEMV for a chunk of c = 1 and a GEMM for the batch, in another
+summation order (seen with torch 2.13.0's CPU BLAS on 2 cores), and the difference grows
+through the episode's steps: 2.0e-14 (neuromod, chunks of 1) on a 2-core Intel Xeon VM,
+below 1e-14 on the machine the test was first written on. The gradients agree to rounding
+too (1e-12; 5.7e-14 seen on that Xeon): dalpha and deta also sum over episodes and steps in
+another order (the batch schedule adds step by step over the batch, a chunk over its steps
+first)."""
 
 
 @pytest.mark.parametrize("backend", ["cpp", "torch"])
@@ -74,9 +77,9 @@ def test_chunks_equal_the_batch_schedule_in_float64(rule, alpha_mode, eta_mode, 
         chunked = _run(chunk, rule, alpha_mode, eta_mode, input_mode, backend=backend, reset=True)
         for name, value in batch.items():
             if name in FORWARD:
-                assert_close(chunked[name], value, rtol=1e-14, name=f"chunk {chunk}: {name}")
+                assert_close(chunked[name], value, rtol=1e-13, name=f"chunk {chunk}: {name}")
             else:
-                assert_close(chunked[name], value, rtol=1e-13, name=f"chunk {chunk}: grad {name}")
+                assert_close(chunked[name], value, rtol=1e-12, name=f"chunk {chunk}: grad {name}")
 
 
 @pytest.mark.parametrize("rule,rtol", [("hebb", 1e-4), ("oja", 1e-4), ("retroactive", 1e-3)])
@@ -102,6 +105,9 @@ def test_chunk_size_follows_the_cache_and_can_be_overridden(monkeypatch):
     assert chunk_episodes_for(32, 1001, 4, True, "auto", cache_bytes=64 * mib) == 1
     assert chunk_episodes_for(32, 1001, 4, False, "auto", cache_bytes=8 * mib) == 1  # at least one
     assert chunk_episodes_for(4, 50, 4, False, "auto", cache_bytes=32 * mib) == 4  # all fit: one chunk
+    # A VM's sysfs can report the host's whole L3 (260 MiB for 2 cores): counted as 96 MiB.
+    assert chunk_episodes_for(32, 1001, 4, False, "auto", cache_bytes=96 * mib) == 4
+    assert chunk_episodes_for(32, 1001, 4, False, "auto", cache_bytes=260 * mib) == 4
     # A two-trace rule (retroactive) streams each trace and its gradient: half the episodes.
     assert chunk_episodes_for(32, 500, 4, False, "auto", cache_bytes=32 * mib) == 6
     assert chunk_episodes_for(32, 500, 4, False, "auto", cache_bytes=32 * mib, traces=2) == 3

@@ -397,6 +397,12 @@ def _notice(message: str) -> None:
 CHUNK_ENV = "PLASTICITY_CHUNK_EPISODES"
 """Environment variable overriding the chunk size (episodes; 0 = the whole batch at once)."""
 DEFAULT_LLC_BYTES = 32 * 2**20
+AUTO_CACHE_CAP_BYTES = 96 * 2**20
+"""The most cache `auto` counts on. In a cloud VM, sysfs reports the host socket's whole L3,
+shared with cores (and tenants) the VM does not see: 260 MiB on a 2-core Xeon VM, where
+the 15 episodes per chunk that size gives ran no faster than the batch schedule (7.0-7.9
+episodes/s at N = 1001, B = 32) and the 4 that this cap gives ran 11.4-11.6 (README,
+"Schedules"). A machine whose cache is below the cap is unaffected."""
 
 
 @cache
@@ -428,9 +434,10 @@ def chunk_episodes_for(batch: int, n: int, itemsize: int, eta_per_connection: bo
 
     `requested` (else the environment variable PLASTICITY_CHUNK_EPISODES; unset: `auto`):
     a number of episodes (0: the whole batch), or `auto`: as many episodes as fit in half
-    the last-level cache beside the `[N, N]` tensors every episode reads (w, alpha, dalpha,
-    and eta, deta per connection), counting the backward pass's two `[N, N]` tensors per
-    episode and trace (each trace and its gradient), at least one. Half: at N = 1001 float32 in a 32 MiB
+    the last-level cache (counted at most `AUTO_CACHE_CAP_BYTES`) beside the `[N, N]`
+    tensors every episode reads (w, alpha, dalpha, and eta, deta per connection), counting
+    the backward pass's two `[N, N]` tensors per episode and trace (each trace and its
+    gradient), at least one. Half: at N = 1001 float32 in a 32 MiB
     cache, one episode per chunk (20 MB) ran 1.2x faster than two (28 MB) and 1.7x faster
     than the batch schedule (README, "Schedules"); the rest of the cache holds what a step
     also reads (activities, the optimiser's state, other processes on a shared machine)."""
@@ -445,7 +452,7 @@ def chunk_episodes_for(batch: int, n: int, itemsize: int, eta_per_connection: bo
         if not isinstance(requested, int) or requested < 0:
             raise ConfigError(f"chunk_episodes must be >= 0 (0: the whole batch) or 'auto', got {requested!r}")
         return batch if requested == 0 else min(requested, batch)
-    cache_bytes = last_level_cache_bytes() if cache_bytes is None else cache_bytes
+    cache_bytes = min(last_level_cache_bytes() if cache_bytes is None else cache_bytes, AUTO_CACHE_CAP_BYTES)
     shared = (3 + 2 * eta_per_connection) * n * n * itemsize
     return max(1, min(batch, (cache_bytes // 2 - shared) // (2 * traces * n * n * itemsize)))
 
