@@ -48,3 +48,35 @@ def test_asha_settings_reach_the_scheduler():
 def test_bad_search_settings_are_refused(kw, message):
     with pytest.raises(ConfigError, match=message.replace("(", r"\(")):
         resolved(**kw)
+
+
+def test_a_resumed_driver_tells_optuna_nothing_more_about_a_finished_trial(tmp_path):
+    """A driver killed after telling Optuna a trial's end and before Ray Tune saved its state
+    (CI saw it on the cluster) resumes from an older searcher state and ends that trial again:
+    Optuna refuses a second `tell` ("Cannot tell a COMPLETE trial") and the sweep died. The
+    study keeps what it was told first; trials still open go on as before."""
+    from tune.spaces import validate_space
+    from tune.sweep import OBJECTIVE
+
+    space = validate_space(SPACES["patterns"], "patterns")
+    url = f"sqlite:///{tmp_path / 'optuna.db'}"
+    args = resolved(max_episodes=1000)
+    searcher = make_searcher(args, space, optuna.storages.RDBStorage(url))
+    searcher.suggest("a")
+    searcher.suggest("b")
+    searcher.save(str(tmp_path / "searcher.pkl"))  # Ray's last save before the kill
+    searcher.on_trial_result("a", {OBJECTIVE: 0.5, "training_iteration": 1, "episodes": 500})
+    searcher.on_trial_complete("a", {OBJECTIVE: 0.25, "training_iteration": 2, "episodes": 1000})
+
+    resumed = make_searcher(args, space, optuna.storages.RDBStorage(url))
+    resumed.restore(str(tmp_path / "searcher.pkl"))
+    resumed.on_trial_result("a", {OBJECTIVE: 0.4, "training_iteration": 2, "episodes": 1000})
+    resumed.on_trial_complete("a", {OBJECTIVE: 0.125, "training_iteration": 2, "episodes": 1000})
+    resumed.on_trial_result("b", {OBJECTIVE: 0.75, "training_iteration": 1, "episodes": 500})
+    resumed.on_trial_complete("b", {OBJECTIVE: 0.5, "training_iteration": 2, "episodes": 1000})
+
+    trials = optuna.load_study(study_name="t", storage=url).trials
+    assert [(t.state, t.value, t.intermediate_values) for t in trials] == [
+        (optuna.trial.TrialState.COMPLETE, 0.25, {1: 0.5}),
+        (optuna.trial.TrialState.COMPLETE, 0.5, {1: 0.75}),
+    ]

@@ -9,6 +9,11 @@ trial ASHA stopped early and for one that failed after reporting. Here:
   value (for `objective`, its best so far);
 - a trial that failed for good: FAIL.
 
+A trial the study already holds as finished is told nothing more: a driver killed after
+telling Optuna a trial's end, and before Ray Tune saved its experiment state (at most every
+10 s), resumes that trial with `--resume`, and it ends a second time. The study keeps what
+it was told first.
+
 Each Optuna trial carries its Ray trial id (user attribute `ray_trial_id`), which joins
 the study with the MLflow child runs (tag `trial_id`).
 """
@@ -36,14 +41,26 @@ class SweepSearch(OptunaSearch):
             config = {**config, TRIAL_NUMBER: ot_trial.number}
         return config
 
+    def told_already(self, trial_id: str) -> bool:
+        """Whether the study holds this trial as finished (read from the storage, not from
+        the Trial object's cache, which a resumed driver unpickled from an older state)."""
+        ot_trial = self._ot_trials.get(trial_id)
+        if trial_id in self._completed_trials or ot_trial is None:
+            return trial_id in self._completed_trials
+        if ot_trial.storage.get_trial(ot_trial._trial_id).state.is_finished():
+            self._completed_trials.add(trial_id)
+            return True
+        return False
+
     def on_trial_result(self, trial_id: str, result: dict):
-        # A trial reports its score only once it has a finite evaluation.
-        if isinstance(self.metric, list) or self.metric in result:
+        # A trial reports its score only once it has a finite evaluation (Optuna keeps no
+        # intermediate values for several objectives: Ray's searcher drops them).
+        if not isinstance(self.metric, list) and self.metric in result and not self.told_already(trial_id):
             super().on_trial_result(trial_id, result)
 
     def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False):
-        if trial_id in self._completed_trials or trial_id not in self._ot_trials:
-            return super().on_trial_complete(trial_id, result, error)
+        if trial_id not in self._ot_trials or self.told_already(trial_id):
+            return
         from optuna.trial import TrialState
 
         ot_trial = self._ot_trials[trial_id]
