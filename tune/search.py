@@ -44,13 +44,13 @@ class SweepSearch(OptunaSearch):
     def told_already(self, trial_id: str) -> bool:
         """Whether the study holds this trial as finished (read from the storage, not from
         the Trial object's cache, which a resumed driver unpickled from an older state)."""
-        ot_trial = self._ot_trials.get(trial_id)
-        if trial_id in self._completed_trials or ot_trial is None:
-            return trial_id in self._completed_trials
-        if ot_trial.storage.get_trial(ot_trial._trial_id).state.is_finished():
-            self._completed_trials.add(trial_id)
+        if trial_id in self._completed_trials:
             return True
-        return False
+        ot_trial = self._ot_trials.get(trial_id)
+        if ot_trial is None or not ot_trial.storage.get_trial(ot_trial._trial_id).state.is_finished():
+            return False
+        self._completed_trials.add(trial_id)
+        return True
 
     def on_trial_result(self, trial_id: str, result: dict):
         # A trial reports its score only once it has a finite evaluation (Optuna keeps no
