@@ -17,6 +17,7 @@ import argparse
 import contextlib
 import dataclasses
 import io
+import shlex
 import sys
 from dataclasses import dataclass, fields
 from pathlib import Path
@@ -56,6 +57,24 @@ class RunOptions:
     checkpoint except the flags given again (the schedule: --episodes, --lr, ...)."""
     progress: bool = True
     """Show a progress bar."""
+
+
+def resume_command(task: str, checkpoint, opts: RunOptions) -> str:
+    """The command that continues a stopped run. The checkpoint holds the config, RNG states
+    and schedule; the run options are not in it, so those given differently from their
+    defaults are repeated (a run trained with --no-tracking goes on without an MLflow run,
+    one tracked at --tracking-uri goes on in the same MLflow run). Passwords are masked."""
+    parts = ["plasticity", "train", task, "--resume", str(checkpoint)]
+    if not opts.tracking:
+        parts.append("--no-tracking")
+    else:
+        if opts.tracking_uri:
+            parts += ["--tracking-uri", redact(opts.tracking_uri)]
+        if opts.experiment != RunOptions.experiment:
+            parts += ["--experiment", opts.experiment]
+    if not opts.progress:
+        parts.append("--no-progress")
+    return shlex.join(parts)
 
 
 def fail(message: str, code: int = 2) -> None:
@@ -169,7 +188,7 @@ def cmd_train(argv: list[str]) -> int:
         status = "FINISHED"
     except Interrupted as e:
         status = "KILLED"
-        again = f"plasticity train {cfg.task} --resume {e.checkpoint}"
+        again = resume_command(cfg.task, e.checkpoint, opts)
         if tracker is not None:
             tracker.attempt(tracker.client.set_tag, tracker.run_id, "resumable", again)
         print(f"plasticity: stopped at episode {e.episode}; checkpoint saved: continue with `{again}`",
@@ -177,14 +196,13 @@ def cmd_train(argv: list[str]) -> int:
         return e.exit_code
     except StoppedBeforeTraining as e:
         status = "KILLED"
-        again = (f"plasticity train {cfg.task} --resume {opts.resume}" if ckpt is not None
-                 else "the same command again")
+        again = f"`{resume_command(cfg.task, opts.resume, opts)}`" if ckpt is not None else "the same command again"
         print(f"plasticity: {e}: nothing new to save; to go on, run {again}", file=sys.stderr)
         return e.exit_code
     except KeyboardInterrupt:
         status = "KILLED"
         print("plasticity: stopped at once; continue from the last checkpoint with "
-              f"`plasticity train {cfg.task} --resume {run_dir / 'checkpoint.pt'}`", file=sys.stderr)
+              f"`{resume_command(cfg.task, run_dir / 'checkpoint.pt', opts)}`", file=sys.stderr)
         return 130
     finally:
         if tracker is not None and status != "FINISHED":

@@ -163,3 +163,19 @@ def test_two_processes_opening_a_fresh_sqlite_store_at_once(tmp_path):
         for proc in procs:
             out, err = proc.communicate(timeout=120)
             assert proc.returncode == 0 and out.strip() == "ok", err[-2000:]
+
+
+def test_the_resume_command_repeats_the_run_options_and_masks_passwords():
+    """What a stopped run prints to go on: the checkpoint holds the config and schedule, not
+    the run options, so those given differently from their defaults are repeated."""
+    from plasticity.cli import RunOptions, resume_command
+
+    ckpt = Path("runs/my run/checkpoint.pt")
+    assert (resume_command("patterns", ckpt, RunOptions())
+            == "plasticity train patterns --resume 'runs/my run/checkpoint.pt'")
+    assert (resume_command("maze", "c.pt", RunOptions(tracking=False, tracking_uri="http://h:5000", progress=False))
+            == "plasticity train maze --resume c.pt --no-tracking --no-progress")
+    tracked = RunOptions(tracking_uri="http://admin:s3cret@mlflow:5000", experiment="eta scan")
+    assert (resume_command("images", "c.pt", tracked)
+            == "plasticity train images --resume c.pt --tracking-uri 'http://admin:***@mlflow:5000' "
+               "--experiment 'eta scan'")

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 import signal
 import subprocess
 import sys
@@ -112,12 +113,12 @@ def test_stopped_and_resumed_run_equals_the_uninterrupted_one(tmp_path, data, ta
     ckpt = load_checkpoint(folder / "checkpoint.pt")
     total = int(TASKS[task][TASKS[task].index("--episodes") + 1])
     assert 0 < ckpt["episode"] < total, "the stop should fall mid-run"
-    assert f"--resume {folder / 'checkpoint.pt'}" in err
+    # The command the stop prints: the checkpoint, and the run options it does not hold.
+    again = f"plasticity train {task} --resume {folder / 'checkpoint.pt'} --no-tracking --no-progress"
+    assert f"continue with `{again}`" in err
 
-    # Resume with the checkpoint alone: no preset, no schedule flags.
-    extra = ["--data-dir", str(data)] if task in ("images", "omniglot") else []
-    code, _, err = finish(cli("train", task, "--resume", str(folder / "checkpoint.pt"), "--no-tracking",
-                              "--no-progress", *extra, cwd=tmp_path))
+    # Resume with exactly that command: no preset, no schedule flags, no data folder.
+    code, _, err = finish(cli(*shlex.split(again)[1:], cwd=tmp_path))
     assert code == 0, err
     assert f"resuming at episode {ckpt['episode']} of {total}" in err
     assert run_folder(tmp_path / "stopped") == folder, "the run continues in its own folder"
@@ -130,7 +131,11 @@ def test_stopped_and_resumed_run_equals_the_uninterrupted_one(tmp_path, data, ta
 def test_sigkill_loses_at_most_the_checkpoint_interval(tmp_path):
     args = ["train", "patterns", *TASKS["patterns"], *COMMON, "--save-minutes", "0.0001"]
     proc = cli(*args, "--out", str(tmp_path), cwd=tmp_path)
-    wait_for_evaluations(tmp_path, proc)
+    # Kill after the second evaluation (episode 1536). The wall-clock save runs after each
+    # step, so the first evaluation (768; it takes longer than the 6 ms interval) was saved
+    # at the latest right after it. A kill at once after the first evaluation can land
+    # before that save (the evaluation is written first); it failed so once on a fast machine.
+    wait_for_evaluations(tmp_path, proc, count=2)
     proc.kill()
     finish(proc)
     ckpt = load_checkpoint(run_folder(tmp_path) / "checkpoint.pt")
@@ -188,9 +193,9 @@ def test_sigterm_marks_the_mlflow_run_killed_and_resume_continues_it(tmp_path):
     run_id = (folder / "mlflow_run_id").read_text().strip()
     run = MlflowClient(uri).get_run(run_id)
     assert run.info.status == "KILLED"
-    assert run.data.tags["resumable"] == f"plasticity train patterns --resume {folder / 'checkpoint.pt'}"
-    code, _, err = finish(cli("train", "patterns", "--resume", str(folder / "checkpoint.pt"), "--tracking-uri", uri,
-                              "--no-progress", cwd=tmp_path))
+    again = f"plasticity train patterns --resume {folder / 'checkpoint.pt'} --tracking-uri {uri} --no-progress"
+    assert run.data.tags["resumable"] == again and f"continue with `{again}`" in err
+    code, _, err = finish(cli(*shlex.split(again)[1:], cwd=tmp_path))
     assert code == 0, err
     run = MlflowClient(uri).get_run(run_id)
     assert run.info.status == "FINISHED"
