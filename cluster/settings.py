@@ -43,7 +43,7 @@ def read_env_file(path: Path | str, environ: Mapping[str, str] | None = None) ->
     """
     environ = os.environ if environ is None else environ
     env: dict[str, str] = {}
-    for binding in parse_stream(io.StringIO(Path(path).read_text(encoding="utf-8"))):
+    for binding in parse_stream(io.StringIO(_env_text(Path(path)))):
         text = binding.original.string
         n = binding.original.line + text[: len(text) - len(text.lstrip())].count("\n")
         line = text.strip().partition("\n")[0]
@@ -62,6 +62,29 @@ def read_env_file(path: Path | str, environ: Mapping[str, str] | None = None) ->
             except ConfigError as e:
                 raise ConfigError(f"{path}:{n}: {e}") from None
     return env
+
+
+def _env_text(path: Path) -> str:
+    """The text of env file `path`; a file that is not UTF-8 text (a binary file, a
+    Windows-1252 editor's accents) or cannot be read is a one-line ConfigError (a missing
+    one stays FileNotFoundError)."""
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        raise  # the callers say which flag or default named it
+    except IsADirectoryError:
+        raise ConfigError(f"{path} is a folder, not an env file: pass a file of KEY=value lines") from None
+    except OSError as e:
+        raise ConfigError(f"cannot read {path} ({e.strerror or e}): check the path and its permissions") from None
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        n = data.count(b"\n", 0, e.start) + 1
+        raise ConfigError(f"{path}:{n}: not UTF-8 text (byte 0x{data[e.start]:02x}): save the file as UTF-8") from None
+    if "\x00" in text:
+        n = text.count("\n", 0, text.index("\x00")) + 1
+        raise ConfigError(f"{path}:{n}: a NUL byte: this is not a text file; pass a file of KEY=value lines")
+    return text
 
 
 def variables(text: str) -> list[tuple[str, str | None, str | None]]:
@@ -88,7 +111,8 @@ def interpolate(value: Any, env: dict[str, str]) -> Any:
             return arg if unset_or_empty else current
         if op in (":?", "?"):
             if unset_or_empty:
-                raise ConfigError(f"{name} is not set ({arg}): copy .env.example to .env and fill it in")
+                why = f" ({arg})" if arg else ""
+                raise ConfigError(f"{name} is not set{why}: copy .env.example to .env and fill it in")
             return current
         return current or ""
 

@@ -35,7 +35,7 @@ def one_error_line(proc) -> str:
 
 @pytest.mark.parametrize("args,message", [
     (["--tracking-uri", "http://127.0.0.1:9"], "cannot use MLflow tracking store http://127.0.0.1:9"),
-    (["--storage", "postgresql://nobody@127.0.0.1:9/none"], "cannot open Optuna storage postgresql://"),
+    (["--storage", "postgresql://nobody@127.0.0.1:9/none"], "cannot reach the PostgreSQL server at 127.0.0.1:9"),
     (["--storage", "notaurl"], "cannot open Optuna storage notaurl"),
     (["--space", "missing.yaml"], "search space file missing.yaml not found"),
     (["--preset", "huge"], "unknown patterns preset 'huge'"),

@@ -82,7 +82,12 @@ def load_space(path: str | Path) -> dict[str, dict[str, Any]]:
     if not path.is_file():
         raise ConfigError(f"search space file {path} not found: pass a YAML file (see tune/spaces.py)")
     try:
-        space = yaml.safe_load(path.read_text())
+        space = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"search space file {path} is not UTF-8 text ({e.reason} at byte {e.start}): pass a YAML "
+                          "file saved as UTF-8") from None
+    except OSError as e:
+        raise ConfigError(f"cannot read search space file {path} ({e.strerror or e}): check its permissions") from None
     except yaml.YAMLError as e:
         raise ConfigError(f"search space file {path} is not valid YAML ({error_line(e)}): fix it") from None
     if not isinstance(space, dict) or not space:
@@ -95,6 +100,9 @@ def validate_space(space: dict[str, dict[str, Any]], task: str) -> dict[str, dic
     Returns the space with the choices of categorical fields that left them out filled in."""
     config_cls = CONFIGS[task]
     names = {f.name: f for f in fields(config_cls)}
+    odd = [name for name in space if not isinstance(name, str)]
+    if odd:
+        raise ConfigError(f"search space parameter {odd[0]!r} is not a name: use config field names such as eta")
     space = {name: _with_choices(config_cls, names, name, spec) for name, spec in space.items()}
     seen: set[str] = set()
     for name, spec in space.items():
@@ -106,21 +114,53 @@ def validate_space(space: dict[str, dict[str, Any]], task: str) -> dict[str, dic
         if spec["type"] == "categorical":
             if not isinstance(spec.get("choices"), list) or not spec["choices"]:
                 raise ConfigError(f"{where} needs a non-empty list of choices")
+            odd = [c for c in spec["choices"] if not isinstance(c, SCALARS)]
+            if odd:
+                raise ConfigError(f"{where} has a choice {odd[0]!r} that is not a single value: list numbers, "
+                                  "strings, true/false or null")
         else:
-            low, high = spec.get("low"), spec.get("high")
-            if not isinstance(low, int | float) or not isinstance(high, int | float) or not low < high:
-                raise ConfigError(f"{where} needs numbers low < high, got low={low!r} high={high!r}")
-            if spec.get("log") and low <= 0:
-                raise ConfigError(f"{where} is log-scaled, so low must be > 0 (got {low})")
+            _check_range(where, spec)
         extra = set(spec) - {"type", "low", "high", "log", "step", "choices", "when"}
         if extra:
             raise ConfigError(f"{where} has unknown keys {sorted(extra)}: "
                               "use type, low, high, log, step, choices, when")
-        for other in (spec.get("when") or {}):
+        when = spec.get("when") or {}
+        if not isinstance(when, dict):
+            raise ConfigError(f"{where} has when: {when!r}: write a mapping of earlier parameters to the values "
+                              "that activate it, e.g. when: {use_clip: true}")
+        for other in when:
             if other not in seen:
                 raise ConfigError(f"{where} depends on {other!r}, which must be defined before it")
         seen.add(name)
     return space
+
+
+SCALARS = (str, int, float, bool, type(None))
+"""What a categorical choice may be (what Optuna stores)."""
+
+
+def _is_number(value) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def _check_range(where: str, spec: dict[str, Any]) -> None:
+    """A float or int spec: numbers low < high (integers for an int), `log` true or
+    false, a positive `step` (not with `log`: Optuna refuses the pair)."""
+    low, high, step, log = spec.get("low"), spec.get("high"), spec.get("step"), spec.get("log", False)
+    if not _is_number(low) or not _is_number(high) or not low < high:
+        raise ConfigError(f"{where} needs numbers low < high, got low={low!r} high={high!r}")
+    if spec["type"] == "int" and not (isinstance(low, int) and isinstance(high, int)):
+        raise ConfigError(f"{where} is an int parameter: low and high must be integers, got low={low!r} high={high!r}")
+    if not isinstance(log, bool):
+        raise ConfigError(f"{where} has log: {log!r}: write log: true or log: false")
+    if log and low <= 0:
+        raise ConfigError(f"{where} is log-scaled, so low must be > 0 (got {low})")
+    if step is not None:
+        if not _is_number(step) or step <= 0 or (spec["type"] == "int" and not isinstance(step, int)):
+            kind = "a positive integer" if spec["type"] == "int" else "a positive number"
+            raise ConfigError(f"{where} has step: {step!r}: pass {kind}")
+        if log:
+            raise ConfigError(f"{where} has both log: true and a step, which Optuna cannot draw: drop one")
 
 
 def _with_choices(config_cls, names: dict, name: str, spec):

@@ -2,6 +2,7 @@
 
     base.py      ModelConfig, TrainConfig, TaskConfig, validate, the registry (CONFIGS, PRESETS)
     limits.py    field limits as part of the type (Positive[int], Range, Literal checks)
+    resources.py what a config costs in memory and time; refuses runs and evaluations that cannot fit
     renames.py   old field names and values, still accepted
     patterns.py, images.py, omniglot.py, maze.py   each task's config and presets
 
@@ -21,8 +22,6 @@ from plasticity.config.base import (
     ModelConfig,
     TaskConfig,
     TrainConfig,
-    check_memory,
-    physical_memory,
     preset,
     register_config,
     validate,
@@ -32,10 +31,11 @@ from plasticity.config.limits import MAX_INT, Range, field_choices, field_range,
 from plasticity.config.maze import MazeConfig
 from plasticity.config.omniglot import OmniglotConfig
 from plasticity.config.patterns import PatternsConfig
+from plasticity.config.resources import check_evaluation, check_memory, physical_memory
 
 TaskName = Literal[tuple(CONFIGS)]  # type: ignore[valid-type]
 """The registered tasks' names, as a type (for CLI choices)."""
 
 __all__ = ["CONFIGS", "MAX_INT", "MAX_LR", "PRESETS", "ImagesConfig", "MazeConfig", "ModelConfig", "OmniglotConfig",
-           "PatternsConfig", "Range", "TaskConfig", "TaskName", "TrainConfig", "check_memory", "field_choices",
-           "field_range", "flag", "physical_memory", "preset", "register_config", "validate"]
+           "PatternsConfig", "Range", "TaskConfig", "TaskName", "TrainConfig", "check_evaluation", "check_memory",
+           "field_choices", "field_range", "flag", "physical_memory", "preset", "register_config", "validate"]

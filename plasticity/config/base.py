@@ -14,19 +14,19 @@ one with its presets, and registered with `register_config`:
 
 Limits are part of each field's type (`Positive[int]`, `Literal[...]`, `Range`, see
 `limits.py`); `validate` checks them all, then the rule, eta, the task's own `check()`
-and the memory the model needs.
+and the memory and time a run and its evaluations need (`resources.py`).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import math
-import os
 from dataclasses import asdict, dataclass, fields
 from typing import Annotated, Any, ClassVar, Literal
 
 from plasticity.config.limits import NonNegative, Positive, Range, check_fields, field_choices
 from plasticity.config.renames import upgrade_dict
+from plasticity.config.resources import check_evaluation, check_memory
 from plasticity.errors import ConfigError, check_choice, check_eta
 from plasticity.rules import RULES
 
@@ -155,10 +155,32 @@ class TaskConfig(TrainConfig, ModelConfig):
     def check(self) -> None:
         """Task-specific checks; raise `ConfigError` naming the field and the fix."""
 
+    # What one episode holds and costs, read by `plasticity.config.resources` to refuse
+    # sizes that cannot fit or cannot end before anything is allocated.
     def neurons(self) -> int:
-        """Side N of the largest N x N matrix the model holds (plastic weights, Hebb per
-        episode), used to refuse sizes that cannot fit before anything is allocated."""
+        """Side N of the largest N x N matrix the model holds (plastic weights, Hebb per episode)."""
         return self.extra_neurons + (2 * self.hidden if self.model == "lstm" else 0)
+
+    def steps(self) -> int:
+        """Time steps T of one episode (its inputs and activations are `[B, T, ...]`)."""
+        return 1
+
+    def step_floats(self) -> int:
+        """Values one episode holds per step: its input and the activations kept for the
+        backward pass (about 3 x N for a recurrent network fed N inputs)."""
+        return 3 * self.neurons()
+
+    def step_work(self) -> int:
+        """Multiply-adds of one step of one episode (N x N for the recurrent matrix)."""
+        return self.neurons() ** 2
+
+    def heldout_bytes(self) -> int:
+        """Bytes an evaluation keeps per episode until it ends (per-episode metrics)."""
+        return 64
+
+    def fixed_bytes(self) -> int:
+        """Bytes held once whatever the batch (a maze's grid and its figures)."""
+        return 0
 
 
 CONFIGS: dict[str, type[TaskConfig]] = {}
@@ -195,26 +217,6 @@ def check_rule(cfg: TaskConfig) -> None:
     check_choice("plasticity rule", cfg.rule, choices)
 
 
-def physical_memory() -> int:
-    """Bytes of RAM on this machine (0 if unknown)."""
-    try:
-        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-    except (ValueError, OSError, AttributeError):
-        return 0
-
-
-def check_memory(cfg: TaskConfig) -> None:
-    """Refuse sizes whose weights and per-episode Hebb matrices cannot fit in this machine's
-    memory (a rough lower bound: float32 weights with Adam's two moments, and a few
-    N x N tensors per episode of a batch), before anything is allocated."""
-    n = cfg.neurons()
-    need = 4 * n * n * (3 * 3 + 4 * cfg.batch_size)
-    have = physical_memory()
-    if have and need > have:
-        raise ConfigError(f"this model needs at least {need / 2**30:.0f} GiB ({n} neurons, batch {cfg.batch_size}) "
-                          f"and this machine has {have / 2**30:.0f} GiB: lower the sizes or --batch-size")
-
-
 def check_learning_rates(cfg: TaskConfig) -> None:
     """At most MAX_LR: Adam's step is about lr, and above float32's range its own arithmetic
     overflows (a traceback from inside the optimiser otherwise)."""
@@ -225,12 +227,21 @@ def check_learning_rates(cfg: TaskConfig) -> None:
                               f"{MAX_LR:g}")
 
 
+def check_out(cfg: TaskConfig) -> None:
+    """`out` names a folder: an empty name would put runs in the working directory by
+    accident (`--out ''` from an unset shell variable)."""
+    if not cfg.out.strip():
+        raise ConfigError("--out is empty: pass the folder under which runs go, e.g. --out runs")
+
+
 def validate(cfg: TaskConfig) -> TaskConfig:
     """Check every field; raise one `ConfigError` naming the first bad value and the fix."""
-    check_learning_rates(cfg)
     check_fields(cfg)
+    check_learning_rates(cfg)
+    check_out(cfg)
     check_rule(cfg)
     check_eta(cfg.eta, learned=cfg.learn_eta)
     cfg.check()
     check_memory(cfg)
+    check_evaluation(cfg, cfg.eval_episodes)
     return cfg

@@ -44,6 +44,9 @@ class ImagesConfig(TaskConfig):
     def neurons(self) -> int:
         return super().neurons() + self.image_size ** 2 + int(self.bias_neuron)
 
+    def steps(self) -> int:
+        return self.num_images * self.num_cycles * (self.present_steps + self.gap_steps) + self.test_steps
+
 
 register_config(ImagesConfig, {
     # The 2018 reference code (images.py): 3 images x 3 cycles x (20 + 2) steps + 3 test steps.

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import functools
 import math
+import types
 import typing
 from dataclasses import dataclass, fields
 from typing import Annotated, Any, Literal, TypeVar
@@ -100,12 +101,46 @@ MAX_INT = 2**62
 """Largest integer any field takes (seeds and counts stay clear of 64-bit overflow)."""
 
 
+def field_kinds(cls, name: str) -> tuple[type, ...] | None:
+    """The plain types field `name` may hold (`(float, NoneType)` for `Positive[float |
+    None]`), or None for a `Literal` (its choices say what it takes) or an unknown hint."""
+    hint = field_types(cls).get(name)
+    if typing.get_origin(hint) is Annotated:
+        hint = typing.get_args(hint)[0]
+    if typing.get_origin(hint) is Literal:
+        return None
+    kinds = typing.get_args(hint) if typing.get_origin(hint) in (typing.Union, types.UnionType) else (hint,)
+    return kinds if all(k in (int, float, bool, str, type(None)) for k in kinds) else None
+
+
+def _of_kind(value, kinds: tuple[type, ...]) -> bool:
+    if isinstance(value, bool):
+        return bool in kinds
+    if isinstance(value, int):
+        return int in kinds or float in kinds
+    return any(isinstance(value, k) for k in kinds if k not in (int, bool))
+
+
+KIND_NAMES = {int: "an integer", float: "a number", bool: "true or false", str: "a string", type(None): "null"}
+
+
+def check_kind(cls, name: str, value) -> None:
+    """Raise a `ConfigError` unless `value` has the type field `name` holds (a config read
+    from a file or a sweep's --fixed / --space can hold anything YAML or JSON can)."""
+    kinds = field_kinds(cls, name)
+    if kinds is not None and not _of_kind(value, kinds):
+        wanted = " or ".join(KIND_NAMES[k] for k in kinds)
+        raise ConfigError(f"{flag(name)} must be {wanted}, got {value!r} ({type(value).__name__}): pass {wanted}")
+
+
 def check_fields(cfg) -> None:
-    """Every field of dataclass `cfg` against its type: finite floats, integers within
-    +-MAX_INT, `Literal` choices and `Range` limits. One `ConfigError` for the first bad value."""
+    """Every field of dataclass `cfg` against its type: the kind of value (integer, number,
+    string...), finite floats, integers within +-MAX_INT, `Literal` choices and `Range`
+    limits. One `ConfigError` for the first bad value."""
     cls = type(cfg)
     for f in fields(cfg):
         value, name = getattr(cfg, f.name), flag(f.name)
+        check_kind(cls, f.name, value)
         if isinstance(value, float) and not math.isfinite(value):
             example = f.default if isinstance(f.default, float) else 1.0
             raise ConfigError(f"{name} must be a finite number, got {value}: pass a number such as {example}")

@@ -69,6 +69,18 @@ class MazeConfig(TaskConfig):
     def neurons(self) -> int:
         return self.hidden + self.view ** 2 + 8
 
+    def steps(self) -> int:
+        return self.episode_steps
+
+    def fixed_bytes(self) -> int:
+        # The grid (`np.indices`: two int64 per cell), and the evaluation's GIF: one RGB
+        # frame per step at 16 pixels per cell, all held until it is written.
+        return 17 * self.maze_size ** 2 + self.episode_steps * 3 * (16 * self.maze_size) ** 2
+
+    def heldout_bytes(self) -> int:
+        # A held-out layout keeps its teleport destinations (int64 per step) for the whole evaluation.
+        return 64 + 8 * self.episode_steps
+
     def check(self) -> None:
         from plasticity.envs.maze import MazeSpec
 

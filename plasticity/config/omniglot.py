@@ -53,6 +53,18 @@ class OmniglotConfig(TaskConfig):
         # The conv layers' 3x3 x channels x channels kernels dominate.
         return 3 * self.channels + self.n_way
 
+    def steps(self) -> int:
+        # n_way presentations and the query.
+        return self.n_way + 1
+
+    def step_floats(self) -> int:
+        # A 31 x 31 image, the conv activations (31 -> 15 -> 7 -> 3 -> 1) and the label.
+        return 31 * 31 + self.channels * (15 * 15 + 7 * 7 + 3 * 3 + 1) + 2 * self.n_way
+
+    def step_work(self) -> int:
+        # The 3 x 3 convolutions at 15^2, 7^2, 3^2 and 1 output positions, then the read-out.
+        return 9 * self.channels * (15 * 15 + self.channels * (7 * 7 + 3 * 3 + 1)) + self.channels * self.n_way
+
     def check(self) -> None:
         if self.val_fraction + self.test_fraction >= 1.0:
             raise ConfigError("val_fraction + test_fraction must leave characters for training (< 1)")

@@ -43,6 +43,9 @@ class PatternsConfig(TaskConfig):
     def neurons(self) -> int:
         return super().neurons() + self.pattern_size + int(self.bias_neuron)
 
+    def steps(self) -> int:
+        return self.num_patterns * self.num_cycles * (self.present_steps + self.gap_steps) + self.test_steps
+
     def check(self) -> None:
         if self.balanced and self.pattern_size % 2:
             raise ConfigError(f"balanced patterns need an even pattern_size, got {self.pattern_size}: "

@@ -10,6 +10,7 @@ in `plasticity/serving/ray_app.py` and the README ("Serve a trained network").
 
 from __future__ import annotations
 
+import math
 import signal
 import sys
 import threading
@@ -36,6 +37,10 @@ class ServeArgs:
     """Ray cluster to join (e.g. `auto` or `ray://head:10001`); default: start a local Ray."""
     num_cpus: int | None = None
     """CPUs of the local Ray (default: all)."""
+    ray_bind: str | None = None
+    """Address the local Ray's own servers listen on (GCS, raylet, agents, workers; token
+    authentication always on): default $PLASTICITY_BIND, else 127.0.0.1 (this machine only);
+    0.0.0.0 or an address opens it to the network. Not used with --address."""
     shards: int = 1
     """Deployments holding sessions (one replica each); a session stays on its shard."""
     max_sessions: int = 64
@@ -55,14 +60,30 @@ class ServeArgs:
     """File holding the API token (chmod 600); else $PLASTICITY_SERVE_TOKEN; else no token."""
 
 
-def main(argv: list[str]) -> int:
-    args = tyro.cli(ServeArgs, args=argv, prog="plasticity serve")
+def check_serve_args(args: ServeArgs) -> None:
+    """Every number in range before Ray starts: one `ConfigError` naming the flag."""
+    for name in ("idle_timeout", "batch_wait_ms", "shard_cpus"):
+        if not math.isfinite(getattr(args, name)):
+            raise ConfigError(f"--{name.replace('_', '-')} must be a finite number, got {getattr(args, name)}: "
+                              "pass a number such as its default")
     for name in ("port", "shards", "max_sessions", "idle_timeout", "max_batch_size"):
         check_positive(name.replace("_", "-"), getattr(args, name))
-    check_positive("batch-wait-ms", args.batch_wait_ms, allow_zero=True)
+    for name in ("batch_wait_ms", "threads", "shard_cpus"):
+        check_positive(name.replace("_", "-"), getattr(args, name), allow_zero=True)
+    if args.num_cpus is not None:
+        check_positive("num-cpus", args.num_cpus)
+    if args.port > 65535:
+        raise ConfigError(f"--port {args.port} is not a TCP port: pass one in 1..65535 (e.g. 8000)")
     if args.max_sessions < args.shards:
         raise ConfigError(f"--max-sessions {args.max_sessions} is less than --shards {args.shards}: "
                           "every shard needs room for a session")
+
+
+def main(argv: list[str]) -> int:
+    from plasticity.cli import parse_args
+
+    args = parse_args(ServeArgs, argv, prog="plasticity serve")
+    check_serve_args(args)
     try:
         from plasticity.serving import ray_app
     except ImportError as e:
@@ -77,7 +98,7 @@ def main(argv: list[str]) -> int:
                                      batch_wait_s=args.batch_wait_ms / 1000, threads=args.threads,
                                      shard_cpus=args.shard_cpus)
     ray_app.start(args.model, settings, host=args.host, port=args.port, address=args.address,
-                  num_cpus=args.num_cpus, token=token)
+                  num_cpus=args.num_cpus, token=token, ray_bind=args.ray_bind)
     print(f"serving {args.model} on http://{args.host}:{args.port} ({args.shards} shard(s), "
           f"{'token required' if token else 'no token'}); Ctrl-C to stop", flush=True)
     stop = threading.Event()

@@ -162,7 +162,8 @@ def build_app(checkpoint: bytes, settings: ServeSettings, token: str | None = No
 
         def _shard(self, sid: str):
             head, _, rest = sid.partition("-")
-            if not head.isdigit() or int(head) >= len(self.shards) or not rest:
+            # ASCII digits only: str.isdigit() also takes '²', which int() refuses.
+            if not (head.isascii() and head.isdigit()) or int(head) >= len(self.shards) or not rest:
                 raise RequestError("no such session: ids look like '0-<32 characters>' as returned by "
                                    "POST /sessions", status=404)
             return self.shards[int(head)]
@@ -195,7 +196,7 @@ def build_app(checkpoint: bytes, settings: ServeSettings, token: str | None = No
         async def step(self, sid: str, request: Request) -> JSONResponse:
             try:
                 body = await request.json()
-            except ValueError:
+            except (ValueError, RecursionError):  # not JSON (or not UTF-8), or nested past the parser's depth
                 return _bad_request('the body must be JSON: {"input": [numbers]}')
             if not isinstance(body, dict) or "input" not in body:
                 return _bad_request('the body must be {"input": [numbers]} (one item of '
@@ -221,11 +222,18 @@ def build_app(checkpoint: bytes, settings: ServeSettings, token: str | None = No
     return Gateway.bind(*shards)
 
 
-def _probe(checkpoint: bytes) -> ServedModel:
+def _probe(checkpoint: bytes, label: str | None = None) -> ServedModel:
+    """The served model of a checkpoint's bytes; errors name the file as `label` (what the
+    user passed) rather than the temporary copy."""
     with tempfile.TemporaryDirectory() as d:
         path = Path(d) / "checkpoint.pt"
         path.write_bytes(checkpoint)
-        return ServedModel.from_checkpoint(path)
+        try:
+            return ServedModel.from_checkpoint(path)
+        except PlasticityError as e:
+            if label is None:
+                raise
+            raise type(e)(str(e).replace(str(path), label)) from None
 
 
 def read_token(token_file: str | None) -> str | None:
@@ -266,13 +274,22 @@ def checkpoint_bytes(model_uri: str) -> bytes:
 
 def start(model_uri: str, settings: ServeSettings, *, host: str = "127.0.0.1", port: int = 8000,
           address: str | None = None, num_cpus: int | None = None, token: str | None = None,
-          name: str = "plasticity", route_prefix: str = "/"):
-    """Start (or join) Ray, start Serve on host:port and deploy the app; returns its handle."""
+          name: str = "plasticity", route_prefix: str = "/", ray_bind: str | None = None):
+    """Join Ray at `address` / $RAY_ADDRESS, or start a private local Ray (on `ray_bind`,
+    default $PLASTICITY_BIND or 127.0.0.1, with a fresh Ray token: plasticity/localray.py);
+    start Serve on host:port and deploy the app; returns its handle."""
     import ray
 
+    from plasticity.localray import start_local_ray
+
     checkpoint = checkpoint_bytes(model_uri)
+    _probe(checkpoint, model_uri)  # a checkpoint that cannot be served is refused before Ray starts
     if not ray.is_initialized():
-        ray.init(address=address, num_cpus=num_cpus if address is None else None, include_dashboard=False,
-                 log_to_driver=False)
+        address = address or os.environ.get("RAY_ADDRESS") or None
+        if address is None:
+            start_local_ray(ray_bind, serve=True, num_cpus=num_cpus, include_dashboard=False,
+                            log_to_driver=False)
+        else:
+            ray.init(address=address, include_dashboard=False, log_to_driver=False)
     serve.start(http_options={"host": host, "port": port})
     return serve.run(build_app(checkpoint, settings, token), name=name, route_prefix=route_prefix)

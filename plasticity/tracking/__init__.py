@@ -2,7 +2,8 @@
 
     mlflow.py   MlflowTracker: params, buffered metrics, figures, the model, retries
     params.py   which config fields a run's model actually reads (what is logged as params)
+    database.py a quick probe of a PostgreSQL store (MLflow's or Optuna's) before it is used
 
-May import: `plasticity.errors`, `plasticity.redact`, `plasticity.rules`, and MLflow
-(inside functions, so importing this package does not import MLflow).
+May import: `plasticity.errors`, `plasticity.redact`, `plasticity.rules`, and MLflow,
+psycopg and SQLAlchemy (inside functions, so importing this package does not import them).
 """

@@ -79,9 +79,16 @@ def _sqlite_first_use_lock(uri: str):
 
 
 def check_tracking(uri: str):
-    """Return an `MlflowClient` for `uri`, or raise `TrackingError` naming the fix."""
+    """Return an `MlflowClient` for `uri`, or raise `TrackingError` naming the fix. A
+    PostgreSQL store is probed first with a short timeout (MLflow's SQLAlchemy engine
+    retries a dead server for minutes and prints every retry)."""
     from mlflow.tracking import MlflowClient
 
+    from plasticity.tracking.database import postgres_problem
+
+    problem = postgres_problem(uri)
+    if problem:
+        raise TrackingError(f"{problem}: fix the server or --tracking-uri / MLFLOW_TRACKING_URI, or pass --no-tracking")
     try:
         with _quick_http(), _sqlite_first_use_lock(uri):
             client = MlflowClient(tracking_uri=uri)

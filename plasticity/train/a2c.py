@@ -32,6 +32,7 @@ import torch
 from torch import Tensor
 
 from plasticity.agents import ActorCritic
+from plasticity.config import check_evaluation
 from plasticity.envs.maze import BatchedMaze, MazeLayout, MazeSpec
 from plasticity.envs.render import Trajectory, save_gif, trajectory_figure
 from plasticity.errors import check_positive
@@ -41,6 +42,7 @@ from plasticity.tasks.maze import MazeTask
 from plasticity.train.common import (
     EVAL_SEED_OFFSET,
     Report,
+    eval_progress,
     model_from_checkpoint,
     plastic_summary,
     resolve_device,
@@ -122,14 +124,16 @@ def a2c_loss(log_probs: Tensor, entropy: Tensor, values: Tensor, rewards: Tensor
 
 @torch.no_grad()
 def evaluate(agent: ActorCritic, spec: MazeSpec, layouts: list[MazeLayout], device, seed: int,
-             ) -> tuple[dict[str, float], Trajectory]:
+             progress: bool = False) -> tuple[dict[str, float], Trajectory]:
     """Mean return (and its spread over episodes), goals found and wall bumps per episode
     over `layouts`; actions are
     sampled with a generator reseeded to `seed`, so the result depends on the weights
-    only. Also returns the first episode's trajectory."""
+    only. Also returns the first episode's trajectory. `progress`: a bar with the time
+    left on a terminal, once the evaluation takes a while."""
     agent.eval()
     g = torch.Generator(device=device).manual_seed(seed)
     returns, goals, bumps, first = [], [], [], None
+    bar = eval_progress(sum(len(layout.goal) for layout in layouts), progress)
     for layout in layouts:
         env = BatchedMaze(spec, len(layout.goal), device)
         roll = rollout(agent, env, layout, g, record=first is None)
@@ -140,6 +144,8 @@ def evaluate(agent: ActorCritic, spec: MazeSpec, layouts: list[MazeLayout], devi
             first = Trajectory(tuple(env.goal[0].tolist()), roll.arrived[:, 0].cpu().numpy(),
                                roll.pos[:, 0].cpu().numpy(), roll.found[0].cpu().numpy(),
                                roll.rewards[0].cpu().numpy())
+        bar.update(len(layout.goal))
+    bar.close()
     agent.train()
     returns = torch.cat(returns).double()
     metrics = {"return": returns.mean().item(), "return_std": returns.std(correction=0).item(),
@@ -159,8 +165,8 @@ def _trajectory_files(spec: MazeSpec, traj: Trajectory, folder: Path, title: str
 class A2CAlgorithm:
     """A2C on the maze for the shared loop (`plasticity.train.loop.Algorithm`)."""
 
-    def __init__(self, cfg, agent: ActorCritic, device: torch.device):
-        self.cfg, self.model, self.device = cfg, agent, device
+    def __init__(self, cfg, agent: ActorCritic, device: torch.device, progress: bool = False):
+        self.cfg, self.model, self.device, self.progress = cfg, agent, device, progress
         self.task = MazeTask(cfg)
         self.spec = self.task.spec
         # Layouts are drawn on the CPU, actions where the agent runs; both are in the checkpoint.
@@ -181,7 +187,8 @@ class A2CAlgorithm:
         return loss, stats
 
     def evaluate(self, episode: int, run_dir: Path):
-        scores, traj = evaluate(self.model, self.spec, self.heldout, self.device, self.cfg.seed + EVAL_SEED_OFFSET)
+        scores, traj = evaluate(self.model, self.spec, self.heldout, self.device, self.cfg.seed + EVAL_SEED_OFFSET,
+                                progress=self.progress)
         metrics = {f"eval/{k}": v for k, v in scores.items()}
         metrics.update(plastic_summary(self.model))
         metrics["model/params"] = count_parameters(self.model)
@@ -214,15 +221,16 @@ def train(cfg, report: Report | None = None, *, resume: str | Path | None = None
     agent = MazeTask(cfg).build_model(cfg).to(device)
     optimizer = make_optimizer(agent, cfg)
     if ckpt is not None:
-        restore_state(agent, optimizer, ckpt)
-    algo = A2CAlgorithm(cfg, agent, device)
+        restore_state(agent, optimizer, ckpt, resume)
+    algo = A2CAlgorithm(cfg, agent, device, progress=progress)
     result = run_loop(cfg, algo, optimizer, run_dir=run_dir, report=report, ckpt=ckpt, progress=progress,
                       description=f"maze/{cfg.model} ({count_parameters(agent):,} params)")
     return TrainResult(agent, run_dir, result.checkpoint, result.history)
 
 
 def evaluate_checkpoint(path: str | Path, config_cls, *, episodes: int, seed: int, figure: Path,
-                        device: str = "cpu", split: str = "test", data_dir: str | None = None) -> dict:
+                        device: str = "cpu", split: str = "test", data_dir: str | None = None,
+                        progress: bool = True) -> dict:
     """Play `episodes` fresh episodes (layouts and actions from `seed`) with a checkpoint's
     agent; write the first episode's trajectory figure to `figure` and a GIF beside it.
     The maze has no data: every episode is drawn fresh, so `split` must be `test` (and
@@ -232,9 +240,10 @@ def evaluate_checkpoint(path: str | Path, config_cls, *, episodes: int, seed: in
     check_positive("episodes", episodes)
     dev = resolve_device(device)
     agent, cfg, ckpt = model_from_checkpoint(path, config_cls, device=str(dev), split=split)
+    check_evaluation(cfg, episodes, "--episodes")
     task = MazeTask(cfg)
     spec = task.spec
-    metrics, traj = evaluate(agent, spec, task.heldout_layouts(episodes, seed), dev, seed)
+    metrics, traj = evaluate(agent, spec, task.heldout_layouts(episodes, seed), dev, seed, progress=progress)
     metrics["return_ci95"] = 1.96 * metrics["return_std"] / episodes ** 0.5
     figure = Path(figure)
     save_figure(trajectory_figure(spec, traj, f"maze/{cfg.model}, after {ckpt['episode']} episodes"), figure)

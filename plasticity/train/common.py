@@ -56,6 +56,16 @@ def resolve_device(name: str) -> torch.device:
     return device
 
 
+def eval_progress(total: int, enabled: bool = True, desc: str = "evaluating"):
+    """The progress bar of an evaluation of `total` episodes, with tqdm's estimate of the
+    time left: on a terminal only (stderr a tty), and only once the evaluation has run for
+    2 s (the short evaluations of a training run do not flicker)."""
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, unit="ep", desc=desc, leave=False, delay=2.0, dynamic_ncols=True,
+                disable=not (enabled and sys.stderr.isatty()))
+
+
 def run_name(cfg) -> str:
     """`{task}__{model}__{rule}__{seed}__{time}`, as in CleanRL."""
     rule = cfg.rule if cfg.model == "plastic" else "none"
@@ -77,7 +87,10 @@ def load_weights(model: torch.nn.Module, ckpt: dict, path) -> torch.nn.Module:
     try:
         model.load_state_dict(ckpt["model"])
     except RuntimeError as e:
-        raise CheckpointError(f"{path}: weights do not match the config stored with them ({error_line(e, limit=120)}): "
+        # torch's message opens with "Error(s) in loading state_dict for X:"; the next line says which.
+        lines = [line for line in str(e).splitlines() if line.strip()]
+        detail = error_line(lines[1] if len(lines) > 1 else e, limit=120)
+        raise CheckpointError(f"{path}: weights do not match the config stored with them ({detail}): "
                               "the file is damaged; use another checkpoint") from None
     return model
 
@@ -126,6 +139,7 @@ def start_run(cfg, resume, run_dir, given: set[str] | None, announce: bool = Fal
     cfg, ckpt, changes = restore_checkpoint(resume, type(cfg), cfg, given)
     if check is not None:
         check(cfg)
+    check_resumable(cfg, ckpt, resume)
     folder = Path(resume).parent
     if run_dir is None and "out" not in changes and is_run_dir(folder) and Path(resume).name == "checkpoint.pt":
         run_dir = folder
@@ -136,13 +150,33 @@ def start_run(cfg, resume, run_dir, given: set[str] | None, announce: bool = Fal
     return cfg, ckpt, run_dir
 
 
-def restore_state(model: torch.nn.Module, optimizer: torch.optim.Optimizer, ckpt: dict) -> None:
-    """Load weights and optimiser state from `ckpt`; each parameter group keeps the
-    learning rate this run built it with (`make_optimizer`: --lr, --eta-lr)."""
-    model.load_state_dict(ckpt["model"])
+def check_resumable(cfg, ckpt: dict, path) -> None:
+    """Refuse, before a run folder is made, a checkpoint whose weights or optimiser state do
+    not fit the model its stored config builds, or whose task state (a data split) this
+    task cannot go on from: a damaged or edited file. (Loads them into a throwaway model.)"""
+    from plasticity.tasks import make_task
+    from plasticity.train.optim import make_optimizer
+
+    task = make_task(cfg)
+    task.check_state(ckpt.get("task_state"), str(path))
+    model = task.build_model(cfg)
+    restore_state(model, make_optimizer(model, cfg), ckpt, path)
+
+
+def restore_state(model: torch.nn.Module, optimizer: torch.optim.Optimizer, ckpt: dict,
+                  path="the checkpoint") -> None:
+    """Load weights and optimiser state from `ckpt` (read from `path`); each parameter
+    group keeps the learning rate this run built it with (`make_optimizer`: --lr, --eta-lr)."""
+    load_weights(model, ckpt, path)
     lrs = [group["lr"] for group in optimizer.param_groups]
+    if not ckpt.get("optimizer"):
+        raise CheckpointError(f"{path} holds no optimiser state, so training cannot go on from it: evaluate it, "
+                              "or start a new run")
     try:
         optimizer.load_state_dict(ckpt["optimizer"])
+    except (KeyError, TypeError, IndexError) as e:
+        raise CheckpointError(f"{path}: its optimiser state is damaged ({type(e).__name__}: "
+                              f"{error_line(e, limit=80)}): use another checkpoint") from None
     except ValueError as e:
         raise CheckpointError(f"the checkpoint's optimiser state does not fit this model's parameter groups "
                               f"({error_line(e, limit=100)}): it was written before eta had its own "

@@ -25,6 +25,7 @@ from plasticity.tasks import make_task
 from plasticity.train.common import (
     EVAL_SEED_OFFSET,
     Report,
+    eval_progress,
     model_from_checkpoint,
     plastic_summary,
     resolve_device,
@@ -55,8 +56,10 @@ CI95_Z = 1.96
 
 
 @torch.no_grad()
-def evaluate(model: SequenceModel, task, episodes, device, batch_size: int = 64) -> dict[str, float]:
-    """Mean of the task's metrics over held-out `episodes` (an iterable of batches).
+def evaluate(model: SequenceModel, task, episodes, device, batch_size: int = 64,
+             progress: bool = False) -> dict[str, float]:
+    """Mean of the task's metrics over held-out `episodes` (an iterable of batches; with
+    `progress`, a `HeldOut` shows a bar with the time left on a terminal).
 
     Tasks with per-episode values (`episode_metrics(outputs, batch) -> {name: [B]}`) also
     get `{name}_ci95`: the half-width of the 95% interval of the mean, `1.96 x std / sqrt(n)`
@@ -66,9 +69,11 @@ def evaluate(model: SequenceModel, task, episodes, device, batch_size: int = 64)
     totals: dict[str, float] = {}
     values: dict[str, list[torch.Tensor]] = {}
     count = 0
+    bar = eval_progress(getattr(episodes, "episodes", None), progress)
     for ep in episodes:
         outputs, _ = model(to_device(task.inputs(ep), device))
         n = outputs.shape[0]
+        bar.update(n)
         per_episode = task.episode_metrics(outputs, ep)
         if per_episode is not None:
             for k, v in per_episode.items():
@@ -77,6 +82,7 @@ def evaluate(model: SequenceModel, task, episodes, device, batch_size: int = 64)
             for k, v in task.metrics(outputs, ep).items():
                 totals[k] = totals.get(k, 0.0) + v * n
         count += n
+    bar.close()
     model.train()
     if not values:
         return {k: v / count for k, v in totals.items()}
@@ -95,9 +101,16 @@ def eval_chunk(n_neurons: int, cap: int = 256) -> int:
     return max(1, min(cap, (1 << 22) // (n_neurons * n_neurons)))
 
 
+EVAL_BATCH_BYTES = 256 << 20
+"""Most bytes of inputs and activations (`TaskConfig.step_floats` per step) an evaluation
+batch may hold: long episodes are scored a few at a time."""
+
+
 def task_eval_chunk(task, cfg) -> int:
-    """Evaluation batch size: the task's own choice, else sized by the Hebb tensor."""
-    return task.eval_chunk or eval_chunk(task.n_io + cfg.extra_neurons)
+    """Evaluation batch size: the task's own choice, else sized by the Hebb tensor; fewer
+    episodes when they are long (`EVAL_BATCH_BYTES`)."""
+    chunk = task.eval_chunk or eval_chunk(task.n_io + cfg.extra_neurons)
+    return max(1, min(chunk, EVAL_BATCH_BYTES // (4 * cfg.steps() * cfg.step_floats())))
 
 
 class HeldOut:
@@ -111,6 +124,7 @@ class HeldOut:
     def __init__(self, task, episodes: int, seed: int, chunk: int):
         self.task, self.seed = task, seed
         self.sizes = [min(chunk, episodes - i) for i in range(0, episodes, chunk)]
+        self.episodes = episodes
         self.kept = None
         first = self.first()
         inputs = task.inputs(first)
@@ -148,8 +162,9 @@ def preflight(cfg) -> None:
 class EpisodicAlgorithm:
     """Supervised episodes for the shared loop (`plasticity.train.loop.Algorithm`)."""
 
-    def __init__(self, cfg, task, model: SequenceModel, device: torch.device):
+    def __init__(self, cfg, task, model: SequenceModel, device: torch.device, progress: bool = False):
         self.cfg, self.task, self.model, self.device = cfg, task, model, device
+        self.progress = progress
         self.generator = torch.Generator().manual_seed(cfg.seed)
         self.heldout = heldout_episodes(task.heldout(), cfg)
 
@@ -161,7 +176,8 @@ class EpisodicAlgorithm:
 
     def evaluate(self, episode: int, run_dir: Path):
         t_eval = time.perf_counter()
-        metrics = {f"eval/{k}": v for k, v in evaluate(self.model, self.task, self.heldout, self.device).items()}
+        scores = evaluate(self.model, self.task, self.heldout, self.device, progress=self.progress)
+        metrics = {f"eval/{k}": v for k, v in scores.items()}
         metrics["perf/eval_s"] = time.perf_counter() - t_eval
         metrics.update(plastic_summary(self.model))
         metrics["model/params"] = count_parameters(self.model)
@@ -210,9 +226,9 @@ def train(cfg, report: Report | None = None, *, resume: str | Path | None = None
     optimizer = make_optimizer(model, cfg)
     if ckpt is not None:
         task.check_state(ckpt.get("task_state"), str(resume))
-        restore_state(model, optimizer, ckpt)
+        restore_state(model, optimizer, ckpt, resume)
     prepare_kernels(cfg, device)
-    algo = EpisodicAlgorithm(cfg, task, model, device)
+    algo = EpisodicAlgorithm(cfg, task, model, device, progress=progress)
     n_params = count_parameters(model)
     result = run_loop(cfg, algo, optimizer, run_dir=run_dir, report=report, ckpt=ckpt, progress=progress,
                       description=f"{cfg.task}/{cfg.model} ({n_params:,} params)")
@@ -232,20 +248,24 @@ __all__ = ["TrainResult", "evaluate", "evaluate_checkpoint", "train"]
 
 
 def evaluate_checkpoint(path: str | Path, config_cls, *, episodes: int, seed: int, figure: Path,
-                        device: str = "cpu", split: str = "test", data_dir: str | None = None) -> dict:
+                        device: str = "cpu", split: str = "test", data_dir: str | None = None,
+                        progress: bool = True) -> dict:
     """Score a checkpoint on `episodes` fresh episodes drawn from `seed` (from the data
     split `split` for tasks with data); write its figure. Accuracies and per-episode
     metrics get a 95% interval (`*_ci95`); learned plasticity values are included.
+    `progress`: a bar with the time left on a terminal, once the scoring takes a while.
 
     Returns `{"config", "episode", "metrics", "figure"}`."""
+    from plasticity.config import check_evaluation
     from plasticity.errors import check_positive
 
     check_positive("episodes", episodes)
     dev = resolve_device(device)
     model, cfg, ckpt = model_from_checkpoint(path, config_cls, device=str(dev), split=split, data_dir=data_dir)
+    check_evaluation(cfg, episodes, "--episodes")
     task = make_task(cfg, split)
     batches = HeldOut(task, episodes, seed, task_eval_chunk(task, cfg))
-    metrics = evaluate(model, task, batches, dev)
+    metrics = evaluate(model, task, batches, dev, progress=progress)
     if "accuracy" in metrics:
         # Normal approximation of the binomial 95% interval over the episodes.
         acc = metrics["accuracy"]
