@@ -155,13 +155,14 @@ def main() -> None:
         sys.exit(f"bench_search: --strategies must include {BASELINE} (it sets the target)")
     saved = json.loads(args.out.read_text()) if args.out.is_file() else []
     runs = [r for r in saved if r.get("setting") == key]
-    import ray
-
+    from plasticity.localray import start_local_ray
     from plasticity.nn.fused import build_kernels
 
     # Kernels built and Ray started once, before the first sweep: no strategy's wall time holds them.
+    # A private Ray on 127.0.0.1 with its own token, as the sweep starts.
     build_kernels()
-    ray.init(num_cpus=args.max_concurrent, include_dashboard=False, log_to_driver=False, configure_logging=False)
+    start_local_ray(num_cpus=args.max_concurrent, include_dashboard=False, log_to_driver=False,
+                    configure_logging=False)
     with tempfile.TemporaryDirectory() as d:
         for seed in args.seeds:
             for name in args.strategies:

@@ -109,12 +109,13 @@ async def _drive(url: str, sessions: int, seconds: float, item_size: int) -> dic
 
 def start_apps(checkpoints: dict[str, Path], port: int, max_sessions: int) -> dict[tuple[str, bool], str]:
     """One Serve instance, an app per (size, batched), each under its own route prefix."""
-    import ray
     from ray import serve
 
+    from plasticity.localray import start_local_ray
     from plasticity.serving.ray_app import ServeSettings, build_app
 
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    # A private Ray on 127.0.0.1 with its own token, as `plasticity serve` starts.
+    start_local_ray(serve=True, num_cpus=2, include_dashboard=False, log_to_driver=False)
     serve.start(http_options={"host": "127.0.0.1", "port": port})
     urls = {}
     for size, path in checkpoints.items():

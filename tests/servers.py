@@ -95,3 +95,35 @@ class FileServer:
     def close(self) -> None:
         self.httpd.shutdown()
         self.httpd.server_close()
+
+
+def gcs_call(address: str, token: str | None) -> str:
+    """Status of one raw gRPC call (NodeInfoGcsService.GetClusterId) to a Ray GCS at
+    `host:port`, sent with `token` as its bearer token (None: no token): "OK" or a gRPC
+    status name such as "UNAUTHENTICATED"."""
+    import grpc
+    from ray.core.generated import gcs_service_pb2, gcs_service_pb2_grpc
+
+    with grpc.insecure_channel(address) as channel:
+        stub = gcs_service_pb2_grpc.NodeInfoGcsServiceStub(channel)
+        try:
+            stub.GetClusterId(gcs_service_pb2.GetClusterIdRequest(), timeout=30,
+                              metadata=[("authorization", f"Bearer {token}")] if token else None)
+        except grpc.RpcError as e:
+            return e.code().name
+    return "OK"
+
+
+def http_status(url: str, token: str | None = None) -> int:
+    """HTTP status of a GET of `url`, with `Authorization: Bearer token` when a token is given."""
+    import urllib.error
+    import urllib.request
+
+    request = urllib.request.Request(url)
+    if token:
+        request.add_header("Authorization", f"Bearer {token}")
+    try:
+        with urllib.request.urlopen(request, timeout=30) as response:
+            return response.status
+    except urllib.error.HTTPError as e:
+        return e.code

@@ -5,6 +5,7 @@ GPU that is not there: the placement is Ray's, the device falls back to CPU."""
 from __future__ import annotations
 
 import json
+import os
 import threading
 import time
 from pathlib import Path
@@ -20,9 +21,16 @@ def fake_gpu_ray(tmp_path, monkeypatch):
     """A local Ray with 4 CPUs and 1 GPU (advertised, not present), cwd in tmp_path."""
     monkeypatch.chdir(tmp_path)
     monkeypatch.delenv("RAY_ADDRESS", raising=False)
-    ray.init(num_cpus=4, num_gpus=1, include_dashboard=False, log_to_driver=False, configure_logging=False)
+    from plasticity.localray import start_local_ray
+
+    # The sweep's own way of starting Ray (loopback, a fresh token), with a GPU advertised;
+    # the Ray settings it puts in the environment are this test's only.
+    saved = dict(os.environ)
+    start_local_ray(num_cpus=4, num_gpus=1, include_dashboard=False, log_to_driver=False, configure_logging=False)
     yield
     ray.shutdown()
+    os.environ.clear()
+    os.environ.update(saved)
 
 
 @pytest.mark.slow

@@ -7,7 +7,8 @@
     ray_app.py        edge: the Ray Serve application of live sessions (`plasticity serve`)
 
 May import: `plasticity.config`, `errors`, `models`, `train`; MLflow only in
-mlflow_pyfunc.py and Ray only in ray_app.py (the edges).
+mlflow_pyfunc.py and Ray (and `plasticity.localray`, which starts it) only in ray_app.py
+(the edges).
 """
 
 from plasticity.serving.episode import SERVED_TASKS, EpisodeLayout, RequestError, bit_error
