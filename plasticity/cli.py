@@ -29,6 +29,7 @@ from plasticity.config import CONFIGS, PRESETS, preset, validate
 from plasticity.config.renames import upgrade_argv
 from plasticity.errors import PlasticityError
 from plasticity.redact import redact
+from plasticity.train.loop import SignalPlan, Stopped, WarningSignal
 
 USAGE = """usage: plasticity COMMAND ...
 
@@ -57,13 +58,23 @@ class RunOptions:
     checkpoint except the flags given again (the schedule: --episodes, --lr, ...)."""
     progress: bool = True
     """Show a progress bar."""
+    warning_signal: WarningSignal = "USR1"
+    """Signal that warns the run its time is nearly up (Slurm: #SBATCH --signal=B:USR1@120).
+    SIGTERM, SIGINT and SIGHUP always stop the run with a checkpoint (exit 143, 130, 129)."""
+    on_warning: Literal["stop", "checkpoint"] = "stop"
+    """On the warning signal: `stop` writes a checkpoint and exits 128 + its number (138 for
+    USR1, 140 for USR2: a requeue script tests it); `checkpoint` writes one and goes on."""
+
+    def signal_plan(self) -> SignalPlan:
+        return SignalPlan(self.warning_signal, self.on_warning)
 
 
 def resume_command(task: str, checkpoint, opts: RunOptions) -> str:
     """The command that continues a stopped run. The checkpoint holds the config, RNG states
     and schedule; the run options are not in it, so those given differently from their
     defaults are repeated (a run trained with --no-tracking goes on without an MLflow run,
-    one tracked at --tracking-uri goes on in the same MLflow run). Passwords are masked."""
+    one tracked at --tracking-uri goes on in the same MLflow run; a requeued job keeps its
+    --warning-signal and --on-warning). Passwords are masked."""
     parts = ["plasticity", "train", task, "--resume", str(checkpoint)]
     if not opts.tracking:
         parts.append("--no-tracking")
@@ -74,6 +85,10 @@ def resume_command(task: str, checkpoint, opts: RunOptions) -> str:
             parts += ["--experiment", opts.experiment]
     if not opts.progress:
         parts.append("--no-progress")
+    if opts.warning_signal != RunOptions.warning_signal:
+        parts += ["--warning-signal", opts.warning_signal]
+    if opts.on_warning != RunOptions.on_warning:
+        parts += ["--on-warning", opts.on_warning]
     return shlex.join(parts)
 
 
@@ -165,7 +180,7 @@ def cmd_train(argv: list[str]) -> int:
     cfg, opts, given = parse_train(task, argv)
     from plasticity.train import preflight, train
     from plasticity.train.common import start_run
-    from plasticity.train.loop import Interrupted, StoppedBeforeTraining
+    from plasticity.train.loop import Interrupted, StoppedBeforeTraining, raise_on_signals, signal_name, signal_plan
 
     # Resolve the run first (config from the checkpoint, run folder), and check the data,
     # before an MLflow run is opened for nothing.
@@ -176,33 +191,37 @@ def cmd_train(argv: list[str]) -> int:
 
             check_tracking(opts.tracking_uri or default_tracking_uri())
 
-    cfg, ckpt, run_dir = start_run(cfg, opts.resume, None, given, announce=True, check=check)
-    tracker = None
-    if opts.tracking:
-        tracker = _open_tracker(opts, cfg, run_dir, resumed=ckpt is not None)
-        print(f"MLflow run {tracker.run_id} at {redact(tracker.uri)}", file=sys.stderr)
-    status = "FAILED"
+    tracker, run_dir, status = None, None, "FAILED"
     try:
-        result = train(cfg, report=tracker, resume=opts.resume, progress=opts.progress, run_dir=run_dir,
-                       given=given)
+        # Signals stop the run with one line from here on: at once before training (nothing
+        # to save yet), after the current step with a checkpoint once it runs (run_loop).
+        with signal_plan(opts.signal_plan()), raise_on_signals("before training"):
+            cfg, ckpt, run_dir = start_run(cfg, opts.resume, None, given, announce=True, check=check)
+            if opts.tracking:
+                tracker = _open_tracker(opts, cfg, run_dir, resumed=ckpt is not None)
+                print(f"MLflow run {tracker.run_id} at {redact(tracker.uri)}", file=sys.stderr)
+            result = train(cfg, report=tracker, resume=opts.resume, progress=opts.progress, run_dir=run_dir,
+                           given=given)
         status = "FINISHED"
     except Interrupted as e:
         status = "KILLED"
         again = resume_command(cfg.task, e.checkpoint, opts)
         if tracker is not None:
             tracker.attempt(tracker.client.set_tag, tracker.run_id, "resumable", again)
-        print(f"plasticity: stopped at episode {e.episode}; checkpoint saved: continue with `{again}`",
-              file=sys.stderr)
+        print(f"plasticity: stopped by {signal_name(e.signum)} at episode {e.episode}; checkpoint saved: "
+              f"continue with `{again}`", file=sys.stderr)
         return e.exit_code
     except StoppedBeforeTraining as e:
         status = "KILLED"
-        again = f"`{resume_command(cfg.task, opts.resume, opts)}`" if ckpt is not None else "the same command again"
+        again = f"`{resume_command(cfg.task, opts.resume, opts)}`" if opts.resume else "the same command again"
         print(f"plasticity: {e}: nothing new to save; to go on, run {again}", file=sys.stderr)
         return e.exit_code
     except KeyboardInterrupt:
         status = "KILLED"
-        print("plasticity: stopped at once; continue from the last checkpoint with "
-              f"`{resume_command(cfg.task, run_dir / 'checkpoint.pt', opts)}`", file=sys.stderr)
+        last = run_dir / "checkpoint.pt" if run_dir is not None else opts.resume
+        print("plasticity: stopped at once; " + (f"continue from the last checkpoint with "
+              f"`{resume_command(cfg.task, last, opts)}`" if last else "run the same command again"),
+              file=sys.stderr)
         return 130
     finally:
         if tracker is not None and status != "FINISHED":
@@ -262,18 +281,25 @@ def cmd_evaluate(argv: list[str]) -> int:
     import os
 
     args = parse_args(EvaluateArgs, argv, prog="plasticity evaluate")
-    from plasticity.train import evaluate_checkpoint, load_checkpoint
+    from plasticity.config import MAX_INT, check_evaluation
+    from plasticity.train import evaluate_checkpoint
 
-    # The architecture comes from the checkpoint's own config.
-    config_cls = CONFIGS[_peek_task(args.checkpoint)]
+    # The architecture comes from the checkpoint's own config. Everything the command
+    # was given is checked before the (maybe long) scoring starts.
+    saved = _peek_config(args.checkpoint)
+    config_cls = type(saved)
+    if not 0 <= args.seed <= MAX_INT:
+        fail(f"--seed must be in 0..2**62, got {args.seed}: pass e.g. --seed {EvaluateArgs.seed}")
+    check_evaluation(saved, args.episodes, "--episodes")
     figure = Path(args.figure) if args.figure else Path(args.checkpoint).with_name("evaluation.png")
+    check_figure_path(figure, "--figure", keep=Path(args.checkpoint))
     data_dir = None
     if "data_dir" in {f.name for f in fields(config_cls)}:
         data_dir, source = args.data_dir, "--data-dir"
         if data_dir is None and os.environ.get("PLASTICITY_DATA"):
             data_dir, source = os.environ["PLASTICITY_DATA"], "$PLASTICITY_DATA"
         if data_dir is None:
-            data_dir, source = load_checkpoint(args.checkpoint)["config"].get("data_dir") or "data", "the checkpoint"
+            data_dir, source = saved.data_dir or "data", "the checkpoint"
         print(f"data: {Path(data_dir).resolve()} (from {source})")
     result = evaluate_checkpoint(args.checkpoint, config_cls, episodes=args.episodes, seed=args.seed, figure=figure,
                                  device=args.device, split=args.split, data_dir=data_dir)
@@ -285,14 +311,35 @@ def cmd_evaluate(argv: list[str]) -> int:
     return 0
 
 
-def _peek_task(path: str) -> str:
-    from plasticity.errors import CheckpointError
+def _peek_config(path: str):
+    """The config stored in checkpoint `path`, validated (its task picks the config class);
+    a file that is not a checkpoint of a known task is a one-line `CheckpointError`."""
     from plasticity.train import load_checkpoint
+    from plasticity.train.checkpoint import stored_config
 
-    task = load_checkpoint(path)["config"].get("task")
-    if task not in CONFIGS:
-        raise CheckpointError(f"{path} is for task {task!r}, which this version does not know: upgrade plasticity")
-    return task
+    return stored_config(load_checkpoint(path)["config"], path)
+
+
+def check_figure_path(path: Path, flag: str, keep: Path | None = None) -> None:
+    """Refuse, before any work, a figure path matplotlib cannot write (an unknown or missing
+    extension), whose folder does not exist, that is a folder, or that is the file `keep`
+    (the checkpoint being evaluated)."""
+    from matplotlib.backend_bases import FigureCanvasBase
+
+    from plasticity.errors import ConfigError
+
+    kinds = FigureCanvasBase.get_supported_filetypes()
+    suffix = path.suffix.lower().lstrip(".")
+    if suffix not in kinds:
+        what = f"'.{suffix}' files" if suffix else "a file name without an extension"
+        raise ConfigError(f"{flag} {path}: matplotlib cannot write {what}: pass a path ending in .png, .pdf or "
+                          f".svg (it writes {', '.join(sorted(kinds))})")
+    if path.is_dir():
+        raise ConfigError(f"{flag} {path} is a folder: pass a file path such as {path / 'evaluation.png'}")
+    if not path.parent.is_dir():
+        raise ConfigError(f"{flag} {path}: the folder {path.parent} does not exist: create it or pass another path")
+    if keep is not None and path.resolve() == keep.resolve():
+        raise ConfigError(f"{flag} {path} would overwrite the checkpoint: pass another path")
 
 
 @dataclass
@@ -396,6 +443,9 @@ def main(argv: list[str] | None = None) -> int:
         return COMMANDS[argv[0]](argv[1:])
     except PlasticityError as e:
         fail(str(e), e.exit_code)
+    except Stopped as e:
+        print(f"plasticity: {e}", file=sys.stderr)
+        return e.exit_code
     except KeyboardInterrupt:
         print("plasticity: interrupted", file=sys.stderr)
         return 130

@@ -4,6 +4,9 @@ By default Ray's and MLflow's own logging (and Python warnings) go to `sweep.log
 sweep's results folder, and the terminal gets one progress line that updates in place
 (a tqdm bar on a terminal; one line per finished trial when the output is a file).
 `--verbose` leaves all of them on the terminal, as Ray and MLflow print them.
+
+And how a sweep ends when it is told to stop (`StopOnSignals`): SIGTERM, SIGINT, SIGHUP
+and the scheduler's warning signal end it the way Tune ends it on Ctrl-C, with one line.
 """
 
 from __future__ import annotations
@@ -11,11 +14,15 @@ from __future__ import annotations
 import logging
 import logging.handlers
 import math
+import signal
 import sys
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 from ray.tune import Callback
+
+from plasticity.train.loop import SignalPlan, Stopped, handling_signals, signal_name
 
 QUIET_LOGGERS = ("ray", "mlflow", "alembic", "optuna", "py.warnings", "urllib3", "filelock", "matplotlib")
 
@@ -28,6 +35,9 @@ def quiet_logging() -> logging.handlers.MemoryHandler:
 
     # Ray's newer console output prints a configuration box and paths even at verbose=0.
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
+    # MLflow prints `View run ... at: URL` to stdout (not logging) for each run it ends on a
+    # tracking server; tune/report.py writes those links to the log file instead.
+    os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
     # Import them first: each sets up its own console handler when imported.
     import mlflow  # noqa: F401
     import ray  # noqa: F401
@@ -145,3 +155,108 @@ def _error_line(trial) -> str:
         text = ""
     lines = [ln.strip() for ln in text.strip().splitlines() if ln.strip()]
     return lines[-1][:300] if lines else "see the log"
+
+
+class SweepStopped(Stopped):
+    """The sweep driver was stopped by signal `signum`. `resumable`: Tune had started and
+    saved the sweep's state, so `--resume` goes on from it; else nothing had run yet."""
+
+    def __init__(self, signum: int, when: str = "", resumable: bool = True):
+        KeyboardInterrupt.__init__(self, " ".join(filter(None, [f"stopped by {signal_name(signum)}", when])))
+        self.signum, self.resumable = signum, resumable
+
+
+class StopOnSignals(Callback):
+    """The driver's signals, taken as `plasticity train` takes them: SIGTERM, SIGINT, SIGHUP
+    and the warning signal (`plan.warning`, time nearly up) stop the sweep. Before Tune runs
+    (the checks, Ray's start) the driver stops at once (`SweepStopped`, not resumable: no
+    trial ran). Once it runs, the signal goes the way of Tune's own Ctrl-C: Tune stops
+    the trials (each resumes from its last checkpoint, written at every evaluation) and
+    saves the sweep's state one last time, `tuner.fit()` returns and `signum` says why. A
+    second Ctrl-C stops at once. Use inside `active()`, and give it to Tune as a callback:
+    Tune installs its own SIGINT (and SIGUSR1) handler when it starts, and `setup` (called
+    by Tune right after) takes that one as the way to stop and the signals back."""
+
+    def __init__(self, plan: SignalPlan):
+        self.plan = plan
+        self.signum: int | None = None
+        self._installed = None
+        self._phase = "before"  # Tune has not started; then "running"; "after" once fit() returned
+        self._tune_stop = None
+        self._usr1 = signal.SIG_DFL
+
+    def __getstate__(self):
+        # Tune may pickle its callbacks with the sweep's state: the handlers are this process's.
+        return {"plan": self.plan}
+
+    def __setstate__(self, state):
+        self.__init__(state["plan"])
+
+    @contextmanager
+    def active(self):
+        with handling_signals(self._take, self.plan.signals) as installed:
+            self._installed = installed
+            if installed is not None and signal.SIGUSR1 not in self.plan.signals:
+                self._usr1 = signal.getsignal(signal.SIGUSR1)
+            try:
+                yield self
+            finally:
+                self._installed = None
+
+    @contextmanager
+    def shielding_children(self):
+        """Processes started inside (Ray's: its GCS, raylet and through it the trial
+        workers) start with the stop and warning signals blocked (the mask is inherited;
+        Ray itself blocks SIGINT there). A terminal that goes away signals its whole process
+        group (SIGHUP), and Slurm signals every process of a job (SIGTERM at the time
+        limit): Ray's processes would die at once and leave the driver, still stopping,
+        waiting a minute for a GCS that is gone. Signals that arrive meanwhile are taken
+        here when it ends."""
+        if self._installed is None:
+            yield
+            return
+        blocked = set(self.plan.signals) - {signal.SIGINT}
+        previous = signal.pthread_sigmask(signal.SIG_BLOCK, blocked)
+        try:
+            yield
+        finally:
+            signal.pthread_sigmask(signal.SIG_SETMASK, previous)
+
+    def take_back(self) -> None:
+        """Install the handler again where a library replaced it: Ray's start gives SIGTERM
+        its native failure handler (a stack dump, `*** SIGTERM received ...`)."""
+        if self._installed is not None:
+            for s in self.plan.signals:
+                signal.signal(s, self._installed)
+
+    def setup(self, **info):
+        if self._installed is None:
+            return
+        tune_stop = signal.getsignal(signal.SIGINT)
+        self._tune_stop = tune_stop if callable(tune_stop) and tune_stop is not self._installed else None
+        self._phase = "running"
+        if signal.SIGUSR1 not in self.plan.signals:
+            # Tune stops on SIGUSR1 too; here it is not the warning signal: as before Tune.
+            signal.signal(signal.SIGUSR1, self._usr1)
+        self.take_back()
+
+    def fit_returned(self) -> None:
+        """`tuner.fit()` returned: a signal from now on stops the driver at once."""
+        self._phase = "after"
+
+    def _take(self, signum, frame):
+        if self.signum is not None:
+            if signum == signal.SIGINT:
+                raise SweepStopped(signum, "at once (a second Ctrl-C)")
+            return
+        self.signum = signum
+        if self._phase == "before":
+            raise SweepStopped(signum, "before any trial started", resumable=False)
+        if self._phase == "after":
+            raise SweepStopped(signum, "after the trials, while writing the summary")
+        if self._tune_stop is None:  # Tune's own handler is off (TUNE_DISABLE_SIGINT_HANDLER)
+            raise SweepStopped(signum, "at once")
+        if signum == signal.SIGINT:
+            print("\nplasticity sweep: SIGINT: stopping the trials and saving the sweep (Ctrl-C again to stop at "
+                  "once)", file=sys.stderr, flush=True)
+        self._tune_stop(signal.SIGINT, frame)

@@ -21,6 +21,7 @@ import dataclasses
 import io
 import logging
 import os
+import shlex
 import socket
 import sys
 import time
@@ -33,8 +34,9 @@ import tyro
 
 from plasticity.cli import parse_args
 from plasticity.config import PRESETS, TaskName
-from plasticity.errors import ConfigError, PlasticityError, TrackingError, check_positive
+from plasticity.errors import ConfigError, PlasticityError, TrackingError, check_positive, error_line
 from plasticity.redact import redact
+from plasticity.train.loop import WarningSignal
 from tune.spaces import SPACES, DefineByRun, check_constants, check_space_limits, load_space, validate_space
 
 OBJECTIVE = "objective"
@@ -90,7 +92,8 @@ class SweepArgs:
     max_failures: int = 2
     """Times a failed trial is retried from its last checkpoint (FailureConfig)."""
     address: str | None = None
-    """Ray cluster address (e.g. ray://host:10001 or auto); default: $RAY_ADDRESS or a local Ray."""
+    """Ray cluster address (e.g. ray://host:10001 or auto); default: $RAY_ADDRESS, else a private local Ray
+    on 127.0.0.1 with token authentication ($PLASTICITY_BIND=0.0.0.0 or an address opens it to the network)."""
     tracking_uri: str | None = None
     """MLflow tracking URI; when unset, $MLFLOW_TRACKING_URI or sqlite:///mlruns.db here."""
     no_tracking: Annotated[bool, tyro.conf.FlagCreatePairsOff] = False
@@ -115,6 +118,9 @@ class SweepArgs:
     verbose: bool = False
     """Show Ray's, MLflow's and Optuna's own output on the terminal (default: one progress
     view; their logging goes to sweep.log in the results folder)."""
+    warning_signal: WarningSignal = "USR1"
+    """Signal that warns the driver its time is nearly up (Slurm: --signal=B:USR1@120): it stops
+    the sweep as SIGTERM does (saved; go on with --resume) and exits 128 + its number (138 for USR1)."""
 
 
 def _fail(message: str) -> None:
@@ -123,8 +129,16 @@ def _fail(message: str) -> None:
 
 
 def check_optuna_storage(url: str):
+    """Optuna's storage at `url`, or a one-line `ConfigError` naming the fix. A PostgreSQL
+    URL is probed first with a short timeout (SQLAlchemy retries a dead server for long)."""
     import optuna
 
+    from plasticity.tracking.database import postgres_problem
+
+    problem = postgres_problem(url)
+    if problem:
+        raise ConfigError(f"{problem}: fix the server or --storage / OPTUNA_STORAGE, or pass --storage "
+                          "sqlite:///optuna.db")
     try:
         return optuna.storages.RDBStorage(url)
     except Exception as e:  # noqa: BLE001 - any failure means the URL is unusable
@@ -149,20 +163,29 @@ def probe_ray(address: str, timeout: float = 5.0) -> None:
 
 
 def connect_ray(address: str | None):
+    """Join the cluster at `address` / $RAY_ADDRESS, or start a private local Ray: on
+    127.0.0.1 with a fresh token (plasticity/localray.py; $PLASTICITY_BIND opens it)."""
     import ray
 
     if ray.is_initialized():
         return
-    if address or os.environ.get("RAY_ADDRESS"):
-        probe_ray(address or os.environ["RAY_ADDRESS"])
+    address = address or os.environ.get("RAY_ADDRESS") or None
+    if address is None:
+        from plasticity.localray import start_local_ray
+
+        try:
+            start_local_ray(include_dashboard=False, log_to_driver=False, configure_logging=False)
+        except Exception as e:  # noqa: BLE001
+            first = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
+            raise ConfigError(f"cannot start a local Ray ({first}): check $PLASTICITY_BIND, or pass --address "
+                              "to use a running cluster") from None
+        return
+    probe_ray(address)
     try:
-        if address is None and not os.environ.get("RAY_ADDRESS"):
-            ray.init(include_dashboard=False, log_to_driver=False, configure_logging=False)
-        else:
-            ray.init(address=address, log_to_driver=False)
+        ray.init(address=address, log_to_driver=False)
     except Exception as e:  # noqa: BLE001
         first = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
-        raise ConfigError(f"cannot connect to Ray at {address or os.environ.get('RAY_ADDRESS')} ({first}): start "
+        raise ConfigError(f"cannot connect to Ray at {address} ({first}): start "
                           "the cluster (`ray start --head`) or fix --address / RAY_ADDRESS") from None
 
 
@@ -215,16 +238,28 @@ def parse_fixed(items: list[str], task: str) -> dict:
     other nodes): the one given, else $PLASTICITY_DATA, else ./data."""
     import yaml
 
+    from plasticity.config import CONFIGS
+    from plasticity.config.renames import upgrade_dict
+    from plasticity.data import resolve_data_dir
+
+    known = {f.name for f in dataclasses.fields(CONFIGS[task])} - {"task", "preset"}
     out = {}
     for item in items:
         key, sep, value = item.partition("=")
         if not sep or not key:
             raise ConfigError(f"--fixed takes KEY=VALUE, got {item!r}: e.g. --fixed image_size=16")
-        out[key.replace("-", "_")] = yaml.safe_load(value) if value else None
-    from plasticity.config import CONFIGS
-    from plasticity.data import resolve_data_dir
-
-    if "data_dir" in {f.name for f in dataclasses.fields(CONFIGS[task])}:
+        try:
+            out[key.replace("-", "_")] = yaml.safe_load(value) if value else None
+        except yaml.YAMLError as e:
+            raise ConfigError(f"--fixed {item}: the value is not a YAML scalar ({error_line(e, limit=80)}): quote it "
+                              "or pass a number, true/false or null") from None
+    out = upgrade_dict(out)
+    unknown = sorted(set(out) - known)
+    if unknown:
+        what = "fields" if len(unknown) > 1 else "field"
+        raise ConfigError(f"--fixed names unknown {task} {what} {', '.join(unknown)}: choose from "
+                          f"{', '.join(sorted(known))} (--task and --preset are options of their own)")
+    if "data_dir" in known:
         out["data_dir"] = str(resolve_data_dir(out.get("data_dir")).resolve())
     return out
 
@@ -279,8 +314,10 @@ def make_scheduler(args: SweepArgs):
                          grace_period=args.grace_period, reduction_factor=args.reduction_factor)
 
 
-def run_sweep(args: SweepArgs):
-    """Check everything, run the sweep, write the summary. Returns the ResultGrid."""
+def run_sweep(args: SweepArgs, stop=None):
+    """Check everything, run the sweep, write the summary. Returns the ResultGrid.
+    `stop`: the driver's signals (`tune.progress.StopOnSignals`, active), as `main` runs
+    it: a signal raises `SweepStopped` once the sweep's state is saved."""
     from plasticity.tracking.mlflow import check_tracking, default_tracking_uri
 
     args = resolve(args)
@@ -299,8 +336,11 @@ def run_sweep(args: SweepArgs):
     build_kernels_first(args)
     said = io.StringIO()
     # Ray's start-up notices (it sets up its console logging while starting) go to the log.
-    with contextlib.redirect_stderr(said) if held is not None else contextlib.nullcontext():
+    with (contextlib.redirect_stderr(said) if held is not None else contextlib.nullcontext(),
+          stop.shielding_children() if stop is not None else contextlib.nullcontext()):
         connect_ray(args.address)
+    if stop is not None:
+        stop.take_back()
     check_gpus(args.gpus_per_trial)
     log_file = None
     if held is not None:
@@ -353,13 +393,21 @@ def run_sweep(args: SweepArgs):
     progress = ProgressView(args.num_samples, args.max_episodes, args.metric)
     # Tuner.restore brings back the callbacks pickled by the first driver; use this
     # session's (its counts, its MLflow client). Tune has no public setter for this.
-    tuner._local_tuner.get_run_config().callbacks = [counter, progress]
+    tuner._local_tuner.get_run_config().callbacks = [counter, progress] + ([stop] if stop is not None else [])
     print(f"sweep {args.name}: {args.num_samples} trials of up to {args.max_episodes} episodes, "
           f"{args.max_concurrent} at a time" + (f"; logs in {log_file}" if log_file else ""), flush=True)
     try:
         results = tuner.fit()
     finally:
         progress.close()
+    if stop is not None:
+        stop.fit_returned()
+        if stop.signum is not None:
+            from tune.progress import SweepStopped
+
+            if tracker is not None:
+                tracker.parent.finish(status="KILLED", retries=1)
+            raise SweepStopped(stop.signum)
     counts = counter.counts()
     if tracker is not None:
         tracker.summarise(results, args, sweep, counts)
@@ -417,10 +465,20 @@ def main(argv: list[str] | None = None, prog: str = "python -m tune.sweep") -> i
     if argv and argv[0] == "show":
         return show_main(argv[1:], prog)
     args = parse_args(SweepArgs, argv, prog=prog)
+    from plasticity.train.loop import SignalPlan
+    from tune.progress import StopOnSignals, SweepStopped
+
+    stop = StopOnSignals(SignalPlan(args.warning_signal))
     try:
-        results = run_sweep(args)
+        with stop.active():
+            results = run_sweep(args, stop)
     except (PlasticityError, TrackingError) as e:
         _fail(str(e))
+    except SweepStopped as e:
+        again = (f"continue with `{resume_line(prog, argv, args.name)}`" if e.resumable
+                 else "nothing had run: to go on, run the same command again")
+        print(f"plasticity sweep: {e}; {again}", file=sys.stderr, flush=True)
+        return e.exit_code
     ok = [r for r in results if r.error is None]
     print(f"sweep {args.name}: {len(ok)}/{len(results)} trials finished without error")
     if len(results) and not ok:
@@ -428,6 +486,15 @@ def main(argv: list[str] | None = None, prog: str = "python -m tune.sweep") -> i
               f"{first_error_line(results[0].error)}", file=sys.stderr)
         return 1
     return 0
+
+
+def resume_line(prog: str, argv: list[str], name: str) -> str:
+    """The command that continues a stopped sweep: the same one, with its --name and
+    --resume (`Tuner.restore` keeps the finished trials). Passwords are masked."""
+    parts = [*prog.split(), *(redact(a) for a in argv if a != "--resume")]
+    if not any(a == "--name" or a.startswith("--name=") for a in argv):
+        parts += ["--name", name]
+    return shlex.join([*parts, "--resume"])
 
 
 def first_error_line(error: BaseException | None) -> str:

@@ -11,8 +11,11 @@ evaluation and hands them over as an `Algorithm`; this loop owns everything else
     the run needs to go on exactly as if it had not stopped: weights, optimiser,
     config, episode, history, the running training averages and every random stream
     (torch, numpy, python and the algorithm's own generators);
-  - SIGTERM and SIGINT: the current optimiser step finishes, a checkpoint is written and
-    `Interrupted` is raised (the CLI exits 143 / 130). A second Ctrl-C stops at once;
+  - signals (`SignalPlan`): SIGTERM, SIGINT and SIGHUP, and the scheduler's warning
+    that time is nearly up (SIGUSR1 by default): the current optimiser step finishes, a
+    checkpoint is written and `Interrupted` is raised (the CLI exits 128 + the signal's
+    number: 143, 130, 129, 138). With `on_warning="checkpoint"` the warning writes a
+    checkpoint and training goes on. A second Ctrl-C stops at once;
   - the progress bar and the `report(step, metrics, files)` calls.
 
 Resuming (`restore`) takes the config from the checkpoint; see `resume_config`.
@@ -21,6 +24,7 @@ Resuming (`restore`) takes the config from the checkpoint; see `resume_config`.
 from __future__ import annotations
 
 import json
+import os
 import random
 import signal
 import sys
@@ -29,7 +33,7 @@ import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Literal, Protocol
 
 import numpy as np
 import torch
@@ -68,10 +72,10 @@ class Algorithm(Protocol):
 
 class Stopped(KeyboardInterrupt):
     """A run stopped by signal `signum`. `exit_code` is the shell convention (128 + signal
-    number: 143 for SIGTERM, 130 for SIGINT)."""
+    number: 143 for SIGTERM, 130 for SIGINT, 129 for SIGHUP, 138 for SIGUSR1)."""
 
     def __init__(self, signum: int, message: str):
-        super().__init__(f"stopped by {signal.Signals(signum).name} {message}")
+        super().__init__(f"stopped by {signal_name(signum)} {message}")
         self.signum = signum
 
     @property
@@ -173,52 +177,139 @@ class StoppedBeforeTraining(Stopped):
 
 # ----------------------------------------------------------------------- signals
 
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
+"""Signals that stop a run with a checkpoint: a scheduler's or `kill`'s stop (SIGTERM),
+Ctrl-C (SIGINT), the terminal going away (SIGHUP: an SSH session that drops)."""
+
+WarningSignal = Literal["USR1", "USR2", "ALRM", "XCPU"]
+"""Signals a scheduler can send as "time is nearly up" (Slurm `--signal=B:USR1@120`; some
+batch systems send SIGUSR2 or SIGXCPU before the limit)."""
+
+
+@dataclass(frozen=True)
+class SignalPlan:
+    """What a run does with signals: the stop signals always stop it with a checkpoint;
+    the `warning` signal (time nearly up) stops it the same way (`on_warning="stop"`, so
+    that a requeue script can test the exit code, 128 + its number) or writes a checkpoint
+    and goes on (`"checkpoint"`, for a scheduler that only warns)."""
+
+    warning: WarningSignal = "USR1"
+    on_warning: Literal["stop", "checkpoint"] = "stop"
+
+    @property
+    def warning_signum(self) -> signal.Signals:
+        return signal.Signals["SIG" + self.warning]
+
+    @property
+    def signals(self) -> tuple[signal.Signals, ...]:
+        return (*STOP_SIGNALS, self.warning_signum)
+
+    def stops(self, signum: int) -> bool:
+        """Whether `signum` stops the run (rather than asking for a checkpoint)."""
+        return signum != self.warning_signum or self.on_warning == "stop"
+
+
+_plan = [SignalPlan()]
+
+
+def current_signal_plan() -> SignalPlan:
+    return _plan[-1]
+
+
+@contextmanager
+def signal_plan(plan: SignalPlan):
+    """Runs started inside use `plan` (the CLI's --warning-signal / --on-warning; library
+    users call it the same way). The default plan: the warning is SIGUSR1, and it stops."""
+    _plan.append(plan)
+    try:
+        yield plan
+    finally:
+        _plan.remove(plan)
+
+
+def signal_name(signum: int) -> str:
+    """`SIGTERM`; the warning signal as `SIGUSR1 (time nearly up)`."""
+    name = signal.Signals(signum).name
+    return f"{name} (time nearly up)" if signum not in STOP_SIGNALS else name
+
+
 @contextmanager
 def raise_on_signals(during: str):
-    """While active, SIGTERM and SIGINT raise `StoppedBeforeTraining` at once (a one-time
-    setup such as a compile, which has nothing to checkpoint and can take a minute: a
-    preempted job must not wait for it, nor die without a word). Main thread only, as
-    `stop_on_signals`."""
-    def handler(signum, frame):
-        raise StoppedBeforeTraining(signum, during)
+    """While active, the signals that stop a run raise `StoppedBeforeTraining` at once (a
+    one-time setup such as a compile, which has nothing to checkpoint and can take a
+    minute: a preempted job must not wait for it, nor die without a word). A warning that
+    only asks for a checkpoint is ignored: there is none to write yet. Main thread only,
+    as `stop_on_signals`."""
+    plan = current_signal_plan()
 
-    with _handling_signals(handler):
+    def handler(signum, frame):
+        if plan.stops(signum):
+            raise StoppedBeforeTraining(signum, during)
+
+    with handling_signals(handler, plan.signals):
         yield
 
 
 @contextmanager
-def _handling_signals(handler):
-    """`handler` takes SIGTERM and SIGINT while active, the previous handlers after. Only
-    the main thread can take signals: elsewhere (a Ray Tune trial) this does nothing and
-    the host handles them."""
+def handling_signals(handler, signals):
+    """`handler` takes `signals` while active, the previous handlers after; yields the
+    function installed (to install again where a library took a signal over, as Ray's
+    start does with SIGTERM), or None where nothing was. Only the main thread can take
+    signals: elsewhere (a Ray Tune trial) this does nothing and the host handles them.
+    The one place signal handlers are installed (runs and the sweep driver)."""
     if threading.current_thread() is not threading.main_thread():
-        yield
+        yield None
         return
-    previous = {s: signal.signal(s, handler) for s in (signal.SIGTERM, signal.SIGINT)}
+
+    def take(signum, frame):
+        if signum == signal.SIGHUP:
+            _drop_hung_up_output()
+        handler(signum, frame)
+
+    previous = {s: signal.signal(s, take) for s in signals}
     try:
-        yield
+        yield take
     finally:
         for s, h in previous.items():
             signal.signal(s, h)
 
 
+def _drop_hung_up_output() -> None:
+    """Point stdout and stderr at /dev/null where writing to them fails: after SIGHUP from a
+    terminal that went away (an SSH session that dropped), every write to it fails with
+    EIO, and the next progress-bar update would end the run before its checkpoint."""
+    for fd in (1, 2):
+        try:
+            os.write(fd, b"")
+        except OSError:
+            null = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(null, fd)
+            os.close(null)
+
+
 @contextmanager
 def stop_on_signals():
-    """While active, SIGTERM and SIGINT set `flag["signum"]` instead of killing the process
-    (a second SIGINT raises KeyboardInterrupt at once). Only the main thread can take
-    signals: elsewhere (a Ray Tune trial) this does nothing and the host handles them."""
-    flag: dict[str, int | None] = {"signum": None}
+    """While active, a signal that stops the run (`current_signal_plan`) sets
+    `flag["signum"]` instead of killing the process (a second SIGINT raises
+    KeyboardInterrupt at once); a warning that asks for a checkpoint sets
+    `flag["checkpoint"]`. Only the main thread can take signals: elsewhere (a Ray Tune
+    trial) this does nothing and the host handles them."""
+    plan = current_signal_plan()
+    flag: dict[str, int | None] = {"signum": None, "checkpoint": None}
 
     def handler(signum, frame):
+        if not plan.stops(signum):
+            flag["checkpoint"] = signum
+            return
         if flag["signum"] is not None and signum == signal.SIGINT:
             raise KeyboardInterrupt
         if flag["signum"] is None:
             flag["signum"] = signum
-            print(f"\nplasticity: {signal.Signals(signum).name}: stopping after this step with a checkpoint"
+            print(f"\nplasticity: {signal_name(signum)}: stopping after this step with a checkpoint"
                   + (" (Ctrl-C again to stop at once, without one)" if signum == signal.SIGINT else ""),
                   file=sys.stderr)
 
-    with _handling_signals(handler):
+    with handling_signals(handler, plan.signals):
         yield flag
 
 
@@ -330,6 +421,11 @@ def run_loop(cfg, algo: Algorithm, optimizer: torch.optim.Optimizer, *, run_dir:
                 path = checkpoint()
                 bar.close()
                 raise Interrupted(stop["signum"], path, episode)
+            if stop["checkpoint"] is not None:
+                path = checkpoint()
+                tqdm.write(f"plasticity: {signal_name(stop['checkpoint'])}: checkpoint at episode {episode} in "
+                           f"{path}; training goes on", file=sys.stderr)
+                stop["checkpoint"] = None
             if out_of_time:
                 break
             if cfg.save_minutes is not None and time.perf_counter() - saved_at[1] >= 60 * cfg.save_minutes:
