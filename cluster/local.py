@@ -172,7 +172,7 @@ class Cluster:
         """What a client (ray job submit, MLflow, Optuna) needs to use this cluster."""
         head = self.plan(0)["ray-head"][1]
         keys = ("MLFLOW_TRACKING_URI", "MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD", "OPTUNA_STORAGE",
-                "PLASTICITY_STORAGE_PATH", "RAY_AUTH_MODE", "RAY_AUTH_TOKEN")
+                "PLASTICITY_STORAGE_PATH", "RAY_AUTH_MODE", "RAY_AUTH_TOKEN", "MLFLOW_DISABLE_TELEMETRY")
         out = {k: head[k] for k in keys if k in head}
         out["RAY_ADDRESS"] = f"http://{connect_host(self.bind)}:{head.get('RAY_DASHBOARD_PORT', '8265')}"
         if not self.exposed:

@@ -201,6 +201,17 @@ def test_local_launcher_runs_the_compose_services_on_this_machine(tmp_path):
     assert client["RAY_ADDRESS"].startswith("http://127.0.0.1:") and client["MLFLOW_TRACKING_PASSWORD"]
 
 
+def test_mlflow_telemetry_is_off_in_every_mlflow_process_unless_the_user_says_otherwise(tmp_path):
+    """The MLflow server, the Ray nodes (their trials) and the drivers' client env all
+    carry MLFLOW_DISABLE_TELEMETRY=true; a user's own value wins (docs/telemetry.md)."""
+    for environ, want in (({}, "true"), ({"MLFLOW_DISABLE_TELEMETRY": "false"}, "false")):
+        cluster = Cluster.from_env(tmp_path / "state", env_file=tmp_path / "none.env", environ={**SECRETS, **environ})
+        plan = cluster.plan()
+        for name in ("mlflow", "ray-head", "ray-worker-1"):
+            assert plan[name][1]["MLFLOW_DISABLE_TELEMETRY"] == want, (name, environ)
+        assert cluster.client_env()["MLFLOW_DISABLE_TELEMETRY"] == want
+
+
 def test_entrypoints_refuse_to_start_without_authentication(monkeypatch):
     monkeypatch.setenv("RAY_AUTH_TOKEN", "x" * 64)
     monkeypatch.delenv("RAY_AUTH_MODE", raising=False)

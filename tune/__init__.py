@@ -9,4 +9,14 @@ MLflow together, `progress` and `summary` say what happened, `report` logs the p
 
 May import: anything in `plasticity`, Ray, Optuna and MLflow. Nothing in `plasticity`
 imports `tune` (but the `plasticity sweep` command, inside its function).
+
+MLflow's usage telemetry is off in every process that imports `tune` (the sweep driver
+and each trial worker, which imports `tune.trainable`) unless the user's environment
+says otherwise: set MLFLOW_DISABLE_TELEMETRY=false to send it (docs/telemetry.md).
 """
+
+import os
+
+# Before anything here imports mlflow: `import mlflow` starts its telemetry client.
+if "MLFLOW_DISABLE_TELEMETRY" not in os.environ and "DO_NOT_TRACK" not in os.environ:
+    os.environ["MLFLOW_DISABLE_TELEMETRY"] = "true"

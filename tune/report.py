@@ -10,6 +10,7 @@ import csv
 import io
 import logging
 import math
+import os
 import tempfile
 import time
 from dataclasses import dataclass
@@ -20,8 +21,11 @@ from ray.tune import Callback
 from plasticity.config import CONFIGS
 from plasticity.errors import error_line
 from plasticity.plots import save_figure
+from plasticity.redact import redact
 from plasticity.tracking.mlflow import MlflowTracker
 from plasticity.train import model_from_checkpoint
+from tune.summary import TOP
+from tune.trainable import RUN_ID_KEY
 
 
 class TrialCounter(Callback):
@@ -65,17 +69,23 @@ class _CloseChildRuns(TrialCounter):
 
     def on_trial_recover(self, iteration, trials, trial, **info):
         super().on_trial_recover(iteration, trials, trial, **info)
-        self.tracker.tag_child(trial.trial_id, "retries", str(self.retries[trial.trial_id]))
+        self.tracker.tag_child(trial.trial_id, "retries", str(self.retries[trial.trial_id]), _run_id(trial))
 
     def on_trial_complete(self, iteration, trials, trial, **info):
         super().on_trial_complete(iteration, trials, trial, **info)
         episodes = int((trial.last_result or {}).get("episodes", 0))
         ended = "completed" if episodes >= self.max_episodes else "stopped early"
-        self.tracker.close_child(trial.trial_id, "FINISHED", ended, episodes)
+        self.tracker.close_child(trial.trial_id, "FINISHED", ended, episodes, _run_id(trial))
 
     def on_trial_error(self, iteration, trials, trial, **info):
         super().on_trial_error(iteration, trials, trial, **info)
-        self.tracker.close_child(trial.trial_id, "FAILED", "failed", int((trial.last_result or {}).get("episodes", 0)))
+        self.tracker.close_child(trial.trial_id, "FAILED", "failed", int((trial.last_result or {}).get("episodes", 0)),
+                                 _run_id(trial))
+
+
+def _run_id(trial) -> str | None:
+    """The trial's MLflow run id, as it reported it (none before its first report)."""
+    return (trial.last_result or {}).get(RUN_ID_KEY) or None
 
 
 @dataclass
@@ -101,25 +111,30 @@ class SweepTracker:
     def callback(self, max_episodes: int) -> TrialCounter:
         return _CloseChildRuns(self, max_episodes)
 
-    def child_run(self, trial_id: str):
+    def child_run(self, trial_id: str, run_id: str | None = None):
+        """The trial's MLflow run: by the id the trial reported (one lookup by key), else
+        searched by its tags (a trial that never reported; on the server that search reads
+        the tags of every run of the experiment, so once per trial would grow as N^2)."""
+        if run_id:
+            return self.parent.client.get_run(run_id)
         runs = self.parent.client.search_runs(
             [self.experiment_id], f"tags.sweep = '{self.name}' and tags.trial_id = '{trial_id}'", max_results=1)
         return runs[0] if runs else None
 
-    def _child(self, trial_id: str, tries: int = 6, wait_s: float = 5.0):
+    def _child(self, trial_id: str, run_id: str | None = None, tries: int = 6, wait_s: float = 5.0):
         """The trial's run, waiting out a short tracking-server outage (these calls run in
         Tune's callbacks: an exception there would stop the whole sweep)."""
         for i in range(tries):
             try:
-                return self.child_run(trial_id)
+                return self.child_run(trial_id, run_id)
             except Exception:  # noqa: BLE001 - the server is down or restarting
                 if i + 1 < tries:
                     time.sleep(wait_s)
-        self.parent.attempt(self.child_run, trial_id)  # warns once
+        self.parent.attempt(self.child_run, trial_id, run_id)  # warns once
         return None
 
-    def close_child(self, trial_id: str, status: str, ended: str, episodes: int) -> None:
-        run = self._child(trial_id)
+    def close_child(self, trial_id: str, status: str, ended: str, episodes: int, run_id: str | None = None) -> None:
+        run = self._child(trial_id, run_id)
         if run is None:
             return
         client, run_id = self.parent.client, run.info.run_id
@@ -127,9 +142,21 @@ class SweepTracker:
         self.parent.attempt(client.log_metric, run_id, "episodes_run", episodes, step=episodes)
         if run.info.status == "RUNNING":
             self.parent.attempt(client.set_terminated, run_id, status)
+        self._log_link(run)
 
-    def tag_child(self, trial_id: str, key: str, value: str) -> None:
-        run = self._child(trial_id)
+    def _log_link(self, run) -> None:
+        """The run's link, in the sweep's log, where MLflow was told not to print it
+        (`MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT`, set by the quiet view; it prints links
+        for tracking servers only)."""
+        if os.environ.get("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "").lower() not in ("true", "1"):
+            return
+        if not self.parent.uri.startswith(("http://", "https://")):
+            return
+        url = f"{redact(self.parent.uri).rstrip('/')}/#/experiments/{self.experiment_id}/runs/{run.info.run_id}"
+        logging.getLogger("mlflow").info(f"View run {run.info.run_name} at: {url}")
+
+    def tag_child(self, trial_id: str, key: str, value: str, run_id: str | None = None) -> None:
+        run = self._child(trial_id, run_id)
         if run is not None:
             self.parent.attempt(self.parent.client.set_tag, run.info.run_id, key, value)
 
@@ -159,16 +186,22 @@ class SweepTracker:
             self.parent(0, {f"trials/session_{k}": v for k, v in counts.items()}, {})
         self.parent.finish()
 
-    def _log_trial_models(self, results, args) -> dict | None:
-        """Log every trial's best checkpoint (the one at its best evaluation: its score) as
-        a model in its child run; return what the sweep's best trial's looks like."""
+    def _log_trial_models(self, results, args, keep: int = TOP) -> dict | None:
+        """Log the best checkpoint (the one at its best evaluation: its score) of each of
+        the `keep` best trials (those the summary table shows) as a model in its child run;
+        return what the sweep's best trial's looks like. Every trial's last checkpoint is
+        in its run's artifacts (run/checkpoint.pt) either way. A model costs about a second
+        of the driver's time after the last trial (MLflow reads each metric's history to
+        link it): for all of 1,000 trials that would be a quarter of an hour
+        (docs/capacity.md)."""
+        scored = [(ckpt, result) for result in results
+                  if result.metrics and (ckpt := _best_checkpoint(result, args.metric)) is not None]
+        scored.sort(key=lambda cr: cr[0][1])
         best = None
-        for result in results:
-            ckpt = _best_checkpoint(result, args.metric)
-            run = self.child_run(result.metrics.get("trial_id", "")) if result.metrics else None
-            if ckpt is None or run is None:
+        for (checkpoint, value, metrics), result in scored[:keep]:
+            run = self.child_run(result.metrics.get("trial_id", ""), result.metrics.get(RUN_ID_KEY))
+            if run is None:
                 continue
-            checkpoint, value, metrics = ckpt
             child = MlflowTracker(self.parent.client, run.info.run_id, self.parent.uri)
             with checkpoint.as_directory() as d:
                 model, _, _ = model_from_checkpoint(Path(d) / "checkpoint.pt", CONFIGS[args.task])

@@ -103,7 +103,7 @@ def collect(name: str, storage: str, tracking_uri: str | None = None, experiment
         exp = client.get_experiment_by_name(experiment)
         if exp is not None:
             exp_id = exp.experiment_id
-            for run in client.search_runs([exp_id], f"tags.sweep = '{name}'", max_results=5000):
+            for run in sweep_runs(client, exp_id, name):
                 if run.data.tags.get("role") == "sweep":
                     parent = run if parent is None or run.info.start_time > parent.info.start_time else parent
                 elif "trial_id" in run.data.tags:
@@ -128,6 +128,18 @@ def collect(name: str, storage: str, tracking_uri: str | None = None, experiment
                      parent_status=parent.info.status if parent else None, preset=params.get("preset"),
                      eval_every=params.get("eval_every"), registered=parent.data.tags.get("best_model") if parent
                      else None)
+
+
+def sweep_runs(client, experiment_id: str, name: str, page: int = 1000):
+    """Every run of the sweep `name` (parent and children), a page of `page` at a time:
+    one request per thousand trials, and none left out past a single page."""
+    token = None
+    while True:
+        runs = client.search_runs([experiment_id], f"tags.sweep = '{name}'", max_results=page, page_token=token)
+        yield from runs
+        token = runs.token
+        if not token:
+            return
 
 
 def _row(trial_id: str, trial, run, task: str, client) -> Row:

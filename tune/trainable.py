@@ -31,9 +31,42 @@ from tune.spaces import SWITCH_PREFIX
 from tune.summary import HEADLINE, trial_label
 
 RUN_ID_FILE = "mlflow_run_id"
+RUN_ID_KEY = "mlflow_run_id"
+"""The trial's MLflow run id in its Tune results: the driver finds the run by it (one
+lookup by key, not a search of the experiment's runs; tune/report.py)."""
 BEST_FILE = "best.json"
 # How long a trial waits for the tracking server (a restart) before going on without it.
 TRACKING_WAIT_S = 300.0
+MLFLOW_ENV = ("MLFLOW_DISABLE_TELEMETRY", "DO_NOT_TRACK", "MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT")
+"""MLflow switches the driver hands to its trials: telemetry (off unless the user says
+otherwise, see tune/__init__.py) and the quiet view's "no run links on stdout"."""
+
+
+def driver_mlflow_env() -> dict[str, str]:
+    return {k: os.environ[k] for k in MLFLOW_ENV if k in os.environ}
+
+
+def apply_mlflow_env(env: dict[str, str]) -> None:
+    """Take the driver's MLflow switches where this node's environment has none (a Ray
+    worker on another node does not inherit the driver's environment). MLflow reads
+    them at each use; its telemetry client, started when mlflow was imported, is set
+    up again so that it stops if telemetry is now off."""
+    for key, value in env.items():
+        os.environ.setdefault(key, value)
+    if "mlflow" in sys.modules:
+        from mlflow.telemetry.client import get_telemetry_client, set_telemetry_client
+        from mlflow.telemetry.utils import is_telemetry_disabled
+
+        if is_telemetry_disabled() and get_telemetry_client() is not None:
+            set_telemetry_client()
+
+
+def telemetry_state() -> str:
+    """`off` when this process sends no MLflow telemetry (no client, disabled), else `on`."""
+    from mlflow.telemetry.client import get_telemetry_client
+    from mlflow.telemetry.utils import is_telemetry_disabled
+
+    return "off" if is_telemetry_disabled() and get_telemetry_client() is None else "on"
 
 
 @dataclass
@@ -52,6 +85,8 @@ class SweepContext:
     metric: str = "eval/loss"
     """The objective (minimised). A trial's score is its best (lowest) evaluation of it,
     reported as `objective`; Optuna, ASHA, the summary and the registered model use it."""
+    mlflow_env: dict[str, str] = field(default_factory=driver_mlflow_env)
+    """The driver's MLflow switches (MLFLOW_ENV), taken when the sweep is set up."""
 
 
 def label(trial_id: str, drawn: dict[str, Any]) -> str:
@@ -148,6 +183,7 @@ def trial_device(requested: str) -> tuple[str, dict[str, str]]:
 
 
 def train_trial(config: dict[str, Any], sweep: SweepContext) -> None:
+    apply_mlflow_env(sweep.mlflow_env)
     ctx = tune.get_context()
     trial_dir = Path(ctx.get_trial_dir())
     cfg = trial_config(sweep, config, out=str(trial_dir))
@@ -156,7 +192,8 @@ def train_trial(config: dict[str, Any], sweep: SweepContext) -> None:
     # Where (and on what) each attempt ran: read by the placement test, kept with the trial.
     # On a worker node the trial's folder is made by the first file written into it.
     trial_dir.mkdir(parents=True, exist_ok=True)
-    (trial_dir / "placement.json").write_text(json.dumps({**placement, "started": time.time()}))
+    (trial_dir / "placement.json").write_text(json.dumps({**placement, "started": time.time(),
+                                                          "mlflow_telemetry": telemetry_state()}))
     run_dir, resume, run_id = trial_dir / "run", None, None
     # The trial's score so far (kept across a retry in the checkpoint folder).
     best: dict[str, float] = {"objective": math.inf}
@@ -192,6 +229,8 @@ def train_trial(config: dict[str, Any], sweep: SweepContext) -> None:
         # its NaN would only make Ray's loggers complain); `objective` from the first finite one.
         metrics = {k: v for k, v in {**metrics, **best, "episodes": step}.items()
                    if not isinstance(v, float) or math.isfinite(v)}
+        if tracker is not None:
+            metrics[RUN_ID_KEY] = tracker.run_id
         if "checkpoint" not in files:
             tune.report(metrics)
             return
