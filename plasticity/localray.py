@@ -138,7 +138,10 @@ def start_local_ray(bind: str | None = None, serve: bool = False, **init_kwargs)
             print(f"plasticity: warning: the local Ray listens on {host} ({BIND_ENV}): anyone who reaches it reaches "
                   "Ray's metrics endpoints without a login, and its token crosses the network unencrypted",
                   file=sys.stderr)
-        ray.init(**init_kwargs)
+        # "local": always a new Ray. With no address, ray.init joins the last cluster that
+        # `ray start` made on this machine (/tmp/ray/ray_current_cluster), someone else's
+        # or a dead one (it then waits a minute for that GCS).
+        ray.init(address="local", **init_kwargs)
     except BaseException:
         shutil.rmtree(folder, ignore_errors=True)
         raise
