@@ -17,7 +17,7 @@ steps, Adam. Paths:
            like the 2018 code; a batch of B is B episodes one after another
   autograd `PlasticRNN(impl="autograd")`: all B episodes at once, step-by-step autograd
   fused    `PlasticRNN(impl="fused")` (the default): one pass over Hebb per step and a
-           backward pass that rebuilds Hebb by inverting the rule (`plasticity/nn/fused.py`),
+           backward pass that rebuilds Hebb by inverting the rule (`plasticity/nn/fused/`),
            in one of two schedules (`--schedules`, one row each):
              batch    all B episodes take each step together (B x N^2 of Hebb per step
                       streams through memory)

@@ -1,4 +1,4 @@
-"""The fused path of `PlasticRNN` (`plasticity/nn/fused.py`) beyond the value-and-gradient
+"""The fused path of `PlasticRNN` (`plasticity/nn/fused/`) beyond the value-and-gradient
 comparisons of test_nn.py: what it stores for the backward pass, its accuracy in
 float32 over a reference-length episode, where it falls back, and its errors."""
 
@@ -10,6 +10,7 @@ import torch
 from plasticity.errors import ConfigError, ShapeError
 from plasticity.nn import PlasticRNN
 from plasticity.nn.fused import plastic_rnn_fused
+from plasticity.rules import HEBB, get_rule
 from tests.conftest import assert_close
 
 
@@ -164,7 +165,7 @@ def test_rules_without_an_elementwise_form_fall_back_to_plain_autograd(monkeypat
     w = torch.zeros(4, 4)
     with pytest.raises(ConfigError, match="the fused path has no elementwise form for rule 'formless': use one of "
                                           "hebb, neuromod, oja, retroactive or the autograd path"):
-        plastic_rnn_fused(torch.zeros(1, 3, 4), w, w, torch.tensor(0.1), rule="formless")
+        plastic_rnn_fused(torch.zeros(1, 3, 4), w, w, torch.tensor(0.1), rule=RULES["formless"])
 
 
 def test_two_trace_rule_on_the_fused_path_carries_both_traces():
@@ -179,8 +180,8 @@ def test_two_trace_rule_on_the_fused_path_carries_both_traces():
     mod = (torch.zeros(4, 1), torch.zeros(1))
     with pytest.raises(ShapeError, match=r"initial_state must be \(y, hebb, eligibility\) for rule 'retroactive', "
                                          "got 4 tensors"):
-        plastic_rnn_fused(torch.zeros(1, 3, 4), w, w, torch.tensor(0.1), rule="retroactive", modulator=mod,
-                          initial_state=(torch.zeros(1, 4), torch.zeros(1, 4, 4), torch.zeros(1, 4, 4),
+        plastic_rnn_fused(torch.zeros(1, 3, 4), w, w, torch.tensor(0.1), rule=get_rule("retroactive"),
+                          modulator=mod, initial_state=(torch.zeros(1, 4), torch.zeros(1, 4, 4), torch.zeros(1, 4, 4),
                                          torch.zeros(1, 4, 4)))
 
 
@@ -206,23 +207,25 @@ def test_fused_and_plain_give_the_same_training_gradients():
 
 
 @pytest.mark.parametrize("call,error,message", [
-    (lambda w: plastic_rnn_fused(torch.zeros(1, 3, 4), w, w, torch.tensor(0.1), rule="retroactive"),
+    (lambda w: plastic_rnn_fused(torch.zeros(1, 3, 4), w, w, torch.tensor(0.1), rule=get_rule("retroactive")),
      ConfigError, r"rule 'retroactive' is neuromodulated: pass modulator=\(w_mod \[N, k\], b_mod \[k\]\)"),
-    (lambda w: plastic_rnn_fused(torch.zeros(1, 3, 4), w, w, torch.tensor(0.1), rule="neuromod"),
+    (lambda w: plastic_rnn_fused(torch.zeros(1, 3, 4), w, w, torch.tensor(0.1), rule=get_rule("neuromod")),
      ConfigError, r"rule 'neuromod' is neuromodulated: pass modulator=\(w_mod \[N, k\], b_mod \[k\]\)"),
-    (lambda w: plastic_rnn_fused(torch.zeros(1, 3, 4), w, w, torch.tensor(0.1), rule="neuromod",
+    (lambda w: plastic_rnn_fused(torch.zeros(1, 3, 4), w, w, torch.tensor(0.1), rule=get_rule("neuromod"),
                                  modulator=(torch.zeros(4, 2), torch.zeros(2))),
      ShapeError, r"modulator must be \(w_mod \[4, 1 or 4\], b_mod \[1 or 4\]\), got \(\(4, 2\), \(2,\)\)"),
-    (lambda w: plastic_rnn_fused(torch.zeros(1, 3, 5), w, w, torch.tensor(0.1)),
+    (lambda w: plastic_rnn_fused(torch.zeros(1, 3, 5), w, w, torch.tensor(0.1), rule=HEBB),
      ShapeError, r"inputs must be \[B, T, 4\], got \(1, 3, 5\)"),
-    (lambda w: plastic_rnn_fused(torch.zeros(1, 0, 4), w, w, torch.tensor(0.1)),
+    (lambda w: plastic_rnn_fused(torch.zeros(1, 0, 4), w, w, torch.tensor(0.1), rule=HEBB),
      ShapeError, "at least one step"),
-    (lambda w: plastic_rnn_fused(torch.zeros(1, 3, 4), w, w, torch.tensor(0.1), backend="cuda"),
+    (lambda w: plastic_rnn_fused(torch.zeros(1, 3, 4), w, w, torch.tensor(0.1), rule=HEBB, backend="cuda"),
      ConfigError, "unknown fused backend 'cuda'"),
     (lambda w: plastic_rnn_fused(torch.zeros(1, 3, 4, dtype=torch.float16), w.half(), w.half(),
-                                 torch.tensor(0.1).half(), backend="cpp"),
+                                 torch.tensor(0.1).half(), rule=HEBB, backend="cpp"),
      ConfigError, "the cpp backend runs float32/float64 on CPU"),
-], ids=["rule", "no-modulator", "modulator-shape", "shape", "empty", "backend", "dtype"])
+    (lambda w: plastic_rnn_fused(torch.zeros(1, 3, 4), w, w, torch.tensor(0.1), rule="hebb"),
+     ConfigError, r"rule must be a plasticity rule \(plasticity.rules.get_rule\('hebb'\)\), got str 'hebb'"),
+], ids=["rule", "no-modulator", "modulator-shape", "shape", "empty", "backend", "dtype", "rule-name"])
 def test_bad_input_is_named(call, error, message):
     with pytest.raises(error, match=message):
         call(torch.zeros(4, 4))
@@ -321,3 +324,31 @@ def test_cpp_kernels_treat_subnormals_as_zero_and_leave_the_callers_mode_alone()
     normal = torch.full((1, 4, 4), 1e-3)
     k.forward_step(normal, h_next, zeros, zeros, torch.tensor(1.0), torch.tensor(0.5), None, False)
     assert_close(h_next, normal * 0.5, rtol=0, name="normal values are untouched")
+
+
+def test_the_fused_folder_imports_downwards_only():
+    """Each file of `plasticity/nn/fused/` imports only the files its package docstring lists
+    above it, function-level imports included, and never the package itself: no import
+    circle inside the folder."""
+    import ast
+    import re
+    from pathlib import Path
+
+    from plasticity.nn import fused
+
+    folder = Path(fused.__file__).parent
+    order = re.findall(r"^    (\w+)\.py ", fused.__doc__, re.MULTILINE)
+    assert sorted(order) == sorted(p.stem for p in folder.glob("*.py") if p.stem != "__init__"), order
+    for rank, name in enumerate(order):
+        for node in ast.walk(ast.parse((folder / f"{name}.py").read_text())):
+            if isinstance(node, ast.ImportFrom):
+                modules = [("." * node.level) + (node.module or "")]
+            elif isinstance(node, ast.Import):
+                modules = [alias.name for alias in node.names]
+            else:
+                continue
+            for module in modules:
+                if module.startswith(".") or module.startswith("plasticity.nn.fused"):
+                    target = module.removeprefix("plasticity.nn.fused.")
+                    assert target in order[:rank], f"{name}.py imports {module} (line {node.lineno}): only " \
+                                                   f"{', '.join(order[:rank]) or 'nothing'} of the folder"

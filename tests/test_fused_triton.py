@@ -1,4 +1,4 @@
-"""The Triton kernels of the fused path (`plasticity/nn/fused_triton.py`).
+"""The Triton kernels of the fused path (`plasticity/nn/fused/kernels_triton.py`).
 
 Without a GPU they run in Triton's interpreter on CPU tensors. `TRITON_INTERPRET=1` must
 be set before triton is imported (its own library functions are made at import), so
@@ -34,14 +34,14 @@ from tests.test_neuromod import compare_modulated_with_naive
 from tests.test_nn import _grads, _inputs, _rnn
 
 triton = pytest.importorskip("triton", reason="triton is not installed (pip install -e '.[gpu]')")
-from plasticity.nn import fused_triton  # noqa: E402 -- needs triton
+from plasticity.nn.fused import kernels_triton  # noqa: E402 -- needs triton
 
 FUSED = sorted(name for name, rule in RULES.items() if rule.elementwise is not None)
 PLAIN = [name for name in FUSED if not RULES[name].modulated]
 """The fused rules without neuromodulation (compared with `plastic_rnn_naive`)."""
 MODULATED = [name for name in FUSED if RULES[name].modulated]
 CASES = list(itertools.product(PLAIN, ("free", "shared"), ("scalar", "per-connection"), (None, 0.5)))
-INTERPRETED = fused_triton.interpreted()
+INTERPRETED = kernels_triton.interpreted()
 interpreted = pytest.mark.skipif(not INTERPRETED, reason="runs in the TRITON_INTERPRET=1 subprocess of "
                                  "test_kernels_under_the_interpreter")
 compiled = pytest.mark.skipif(INTERPRETED, reason="needs triton's compiler, not its interpreter")
@@ -235,7 +235,7 @@ def test_triton_kernel_contract(rule, clip, shared):
     stored zero) equal the torch-op contract written from the rule's elementwise
     functions (modulated rules with M(t)), on a size that is not a multiple of the tile (N = 13)."""
     r = SCALED if rule == "scaled-hebb" else get_rule(rule)
-    check_kernel_contract(fused_triton.TritonKernels(r), r, clip, shared)
+    check_kernel_contract(kernels_triton.TritonKernels(r), r, clip, shared)
 
 
 @pytest.mark.parametrize("rule", PLAIN)
@@ -251,7 +251,7 @@ def test_bfloat16_storage_accumulates_in_float32(rule):
     alpha, eta = 0.5 * torch.randn(n, n, generator=g), torch.tensor(0.1)
     h = (0.3 * torch.randn(b, n, n, generator=g)).bfloat16()
     h_next = torch.empty_like(h)
-    _, z = fused_triton.TritonKernels(r).forward_step(h, h_next, pre, post, alpha, eta, None, True)
+    _, z = kernels_triton.TritonKernels(r).forward_step(h, h_next, pre, post, alpha, eta, None, True)
     exact = apply_elementwise(r.elementwise.update, h.float(), pre, post, eta)
     assert h_next.dtype == torch.bfloat16
     assert ((h_next.float() - exact).abs() <= exact.abs() * 2**-8).all()  # half a bfloat16 step
@@ -332,7 +332,7 @@ def test_triton_backend_needs_cuda_or_the_interpreter():
 @compiled
 def test_jit_elementwise_keeps_the_rule_source():
     """The Triton function is made from the rule file's own source (no copy of the maths)."""
-    fn = fused_triton.jit_elementwise(get_rule("oja").elementwise.update)
+    fn = kernels_triton.jit_elementwise(get_rule("oja").elementwise.update)
     assert "eta * post * (pre - post * h)" in fn.src
 
 
@@ -346,8 +346,8 @@ def test_kernels_compile_for_hopper(rule):
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
 
-    forward, backward = fused_triton._compiled(False)
-    fn = fused_triton._jitted(get_rule(rule).elementwise, False)
+    forward, backward = kernels_triton._compiled(False)
+    fn = kernels_triton._jitted(get_rule(rule).elementwise, False)
     target = GPUTarget("cuda", 90, 32)
     ptr, f32 = "*bf16", "*fp32"
     modulated = get_rule(rule).modulated
@@ -364,7 +364,7 @@ def test_kernels_compile_for_hopper(rule):
                                   "deta_ptr")}
     sig = dict(h_ptr=ptr, g_ptr=ptr, ck_ptr=ptr, x_ptr=ptr, gx_ptr=ptr, ckx_ptr=ptr, **sig, batch="i32", n="i32",
                s_ai="i32", s_aj="i32", s_ei="i32", s_ej="i32", clip_ptr=f32)
-    fns = {name.upper(): fn.get(name, fn["d_h"]) for name in fused_triton._KERNEL_FIELDS}
+    fns = {name.upper(): fn.get(name, fn["d_h"]) for name in kernels_triton._KERNEL_FIELDS}
     # A two-trace rule's states are stored, never inverted.
     const = dict(**fns, STAGE=True, PREV=CKPT if two else INVERT, CLIP=True, MOD=modulated, TWO=two, ACC=tl.float32,
                  BI=64, BJ=64)

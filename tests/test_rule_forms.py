@@ -44,9 +44,9 @@ def test_every_registered_rule_has_a_fused_form():
 def test_a_rule_without_a_form_is_autograd_only(capsys, monkeypatch):
     """A rule without an elementwise form runs on the autograd path, and says so once (the
     notice is printed once per process, hence the reset)."""
-    from plasticity.nn import fused
+    from plasticity.nn.fused import contract
 
-    monkeypatch.setattr(fused, "_NOTICES", set())
+    monkeypatch.setattr(contract, "_NOTICES", set())
     rule = Rule("formless", hebb_update)
     assert not rule.invertible and not supports(rule)
     assert "rule 'formless' has no elementwise form" in capsys.readouterr().err
@@ -159,17 +159,17 @@ def test_a_half_edited_rule_is_named_and_runs_on_the_autograd_path(temporary_rul
 def test_the_check_would_catch_a_wrong_derivative_on_the_fused_path(temporary_rule):
     """What the check prevents: forcing a wrong d_post onto the fused path gives wrong
     gradients, which the fused-vs-autograd comparison names."""
-    from plasticity.nn import fused
+    from plasticity.nn.fused import contract
 
     temporary_rule("wrong_d_post", dataclasses.replace(HEBB_FORM, d_post=_wrong_d_post))
-    fused._form_problem.cache_clear()
-    original = fused._form_problem
-    fused._form_problem = lambda name, form: None  # pretend the form passed its check
+    contract._form_problem.cache_clear()
+    original = contract._form_problem
+    contract._form_problem = lambda rule: None  # pretend the form passed its check
     try:
         with pytest.raises(AssertionError, match="rule 'wrong_d_post' \\(torch\\): grad"):
             _fused_vs_plain("wrong_d_post", "torch")
     finally:
-        fused._form_problem = original
+        contract._form_problem = original
 
 
 def test_modulated_rule_forms_need_d_mod_and_others_must_not_read_mod(temporary_rule):

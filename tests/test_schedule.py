@@ -1,4 +1,4 @@
-"""The chunked CPU schedule of the fused path (`plasticity/nn/fused.py`): chunks of
+"""The chunked CPU schedule of the fused path (`plasticity/nn/fused/schedule.py`): chunks of
 episodes run through all their steps one after another give what the whole batch
 stepped together gives (the `batch` schedule), and the chunk size follows the cache."""
 
@@ -11,6 +11,7 @@ import torch
 
 from plasticity.errors import ConfigError
 from plasticity.nn.fused import CHUNK_ENV, chunk_episodes_for, plastic_rnn_fused
+from plasticity.rules import get_rule
 from tests.conftest import assert_close
 
 CASES = [(rule, *modes) for rule, modes in itertools.product(
@@ -43,9 +44,9 @@ def _run(chunk, rule, alpha_mode, eta_mode, input_mode, dtype=torch.float64, cli
     if reset:
         resets = torch.zeros(b, t, dtype=torch.bool)
         resets[1, t // 2] = True
-    out, (_, hebb, *elig) = plastic_rnn_fused(x, w, alpha, eta_t, rule=rule, input_mode=input_mode, clip=clip,
-                                              initial_state=(y0, *traces0), reset=resets, backend=backend,
-                                              chunk_episodes=chunk, modulator=modulator)
+    out, (_, hebb, *elig) = plastic_rnn_fused(x, w, alpha, eta_t, rule=get_rule(rule), input_mode=input_mode,
+                                              clip=clip, initial_state=(y0, *traces0), reset=resets,
+                                              backend=backend, chunk_episodes=chunk, modulator=modulator)
     weights = torch.randn(out.shape, generator=g, dtype=torch.float64).to(dtype)
     loss = (out * weights).sum() + hebb.pow(2).sum() + sum(0.5 * e.sum() for e in elig)
     names = ["out", "hebb", *(["elig"] if elig else []), "w", "alpha", "eta", "inputs", "y0",
@@ -124,3 +125,12 @@ def test_chunk_size_follows_the_cache_and_can_be_overridden(monkeypatch):
         chunk_episodes_for(32, 1001, 4, False)
     with pytest.raises(ConfigError, match="chunk_episodes must be >= 0 .* or 'auto'"):
         chunk_episodes_for(32, 1001, 4, False, requested=-1)
+
+
+def test_the_environment_variable_sets_an_episodes_schedule(monkeypatch):
+    """PLASTICITY_CHUNK_EPISODES reaches the episode (it was read as text there, and refused)."""
+    monkeypatch.setenv(CHUNK_ENV, "2")
+    from_env = _run(None, "hebb", "free", "scalar", "add", backend="torch")
+    given = _run(2, "hebb", "free", "scalar", "add", backend="torch")
+    for name, value in given.items():
+        assert_close(from_env[name], value, rtol=0, name=name)

@@ -2,13 +2,17 @@
 
     plastic.py       PlasticWeights (w, alpha, eta and the rule), PlasticLinear, PlasticRNN
     inputs.py        how the input enters a recurrent network (`add` or `clamp`)
-    fused.py         the fused path: one autograd node per sequence, Hebb rebuilt by inverting the rule;
-                     kernels in torch ops, C++ (fused_cpu.cpp) and Triton (fused_triton.py)
+    fused/           the fused path: one autograd node per sequence, Hebb rebuilt by inverting the rule;
+                     kernels in torch ops, C++ and Triton, one file per concern (see its __init__.py)
     baselines.py     RecurrentNet (no plasticity), LSTMNet
     naive.py         step-by-step one-episode references the tests compare every path with
 
 Shapes: activations `[B, T, N]`, Hebb `[B, N_in, N_out]`, reset masks `[B, T]`.
-May import: `plasticity.errors`, `plasticity.rules`, `plasticity.config.renames`.
+Triton is imported by the Triton kernels' module (guarded: it may be missing), ninja by
+the C++ build.
+
+May import: plasticity.errors, plasticity.rules, plasticity.config.renames, torch, triton
+May import in functions: ninja
 """
 
 from plasticity.nn.baselines import LSTMNet, RecurrentNet

@@ -270,7 +270,7 @@ class PlasticRNN(nn.Module):
     Args:
         n: number of neurons.
         input_mode: `add` or `clamp` (see `drive_neurons`).
-        impl: `fused` (default): the whole sequence as one autograd node (`fused.py`):
+        impl: `fused` (default): the whole sequence as one autograd node (`fused/`):
             one pass over Hebb per step, and a backward pass that rebuilds Hebb by
             inverting the rule (recomputing it in segments where it clipped, and for
             `retroactive`, which carries two traces), so memory does not grow with steps x
@@ -378,7 +378,7 @@ class PlasticRNN(nn.Module):
         p = self.plastic
         # A fresh episode starts from zero traces: None spares the kernels a pass over zeros.
         traces0 = (None,) if fresh else state.traces
-        out, (y, *traces) = plastic_rnn_fused(inputs, p.w, p.alpha, p.eta, rule=p.rule.name,
+        out, (y, *traces) = plastic_rnn_fused(inputs, p.w, p.alpha, p.eta, rule=p.rule,
                                               input_mode=self.input_mode, clip=p.clip,
                                               initial_state=(state.y, *traces0), reset=reset,
                                               segment_steps=self.segment_steps, backend=self.fused_backend,

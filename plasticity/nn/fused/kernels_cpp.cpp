@@ -1,11 +1,13 @@
 // Fused CPU kernels for the plastic recurrent layer (the maths: plasticity/rules/README.md;
-// the algorithm: fused.py, whose torch-op kernels are the reference these are tested against).
+// the contract: contract.py; the torch-op kernels, kernels_torch.py, are the reference these
+// are tested against).
 //
-// The rule's elementwise maths is not written here: fused.py puts a `PlasticRule` functor
-// before this file (update, inverse, d_h, d_pre, d_post, d_eta, and d_mod for a
+// The rule's elementwise maths is not written here: kernels_cpp.py puts a `PlasticRule`
+// functor before this file (update, inverse, d_h, d_pre, d_post, d_eta, and d_mod for a
 // neuromodulated rule, as static inline functions f(h, pre, post, eta, mod); `modulated`
 // says whether the rule reads M(t)), translated from the rule's Python functions by
-// plasticity/rules/elementwise.py, and compiles one module per rule. A rule with a second
+// plasticity/rules/elementwise.py, and compiles one module per rule. It also puts there
+// `enum Prev`, the backward modes, from contract.py. A rule with a second
 // trace (`traces == 2`, e.g. retroactive's eligibility trace E) has functions f(h, e, pre,
 // post, eta, mod): update and update_e, the derivatives of h(t+1) (d_h, d_e, d_pre, ...) and
 // of e(t+1) (e_d_h, e_d_e, ...), and no inverse: its kernels read and write E beside Hebb
@@ -284,7 +286,7 @@ std::tuple<bool, at::Tensor> forward_step(const c10::optional<at::Tensor>& h, at
 //          step t-1's rule gradients: d post_{t-1} (column sums), deta, and for a
 //          neuromodulated rule d M(t-1) (column sums).
 // Step t's update reads M(t) (`mod`), step t-1's M(t-1) (`mod_p`).
-enum Prev { kNone = 0, kInvert = 1, kCkpt = 2 };
+// enum Prev { kNone, kInvert, kCkpt }: put before this file from contract.py (NONE, INVERT, CKPT).
 
 // ETA_ROW: eta per connection (a row of N values per i). Otherwise eta is one value: no
 // eta row to stream, deta summed in registers, and what depends on eta alone (e.g. the
@@ -429,7 +431,8 @@ at::Tensor backward_stage(at::Tensor h, at::Tensor g, const c10::optional<at::Te
                           const c10::optional<at::Tensor>& ckpt_x) {
   const int64_t B = h.size(0), N = h.size(1);
   TORCH_CHECK(h.is_contiguous() && g.is_contiguous() && h.sizes() == g.sizes(), "fused kernel: h, g must match");
-  TORCH_CHECK(prev >= 0 && prev <= 2, "fused kernel: prev must be 0, 1 or 2");
+  TORCH_CHECK(prev == kNone || prev == kInvert || prev == kCkpt,
+              "fused kernel: prev must be NONE, INVERT or CKPT (contract.py)");
   const bool two = PlasticRule::traces == 2;
   TORCH_CHECK(two == (x2.has_value() && x2->defined() && gx.has_value() && gx->defined()),
               "fused kernel: give x2 and gx exactly for a rule with a second trace");

@@ -1,10 +1,10 @@
-"""The fused path's two per-step kernels in Triton: the GPU kernel set of `fused.py`.
+"""The fused path's two per-step kernels in Triton: its GPU kernel set.
 
     kernels = triton_kernels(get_rule("oja"))   # None where triton does not import
     clipped, z = kernels.forward_step(h, h_next, pre, post, alpha, eta, clip, True)
 
-Same contract as `fused.TorchKernels` (read its docstring and the module docstring of
-`fused.py`): `forward_step` writes `H_{t+1}` into `h_next` (which may be `h`) and
+The kernel contract (`contract.Kernels`; `kernels_torch.TorchKernels` is its readable
+reference): `forward_step` writes `H_{t+1}` into `h_next` (which may be `h`) and
 returns whether clipping changed a value and the next plastic product `z` `[B, N]`;
 `backward_stage` backpropagates one step and rebuilds `H_{t-1}` in place.
 
@@ -39,7 +39,7 @@ from functools import cache
 import torch
 from torch import Tensor
 
-from plasticity.nn.fused import plus_w  # fused imports this module only inside a function
+from plasticity.nn.fused.contract import CKPT, CKPT_ZERO, INVERT, NONE, plus_w
 from plasticity.rules.elementwise import FIELDS, FIELDS2
 
 try:
@@ -48,9 +48,6 @@ try:
 except ImportError:  # the CPU-only install: `triton_kernels()` returns None
     triton = tl = None
 
-NONE, INVERT, CKPT, CKPT_ZERO = 0, 1, 2, 3
-"""How the backward gets `H_{t-1}` (the first three as in `fused.py`; CKPT_ZERO: the
-stored state is the zero initial Hebb, passed as None)."""
 _KERNEL_FIELDS = tuple(f for f in dict.fromkeys(FIELDS + FIELDS2) if f != "update_e")
 """The rule functions the backward kernel takes (as upper-case constexpr arguments): both
 forms' fields but `update_e`, which only the forward kernel calls."""
@@ -198,7 +195,9 @@ if triton is not None:
                dmod[ib, b, J] = sum_I g d_mod.
         TWO (a two-trace rule, never inverted): the second trace X and its gradient gx
         (`x_ptr`, `gx_ptr`; stored state `ckx_ptr`) go through the same pass, with the
-        derivatives of X(t+1) (E_D_*) beside those of H(t+1) (D_*, D_E: by X(t))."""
+        derivatives of X(t+1) (E_D_*) beside those of H(t+1) (D_*, D_E: by X(t)).
+        PREV is contract.py's NONE / INVERT / CKPT / CKPT_ZERO, compared below as the
+        literals 0 / 1 / 2 / 3 (a kernel reads no plain Python globals)."""
         ib = tl.program_id(0)
         jb = tl.program_id(1)
         i = ib * BI + tl.arange(0, BI)
@@ -312,8 +311,8 @@ def _row_splits(b: int, n: int, bi: int, bj: int, device: torch.device) -> tuple
 
 
 class TritonKernels:
-    """`forward_step` / `backward_stage` of `fused.py` for one rule, in Triton (CUDA
-    tensors; CPU tensors under `TRITON_INTERPRET=1`)."""
+    """The kernel contract (`contract.Kernels`) for one rule, in Triton (CUDA tensors;
+    CPU tensors under `TRITON_INTERPRET=1`)."""
 
     name = "triton"
 
