@@ -1,87 +1,46 @@
 """The import graph between the packages of this repository, from the source (ast).
 
-    python benchmarks/import_graph.py            # package -> packages it imports, and cycles
-    python benchmarks/import_graph.py --lazy     # also imports inside functions
+    python benchmarks/import_graph.py            # unit -> units it imports, circles, layer problems
+    python benchmarks/import_graph.py --lazy     # also imports inside functions (what the test reads)
+    python benchmarks/import_graph.py --modules  # module -> modules instead of units
 
-A package is `plasticity.<name>` (or a top-level module `plasticity.<name>`), `tune` or
-`cluster`. Module-level imports define the layering; imports inside functions (used to
-keep optional dependencies and heavy modules off the import path) are shown with --lazy.
+A unit is `plasticity.<name>` (a package or a top-level module), `tune` or `cluster`.
+Module-level imports define the import path; imports inside functions (optional
+dependencies, edges) count for the layers too, and tests/test_import_layers.py reads
+both: this script prints what that test checks (the same code).
 """
 
 from __future__ import annotations
 
 import argparse
-import ast
-from collections import defaultdict
+import sys
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-PACKAGES = ("plasticity", "tune", "cluster")
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-
-def unit(module: str) -> str | None:
-    """`plasticity.nn.fused` -> `plasticity.nn`; `tune.sweep` -> `tune`; others None."""
-    parts = module.split(".")
-    if parts[0] not in PACKAGES:
-        return None
-    return ".".join(parts[:2]) if parts[0] == "plasticity" and len(parts) > 1 else parts[0]
-
-
-def edges(lazy: bool) -> dict[str, set[str]]:
-    graph: dict[str, set[str]] = defaultdict(set)
-    for top in PACKAGES:
-        for path in sorted((ROOT / top).rglob("*.py")):
-            module = ".".join(path.relative_to(ROOT).with_suffix("").parts).removesuffix(".__init__")
-            src = unit(module)
-            tree = ast.parse(path.read_text())
-            nodes = ast.walk(tree) if lazy else tree.body
-            for node in nodes:
-                names = []
-                if isinstance(node, ast.Import):
-                    names = [a.name for a in node.names]
-                elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
-                    names = [node.module]
-                for name in names:
-                    dst = unit(name)
-                    if dst and dst != src:
-                        graph[src].add(dst)
-            graph.setdefault(src, set())
-    return graph
-
-
-def cycles(graph: dict[str, set[str]]) -> list[list[str]]:
-    found, stack = [], []
-
-    def visit(node: str, seen: set[str]) -> None:
-        if node in stack:
-            cycle = stack[stack.index(node):] + [node]
-            if sorted(cycle[:-1]) not in [sorted(c[:-1]) for c in found]:
-                found.append(cycle)
-            return
-        if node in seen:
-            return
-        seen.add(node)
-        stack.append(node)
-        for nxt in sorted(graph.get(node, ())):
-            visit(nxt, seen)
-        stack.pop()
-
-    for start in sorted(graph):
-        visit(start, set())
-    return found
+from tests.test_import_layers import circles, graph, imports, layer_problems, modules, unit_graph  # noqa: E402
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--lazy", action="store_true", help="include imports inside functions")
+    ap.add_argument("--modules", action="store_true", help="print modules, not units")
     args = ap.parse_args()
-    graph = edges(args.lazy)
-    width = max(map(len, graph))
-    for src in sorted(graph):
-        print(f"{src:<{width}}  -> {', '.join(sorted(graph[src])) or '(nothing)'}")
-    found = cycles(graph)
-    print(f"\n{sum(map(len, graph.values()))} edges, {len(found)} cycles" +
-          "".join(f"\n  cycle: {' -> '.join(c)}" for c in found))
+    known = modules()
+    found = [i for i in imports(known) if args.lazy or not i.lazy]
+    edges = graph(found, known)
+    shown = edges if args.modules else unit_graph(edges)
+    width = max(map(len, shown))
+    for src in sorted(shown):
+        print(f"{src:<{width}}  -> {', '.join(sorted(shown[src])) or '(nothing)'}")
+    kind = "modules" if args.modules else "units"
+    print(f"\n{len(shown)} {kind}, {sum(map(len, shown.values()))} edges"
+          f" ({'with' if args.lazy else 'without'} function-level imports)")
+    for name, graph_ in (("unit", unit_graph(edges)), ("module", edges)):
+        found_circles = circles(graph_)
+        print(f"{len(found_circles)} {name} circles" + "".join(f"\n  {' -> '.join(c)}" for c in found_circles))
+    problems = layer_problems(found, known)
+    print(f"{len(problems)} imports outside the layers" + "".join(f"\n  {p}" for p in problems))
 
 
 if __name__ == "__main__":

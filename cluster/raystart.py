@@ -8,6 +8,8 @@ metrics endpoints to localhost when the node's IP address is 127.0.0.1, as for
 reach it (`services.resolve_ip_for_localhost`). Every node of the local cluster runs on
 this machine, so here a loopback address is kept as given; everything else is Ray's own
 `ray start` (ray 2.60; tests/test_cluster_security.py checks the sockets it leaves).
+
+May import: ray
 """
 
 from __future__ import annotations

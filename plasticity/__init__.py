@@ -7,6 +7,7 @@ learned `alpha`; `Hebb` changes during an episode under a plasticity rule, and `
 Packages, lowest first (each may import only those listed before it):
 
     errors, redact   one-line user errors; secrets kept out of messages
+    cliargs          tyro parsing with one-line usage errors (every command's, the sweep's)
     rules            plasticity rules, one file each, and their registry
     config           one config per task, limits, presets, renames
     nn               plastic layers, the fused kernels, baselines, naive references
@@ -18,7 +19,11 @@ Packages, lowest first (each may import only those listed before it):
     tracking, serving, cli   the edges: MLflow, serving a network that keeps learning, the CLI
 
 The core (`rules`, `config`, `nn`, `tasks`, `train`) imports neither Ray nor MLflow.
-`python benchmarks/import_graph.py` prints the imports between the packages.
+Each package's docstring (each module's, for the modules above) says what it may import,
+in lines tests/test_import_layers.py reads and enforces, with no import circle allowed;
+`python benchmarks/import_graph.py` prints the graph.
+
+May import: nothing
 """
 
 __version__ = "0.1.0"

@@ -8,6 +8,8 @@ between an input layer and policy and value read-outs, stepped one time step at 
 `x(t) = W_in obs(t) + b_in` is added to the core's pre-activation (`input_mode="add"`),
 so `h(t) = tanh(h(t-1) @ (w + alpha * Hebb) + x(t))`; `logits = W_pi h(t)`,
 `value = W_v h(t)`. For the neuromodulated models the core also emits M(t) from h(t).
+
+May import: plasticity.errors, plasticity.rules, plasticity.nn, torch
 """
 
 from __future__ import annotations

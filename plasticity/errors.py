@@ -3,6 +3,8 @@
 Every check of user input (configs, shapes, files, servers) raises a subclass of
 `PlasticityError`: a `ValueError` whose message names the problem *and* the fix, so
 that the CLI can print it as one line and exit with status 2.
+
+May import: nothing
 """
 
 from __future__ import annotations

@@ -32,6 +32,9 @@ What a plain `ray.init()` does on Linux (Ray 2.60), and what this changes:
 PLASTICITY_BIND (the local launcher's variable, cluster/local.py) opens Ray to the
 network when asked: `0.0.0.0` -> Ray's own choice (all interfaces / the network
 address), an address -> that address; unset or loopback -> 127.0.0.1. The token stays on.
+
+May import: nothing
+May import in functions: ray
 """
 
 from __future__ import annotations

@@ -3,6 +3,8 @@
 `SequenceModel.forward(inputs [B, T, n_io], state=None, reset=None) -> (outputs
 [B, T, n_io], state)`. Recurrent cores with more neurons than inputs (extra hidden
 neurons) get zero input on the extra neurons; the outputs are the first n_io neurons.
+
+May import: plasticity.errors, plasticity.rules, plasticity.nn, torch
 """
 
 from __future__ import annotations

@@ -1,4 +1,7 @@
-"""Matplotlib figures (Agg backend, no display needed)."""
+"""Matplotlib figures (Agg backend, no display needed).
+
+May import: plasticity.errors, matplotlib, torch
+"""
 
 from __future__ import annotations
 

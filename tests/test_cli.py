@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from plasticity.rules import rule_names
 from tests.servers import start_mlflow_server, stop
 
 SMALL = ["--preset", "small", "--episodes", "4000", "--eval-every", "2000", "--no-progress"]
@@ -84,7 +85,8 @@ def test_resume_from_the_command_line(tmp_path):
 
 
 @pytest.mark.parametrize("args,message", [
-    (["train", "patterns", "--rule", "hebbian"], "unknown plasticity rule 'hebbian': choose one of hebb, oja"),
+    (["train", "patterns", "--rule", "hebbian"],
+     f"unknown plasticity rule 'hebbian': choose one of {', '.join(rule_names(modulated=False))}"),
     (["train", "patterns", "--eta", "-0.5"], "eta must be in (0, 1], got -0.5"),
     (["train", "patterns", "--preset", "huge"], "unknown patterns preset 'huge'"),
     (["train", "patterns", "--pattern-size", "0"], "pattern_size must be > 0"),

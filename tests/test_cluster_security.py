@@ -1,9 +1,9 @@
 """Secrets, listening addresses and process ownership of the local cluster (`cluster.local`).
 
-Fast tests: the redact helper, errors that name a URL with a password, the ownership check
-on real processes (a recorded pid whose start time or command line differs is never
-signalled), and the launcher's one-line refusals (missing --env-file, --bind without
---expose).
+Fast tests: errors that name a URL with a password (the redact helper itself is
+tests/test_redact.py), the ownership check on real processes (a recorded pid whose start
+time or command line differs is never signalled), and the launcher's one-line refusals
+(missing --env-file, --bind without --expose).
 
 Slow tests share one cluster started by the launcher on the local PostgreSQL with
 distinctive secrets (MLflow with basic auth, a Ray head with token auth, one worker
@@ -33,25 +33,6 @@ from plasticity.errors import ConfigError, TrackingError
 from plasticity.redact import redact
 
 REPO = Path(__file__).resolve().parents[1]
-
-
-# -- the redact helper -----------------------------------------------------------------------
-
-@pytest.mark.parametrize("text, expected", [
-    ("postgresql+psycopg://user:s3cret@db:5432/optuna", "postgresql+psycopg://user:***@db:5432/optuna"),
-    ("postgresql://u:p@ss@host/db", "postgresql://u:***@host/db"),  # an unquoted '@' in the password
-    ("error at http://admin:pw@127.0.0.1:5000/api (refused)", "error at http://admin:***@127.0.0.1:5000/api (refused)"),
-    ("http://:tok@host/x?password=abc&db=1", "http://:***@host/x?password=***&db=1"),
-    ("host=db user=u password=hunter2 dbname=x", "host=db user=u password=*** dbname=x"),
-    ("MLFLOW_TRACKING_PASSWORD=xyz", "MLFLOW_TRACKING_PASSWORD=***"),
-    # Nothing secret: unchanged.
-    ("postgresql://postgres@127.0.0.1:5432/x", "postgresql://postgres@127.0.0.1:5432/x"),
-    ("http://127.0.0.1:5000", "http://127.0.0.1:5000"),
-    ("sqlite:////tmp/mlruns.db", "sqlite:////tmp/mlruns.db"),
-    ("RAY_AUTH_TOKEN is not set: put it in .env", "RAY_AUTH_TOKEN is not set: put it in .env"),
-])
-def test_redact(text, expected):
-    assert redact(text) == expected
 
 
 def test_errors_naming_a_url_hide_its_password(tmp_path):

@@ -1,12 +1,11 @@
 """The config package: limits written once (as field types) and read by validation, the
-CLI and the sweep spaces; old names still accepted; the task hooks; the import layering."""
+CLI and the sweep spaces; old names still accepted; the task hooks. (The import layering:
+tests/test_import_layers.py.)"""
 
 from __future__ import annotations
 
 import dataclasses
 import json
-import subprocess
-import sys
 import warnings
 
 import pytest
@@ -138,16 +137,6 @@ def test_error_line_quotes_one_line():
     assert error_line("Traceback...\n  File x\nKeyError: 'a'", last=True) == "KeyError: 'a'"
     assert error_line(RuntimeError()) == "RuntimeError"
     assert error_line(ValueError("x" * 500), limit=10) == "x" * 10
-
-
-def test_the_packages_import_each_other_without_cycles():
-    proc = subprocess.run([sys.executable, "benchmarks/import_graph.py"], capture_output=True, text=True, check=True)
-    assert proc.stdout.rstrip().endswith("0 cycles"), proc.stdout
-    edges = dict(line.split("->") for line in proc.stdout.splitlines() if "->" in line)
-    # The core never imports the edges (tracking, serving, the CLI) nor the sweep service.
-    for core in ("plasticity.rules", "plasticity.config", "plasticity.nn", "plasticity.tasks", "plasticity.train"):
-        imported = edges[core.ljust(len(next(iter(edges))))].strip()
-        assert not any(edge in imported for edge in ("tracking", "serving", "cli", "tune")), (core, imported)
 
 
 def test_the_sweep_knows_every_registered_task():

@@ -13,6 +13,7 @@ from plasticity.config import preset
 from plasticity.errors import ETA_MIN, CheckpointError, ConfigError
 from plasticity.nn import PlasticLinear, PlasticRNN
 from plasticity.nn.fused import plastic_rnn_fused
+from plasticity.rules import rule_names
 from plasticity.tasks import make_task
 from plasticity.train import model_from_checkpoint, train
 from plasticity.train.common import restore_state
@@ -70,7 +71,7 @@ def test_config_rejects_etas_the_parameterisation_cannot_hold(bad, message):
         preset("patterns", "small", **bad)
 
 
-@pytest.mark.parametrize("rule", ["hebb", "oja"])
+@pytest.mark.parametrize("rule", rule_names(modulated=False))
 @pytest.mark.parametrize("eta_mode", ["scalar", "per-connection"])
 def test_gradient_is_the_chain_rule_through_the_parameterisation(rule, eta_mode):
     """d loss / d eta_logit from the layer (fused path) == d loss / d eta (the fused
@@ -84,7 +85,7 @@ def test_gradient_is_the_chain_rule_through_the_parameterisation(rule, eta_mode)
     (g_plain,) = torch.autograd.grad(plain(x)[0].pow(2).sum(), [plain.plastic.eta_logit])
     p = net.plastic
     eta = p.eta.detach().requires_grad_()
-    out, _ = plastic_rnn_fused(x, p.w, p.alpha, eta, rule=rule)
+    out, _ = plastic_rnn_fused(x, p.w, p.alpha, eta, rule=p.rule)
     (g_eta,) = torch.autograd.grad(out.pow(2).sum(), [eta])
     s = torch.sigmoid(p.eta_logit.detach())
     assert_close(g_logit, g_eta * (1 - ETA_MIN) * s * (1 - s), rtol=1e-9, name="chain rule")

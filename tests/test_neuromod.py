@@ -12,11 +12,13 @@ from plasticity.errors import ConfigError, ShapeError
 from plasticity.nn import PlasticRNN
 from plasticity.nn.naive import modulated_rnn_naive
 from plasticity.nn.plastic import eta_from_logit
-from plasticity.rules import get_rule
+from plasticity.rules import get_rule, rule_names
 from plasticity.rules.naive import NAIVE_MODULATED_STEPS
 from tests.conftest import assert_close
 
-RULE_CASES = list(itertools.product(("neuromod", "retroactive"), ("scalar", "per-connection"),
+MODULATED = rule_names(modulated=True)
+"""The registered neuromodulated rules (the others: test_rules.py, test_nn.py)."""
+RULE_CASES = list(itertools.product(MODULATED, ("scalar", "per-connection"),
                                     ("network", "neuron"), (None, 0.3)))
 
 
@@ -54,7 +56,7 @@ def test_batched_modulated_rule_matches_naive(rule, eta_mode, mod_mode, clip):
         assert_close(a, c, name=f"grad {name}")
 
 
-@pytest.mark.parametrize("rule", ["neuromod", "retroactive"])
+@pytest.mark.parametrize("rule", MODULATED)
 def test_modulated_rule_gradcheck(rule):
     traces, pre, post, eta, mod = _rule_inputs(rule, "per-connection", "neuron", b=2, n_in=3, n_out=2)
     n = len(traces)
@@ -96,7 +98,7 @@ def test_modulated_rules_need_mod_of_the_right_shape():
 
 # ---- the recurrent layer emitting M(t) ----
 
-NET_CASES = list(itertools.product(("neuromod", "retroactive"), ("network", "neuron"), ("free", "shared"),
+NET_CASES = list(itertools.product(MODULATED, ("network", "neuron"), ("free", "shared"),
                                    ("add", "clamp"), (None, 0.5)))
 
 
@@ -165,7 +167,7 @@ def compare_modulated_with_naive(net, input_mode, clip, b=3, t=7, rtol=1e-10):
         assert_close(a.double().cpu(), c, rtol, name=f"grad {name}")
 
 
-@pytest.mark.parametrize("rule", ["neuromod", "retroactive"])
+@pytest.mark.parametrize("rule", MODULATED)
 def test_modulated_rnn_segment_recompute_gives_identical_gradients(rule):
     plain = _net(rule, "neuron")
     chunked = _net(rule, "neuron", segment_steps=3)

@@ -11,9 +11,12 @@ import torch
 from plasticity.errors import ConfigError, ShapeError
 from plasticity.nn import LSTMNet, PlasticLinear, PlasticRNN, RecurrentNet
 from plasticity.nn.naive import plastic_linear_naive, plastic_rnn_naive
+from plasticity.rules import rule_names
 from tests.conftest import assert_close
 
-RNN_CASES = list(itertools.product(("hebb", "oja"), ("free", "shared"), ("scalar", "per-connection"),
+PLAIN = rule_names(modulated=False)
+"""The registered rules without a modulatory signal (the neuromodulated ones: test_neuromod.py)."""
+RNN_CASES = list(itertools.product(PLAIN, ("free", "shared"), ("scalar", "per-connection"),
                                    ("add", "clamp"), (None, 0.5)))
 IMPLS = {"autograd": dict(impl="autograd"), "fused-cpp": dict(impl="fused", fused_backend="cpp"),
          "fused-torch": dict(impl="fused", fused_backend="torch")}
@@ -77,7 +80,7 @@ def test_plastic_rnn_matches_naive_per_episode(rule, alpha_mode, eta_mode, input
 
 
 @pytest.mark.parametrize("impl", IMPLS)
-@pytest.mark.parametrize("rule", ["hebb", "oja"])
+@pytest.mark.parametrize("rule", PLAIN)
 def test_plastic_rnn_gradcheck(rule, impl):
     net = _rnn(rule, "free", "scalar", "add", None, n=3, **IMPLS[impl])
     x = _inputs(2, 4, 3, "add")
@@ -89,7 +92,7 @@ def test_plastic_rnn_gradcheck(rule, impl):
 
 
 @pytest.mark.parametrize("impl", IMPLS)
-@pytest.mark.parametrize("rule", ["hebb", "oja"])
+@pytest.mark.parametrize("rule", PLAIN)
 def test_packed_episodes_with_reset_equal_separate_runs(rule, impl):
     """Two episodes run back to back with a reset == each run from a zero state."""
     net = _rnn(rule, "free", "scalar", "add", None, **IMPLS[impl])
@@ -123,7 +126,7 @@ def test_reset_per_episode_in_batch(impl):
 
 
 @pytest.mark.parametrize("impl", IMPLS)
-@pytest.mark.parametrize("rule", ["hebb", "oja"])
+@pytest.mark.parametrize("rule", PLAIN)
 def test_segment_recompute_gives_identical_gradients(rule, impl):
     """`segment_steps`: plain recomputes segments, fused stores exact Hebb states."""
     plain = _rnn(rule, "free", "per-connection", "add", 0.5, impl="autograd")
@@ -138,7 +141,7 @@ def test_segment_recompute_gives_identical_gradients(rule, impl):
         assert_close(a, c, name=f"grad {name}")
 
 
-LINEAR_CASES = list(itertools.product(("hebb", "oja"), ("free", "shared"), (None, "softmax")))
+LINEAR_CASES = list(itertools.product(PLAIN, ("free", "shared"), (None, "softmax")))
 
 
 @pytest.mark.parametrize("rule,alpha_mode,act", LINEAR_CASES, ids=["-".join(map(str, c)) for c in LINEAR_CASES])

@@ -6,11 +6,13 @@ import pytest
 import torch
 
 from plasticity.errors import ConfigError
-from plasticity.rules import RULES, get_rule
+from plasticity.rules import RULES, get_rule, rule_names
 from plasticity.rules.naive import NAIVE_STEPS
 from tests.conftest import assert_close
 
-CASES = [(rule, eta_mode, clip) for rule in ("hebb", "oja") for eta_mode in ("scalar", "per-connection")
+PLAIN = rule_names(modulated=False)
+"""The registered rules without a modulatory signal (the neuromodulated ones: test_neuromod.py)."""
+CASES = [(rule, eta_mode, clip) for rule in PLAIN for eta_mode in ("scalar", "per-connection")
          for clip in (None, 0.3)]
 
 
@@ -37,7 +39,7 @@ def test_batched_rule_matches_naive(rule, eta_mode, clip):
         assert_close(a, b, name=f"grad {name}")
 
 
-@pytest.mark.parametrize("rule", ["hebb", "oja"])
+@pytest.mark.parametrize("rule", PLAIN)
 def test_rule_gradcheck(rule):
     hebb, pre, post, eta = _inputs("per-connection", b=2, n_in=3, n_out=2)
     fn = lambda h, x, y, e: get_rule(rule).update((h,), x, y, eta=e)[0]  # noqa: E731
@@ -69,7 +71,7 @@ def test_clip_bounds_hebb():
 
 
 def test_unknown_rule_names_the_known_ones():
-    known = "hebb, oja, neuromod, retroactive"
+    known = ", ".join([*PLAIN, *rule_names(modulated=True)])
     with pytest.raises(ConfigError, match=rf"unknown plasticity rule 'hebbb': choose one of {known}"):
         get_rule("hebbb")
     assert set(RULES) >= {"hebb", "oja"}

@@ -171,6 +171,24 @@ def test_episode_requests_are_checked(served):
             layout.check_episodes(bad)
 
 
+@pytest.mark.parametrize("flavor", [True, False], ids=["episode-flavor", "plain"])
+def test_the_tracker_logs_the_model_in_the_flavour_serving_hands_it(checkpoint, tmp_path, flavor):
+    """Tracking owns model logging and does not know serving: given `episode_flavor`, a
+    tracked run's model is the episode pyfunc; given none, a plain PyTorch model."""
+    import mlflow
+
+    from plasticity.serving.mlflow_pyfunc import episode_flavor
+    from plasticity.tracking.mlflow import MlflowTracker
+
+    uri = f"sqlite:///{tmp_path / 'mlruns.db'}"
+    tracker = MlflowTracker.open(uri, "flavours", "run", {})
+    model = ServedModel.from_checkpoint(checkpoint).model
+    model_uri = tracker.log_model(model, checkpoint=checkpoint, flavor=episode_flavor if flavor else None)
+    mlflow.set_tracking_uri(uri)
+    pyfunc = mlflow.models.get_model_info(model_uri).flavors["python_function"]
+    assert pyfunc["loader_module"] == ("plasticity.serving.mlflow_pyfunc" if flavor else "mlflow.pytorch")
+
+
 def test_pyfunc_predicts_what_plasticity_evaluate_scores(checkpoint, tmp_path):
     """The logged pyfunc, loaded back through MLflow, on the episodes `plasticity evaluate`
     draws: the same outputs as the in-process model and the same bit error."""

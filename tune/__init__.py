@@ -7,8 +7,10 @@
 trial through `plasticity.train.train`, `sweep` wires Tuner, searcher, scheduler and
 MLflow together, `progress` and `summary` say what happened, `report` logs the parent run.
 
-May import: anything in `plasticity`, Ray, Optuna and MLflow. Nothing in `plasticity`
-imports `tune` (but the `plasticity sweep` command, inside its function).
+Nothing in `plasticity` imports `tune` (but the `plasticity sweep` command, inside its
+function).
+
+May import: plasticity, ray, optuna, mlflow, yaml, tyro, torch, numpy, matplotlib, tqdm
 
 MLflow's usage telemetry is off in every process that imports `tune` (the sweep driver
 and each trial worker, which imports `tune.trainable`) unless the user's environment

@@ -22,7 +22,7 @@ from pathlib import Path
 
 from ray.tune import Callback
 
-from plasticity.train.loop import SignalPlan, Stopped, handling_signals, signal_name
+from plasticity.train.signals import SignalPlan, Stopped, handling_signals, signal_name
 
 QUIET_LOGGERS = ("ray", "mlflow", "alembic", "optuna", "py.warnings", "urllib3", "filelock", "matplotlib")
 

@@ -194,6 +194,8 @@ class SweepTracker:
         of the driver's time after the last trial (MLflow reads each metric's history to
         link it): for all of 1,000 trials that would be a quarter of an hour
         (docs/capacity.md)."""
+        from plasticity.serving.mlflow_pyfunc import episode_flavor
+
         scored = [(ckpt, result) for result in results
                   if result.metrics and (ckpt := _best_checkpoint(result, args.metric)) is not None]
         scored.sort(key=lambda cr: cr[0][1])
@@ -206,7 +208,7 @@ class SweepTracker:
             with checkpoint.as_directory() as d:
                 model, _, _ = model_from_checkpoint(Path(d) / "checkpoint.pt", CONFIGS[args.task])
                 # The checkpoint gives the model its episode pyfunc (plasticity.serving).
-                uri = child.log_model(model, checkpoint=Path(d) / "checkpoint.pt")
+                uri = child.log_model(model, checkpoint=Path(d) / "checkpoint.pt", flavor=episode_flavor)
             # Logging a model reopens the run and closes it "now" as FINISHED: give it back
             # its own status and end time.
             self.parent.attempt(self.parent.client.set_terminated, run.info.run_id, run.info.status or "FINISHED",

@@ -27,13 +27,35 @@ import yaml
 from plasticity.config import CONFIGS, PRESETS, field_choices
 from plasticity.config.limits import field_types
 from plasticity.errors import ConfigError, error_line
+from plasticity.rules import RULES, rule_names
 
 SWITCH_PREFIX = "use_"
 TYPES = ("float", "int", "categorical")
 
+
+def plain_rules(first: str | None = None) -> list[str]:
+    """The rules a network without a neuromodulator runs (`modulated` false in the rule
+    registry), in registration order; `first`, if given, moved to the front."""
+    names = list(rule_names(modulated=False))
+    if first is not None:
+        names.remove(first)  # a ValueError at import if `first` is not one of them
+        names.insert(0, first)
+    return names
+
+
+def modulated_models(task: str) -> list[str]:
+    """The task's models that are named after a neuromodulated rule: networks that emit the
+    modulatory signal their rule needs (the maze's `neuromod`, `retroactive`)."""
+    return [m for m in CONFIGS[task].models() if m in RULES and RULES[m].modulated]
+
+
+# Rule and model choices are read from the rule registry (a rule registered before this
+# module is imported is searched wherever it can run), in the order each space was first
+# written: Optuna refuses to go on with a study (--resume) whose choices changed, order
+# included.
 SPACES: dict[str, dict[str, dict[str, Any]]] = {
     "patterns": {
-        "rule": {"type": "categorical", "choices": ["hebb", "oja"]},
+        "rule": {"type": "categorical", "choices": plain_rules()},
         "eta": {"type": "float", "low": 1e-3, "high": 0.5, "log": True},
         "alpha_mode": {"type": "categorical"},
         "eta_mode": {"type": "categorical"},
@@ -45,7 +67,7 @@ SPACES: dict[str, dict[str, dict[str, Any]]] = {
         "clip": {"type": "float", "low": 0.5, "high": 2.0, "when": {"use_clip": True}},
     },
     "images": {
-        "rule": {"type": "categorical", "choices": ["hebb", "oja"]},
+        "rule": {"type": "categorical", "choices": plain_rules()},
         "eta": {"type": "float", "low": 1e-3, "high": 0.5, "log": True},
         "alpha_mode": {"type": "categorical"},
         "lr": {"type": "float", "low": 1e-4, "high": 1e-2, "log": True},
@@ -53,7 +75,8 @@ SPACES: dict[str, dict[str, dict[str, Any]]] = {
         "clip": {"type": "float", "low": 0.5, "high": 2.0, "when": {"use_clip": True}},
     },
     "omniglot": {
-        "rule": {"type": "categorical", "choices": ["oja", "hebb"]},
+        # The paper's rule (the config's default) first.
+        "rule": {"type": "categorical", "choices": plain_rules(first=CONFIGS["omniglot"].rule)},
         # Below 1: a learned eta is a sigmoid, which never reaches 1.
         "eta": {"type": "float", "low": 1e-2, "high": 0.99, "log": True},
         "learn_eta": {"type": "categorical"},
@@ -64,9 +87,10 @@ SPACES: dict[str, dict[str, dict[str, Any]]] = {
     },
     # Maze trials report eval/loss = -(mean held-out return per episode), the default objective.
     "maze": {
-        "model": {"type": "categorical", "choices": ["plastic", "neuromod", "retroactive"]},
-        "rule": {"type": "categorical", "choices": ["hebb", "oja"], "when": {"model": "plastic"}},
-        "modulation": {"type": "categorical", "when": {"model": ["neuromod", "retroactive"]}},
+        # The plastic network and the neuromodulated ones (not the non-plastic baseline `rnn`).
+        "model": {"type": "categorical", "choices": ["plastic", *modulated_models("maze")]},
+        "rule": {"type": "categorical", "choices": plain_rules(), "when": {"model": "plastic"}},
+        "modulation": {"type": "categorical", "when": {"model": modulated_models("maze")}},
         "eta": {"type": "float", "low": 0.01, "high": 0.9, "log": True},
         "alpha_mode": {"type": "categorical"},
         "lr": {"type": "float", "low": 3e-4, "high": 3e-3, "log": True},

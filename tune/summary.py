@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from plasticity.errors import ConfigError
+from plasticity.redact import redact
 
 HEADLINE = {"patterns": "eval/bit_error_erased", "images": "eval/erased_loss", "omniglot": "eval/accuracy",
             "maze": "eval/return"}
@@ -66,11 +67,6 @@ class SweepView:
     def best(self) -> Row | None:
         scored = [r for r in self.rows if math.isfinite(r.objective)]
         return min(scored, key=lambda r: r.objective) if scored else None
-
-
-def redact(url: str) -> str:
-    """`scheme://user:***@host/...`: a password never reaches the screen."""
-    return re.sub(r"(://[^:/@]+):[^@/]*@", r"\1:***@", url)
 
 
 def _float(value) -> float:
@@ -252,7 +248,8 @@ def render(view: SweepView, registered_score: str | None = None) -> str:
                                                      else ""))
     command, url = ui_url(view)
     if url:
-        lines.append(f"MLflow: {command + ' , then open ' if command else ''}{url}")
+        # The tracking URI may carry a password (a server's user, a database store's).
+        lines.append(redact(f"MLflow: {command + ' , then open ' if command else ''}{url}"))
     lines.append(f"Optuna: {redact(view.storage)} (study {view.name})")
     if view.results:
         lines.append(f"results: {view.results}")

@@ -32,11 +32,11 @@ from typing import Annotated, Literal
 
 import tyro
 
-from plasticity.cli import parse_args
+from plasticity.cliargs import parse_args
 from plasticity.config import PRESETS, TaskName
 from plasticity.errors import ConfigError, PlasticityError, TrackingError, check_positive, error_line
 from plasticity.redact import redact
-from plasticity.train.loop import WarningSignal
+from plasticity.train.signals import WarningSignal
 from tune.spaces import SPACES, DefineByRun, check_constants, check_space_limits, load_space, validate_space
 
 OBJECTIVE = "objective"
@@ -269,15 +269,15 @@ def build_kernels_first(args: SweepArgs) -> None:
     load them from the shared on-disk cache, so no trial's clock or speed includes the
     build. Where they cannot be built the trials run the torch-op kernels (said here)."""
     from plasticity.config import preset
+    from plasticity.nn.fused import fused_rules, prepare
 
     cfg = preset(args.task, args.preset, **args.overrides)
-    if getattr(cfg, "impl", None) != "fused" or args.task == "maze" or args.gpus_per_trial > 0:
+    # Every fused rule: the trials may draw the rule.
+    prepared = prepare(cfg, "cuda" if args.gpus_per_trial > 0 else "cpu", rules=fused_rules())
+    if not prepared.rules:
         return
-    from plasticity.nn.fused import build_kernels
-
-    seconds, ok = build_kernels()
-    if ok:
-        print(f"fused C++ kernels ready ({seconds:.1f} s, before any trial)", flush=True)
+    if prepared.ok:
+        print(f"fused C++ kernels ready ({prepared.seconds:.1f} s, before any trial)", flush=True)
     else:
         print("fused C++ kernels cannot be built here (no C++ compiler?): the trials run the slower torch-op "
               "kernels; install g++ (e.g. apt-get install g++) to build them", flush=True)
@@ -465,7 +465,7 @@ def main(argv: list[str] | None = None, prog: str = "python -m tune.sweep") -> i
     if argv and argv[0] == "show":
         return show_main(argv[1:], prog)
     args = parse_args(SweepArgs, argv, prog=prog)
-    from plasticity.train.loop import SignalPlan
+    from plasticity.train.signals import SignalPlan
     from tune.progress import StopOnSignals, SweepStopped
 
     stop = StopOnSignals(SignalPlan(args.warning_signal))

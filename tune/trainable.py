@@ -2,7 +2,9 @@
 to Ray Tune (metrics + checkpoint at every evaluation) and to its own MLflow child run.
 
 A trial that Ray restarts after a failure resumes from its last checkpoint and keeps
-writing to the same MLflow run (the run id travels in the checkpoint folder).
+writing to the same MLflow run: the run's lifecycle is `plasticity.train.run`'s and its
+MLflow run `plasticity.tracking.session`'s, as for `plasticity train`; the run id file
+travels in the Tune checkpoint beside `checkpoint.pt`.
 """
 
 from __future__ import annotations
@@ -22,15 +24,14 @@ import ray
 from ray import tune
 
 from plasticity.config import preset
-from plasticity.errors import TrackingError
-from plasticity.tracking.mlflow import MlflowTracker, check_tracking, experiment_id
+from plasticity.tracking.mlflow import experiment_id
 from plasticity.tracking.params import applicable_params
+from plasticity.tracking.session import RUN_ID_FILE, MlflowSession
 from plasticity.train import train
 from tune.search import TRIAL_NUMBER
 from tune.spaces import SWITCH_PREFIX
 from tune.summary import HEADLINE, trial_label
 
-RUN_ID_FILE = "mlflow_run_id"
 RUN_ID_KEY = "mlflow_run_id"
 """The trial's MLflow run id in its Tune results: the driver finds the run by it (one
 lookup by key, not a search of the experiment's runs; tune/report.py)."""
@@ -98,9 +99,9 @@ def label(trial_id: str, drawn: dict[str, Any]) -> str:
 def run_name(name: str, cfg) -> str:
     """`t003 eta=0.031 oja shared`: the run's number and the settings people compare."""
     parts = [name]
-    if cfg.model not in ("plastic",):
+    if cfg.model != "plastic":
         parts.append(cfg.model)
-    if cfg.model not in ("rnn", "lstm"):
+    if cfg.plastic:
         parts += [f"eta={cfg.eta:.2g}", cfg.rule, cfg.alpha_mode]
     return " ".join(parts)
 
@@ -118,7 +119,7 @@ def trial_tags(trial_id: str, name: str, sweep: SweepContext, cfg) -> dict[str, 
     """Tags the MLflow runs table can show as columns without opening a run."""
     tags = {"trial_id": trial_id, "trial": name, "sweep": sweep.sweep_name, "task": cfg.task,
             "model": cfg.model, "objective_metric": sweep.metric}
-    if cfg.model not in ("rnn", "lstm"):
+    if cfg.plastic:
         tags.update(eta=f"{cfg.eta:.3g}", rule=cfg.rule, alpha_mode=cfg.alpha_mode)
     return tags
 
@@ -131,35 +132,28 @@ def trial_config(sweep: SweepContext, params: dict[str, Any], out: str):
                        save_every=sweep.eval_every, out=out)
 
 
-def _open_tracker(sweep: SweepContext, cfg, run_id: str | None, trial_id: str, drawn: dict[str, Any]):
-    """The trial's MLflow run: the one named in its checkpoint, else the one an earlier
-    attempt of this trial created (it failed before its first checkpoint), else a new one."""
+def trial_session(sweep: SweepContext, trial_id: str, drawn: dict[str, Any],
+                  placement: dict[str, str]) -> MlflowSession | None:
+    """The trial's MLflow child run (None without a tracking store): the one named in its
+    run folder (put back from its checkpoint), else the one an earlier attempt of this trial
+    created (it failed before its first checkpoint), else a new one. It waits up to
+    TRACKING_WAIT_S for a tracking server that is down (restarting): the trial must not
+    fail because of it; wrong credentials fail at once."""
     if sweep.tracking_uri is None:
         return None
-    client = check_tracking(sweep.tracking_uri)
-    if not run_id:
+    name = label(trial_id, drawn)
+
+    def earlier(client) -> str | None:
         runs = client.search_runs([experiment_id(client, sweep.experiment)],
                                   f"tags.sweep = '{sweep.sweep_name}' and tags.trial_id = '{trial_id}'", max_results=1)
-        run_id = runs[0].info.run_id if runs else None
-    if run_id:
-        return MlflowTracker(client, run_id, sweep.tracking_uri)
-    name = label(trial_id, drawn)
-    return MlflowTracker.open(sweep.tracking_uri, sweep.experiment, run_name(name, cfg),
-                              trial_params(sweep, cfg, drawn), tags=trial_tags(trial_id, name, sweep, cfg),
-                              parent_run_id=sweep.parent_run_id)
+        return runs[0].info.run_id if runs else None
 
-
-def open_tracker(sweep: SweepContext, cfg, run_id: str | None, trial_id: str, drawn: dict[str, Any]):
-    """`_open_tracker`, waiting up to TRACKING_WAIT_S for a tracking server that is down
-    (restarting): the trial must not fail because of it. Wrong credentials fail at once."""
-    deadline = time.monotonic() + TRACKING_WAIT_S
-    while True:
-        try:
-            return _open_tracker(sweep, cfg, run_id, trial_id, drawn)
-        except TrackingError as e:
-            if "credentials refused" in str(e) or time.monotonic() >= deadline:
-                raise
-            time.sleep(2.0)
+    # Which node ran (the latest attempt of) this trial, and on what: shown in MLflow, used by tests.
+    where = {"ray_node_id": ray.get_runtime_context().get_node_id(), **{f"ray_{k}": v for k, v in placement.items()}}
+    return MlflowSession(sweep.tracking_uri, sweep.experiment, name=lambda cfg: run_name(name, cfg),
+                         params=lambda cfg: trial_params(sweep, cfg, drawn),
+                         tags=lambda cfg: trial_tags(trial_id, name, sweep, cfg), parent_run_id=sweep.parent_run_id,
+                         attempt_tags=where, earlier=earlier, wait_s=TRACKING_WAIT_S, log_model=False)
 
 
 def trial_device(requested: str) -> tuple[str, dict[str, str]]:
@@ -194,7 +188,7 @@ def train_trial(config: dict[str, Any], sweep: SweepContext) -> None:
     trial_dir.mkdir(parents=True, exist_ok=True)
     (trial_dir / "placement.json").write_text(json.dumps({**placement, "started": time.time(),
                                                           "mlflow_telemetry": telemetry_state()}))
-    run_dir, resume, run_id = trial_dir / "run", None, None
+    run_dir, resume = trial_dir / "run", None
     # The trial's score so far (kept across a retry in the checkpoint folder).
     best: dict[str, float] = {"objective": math.inf}
     previous = tune.get_checkpoint()
@@ -202,27 +196,25 @@ def train_trial(config: dict[str, Any], sweep: SweepContext) -> None:
         with previous.as_directory() as d:
             run_dir.mkdir(parents=True, exist_ok=True)
             resume = shutil.copy(Path(d) / "checkpoint.pt", run_dir / "checkpoint.pt")
-            id_file = Path(d) / RUN_ID_FILE
-            run_id = id_file.read_text().strip() if id_file.is_file() else None
+            if (Path(d) / RUN_ID_FILE).is_file():
+                shutil.copy(Path(d) / RUN_ID_FILE, run_dir / RUN_ID_FILE)
             if (Path(d) / BEST_FILE).is_file():
                 best = json.loads((Path(d) / BEST_FILE).read_text())
-    tracker = open_tracker(sweep, cfg, run_id, ctx.get_trial_id(), config)
-    if tracker is not None:
-        # Which node ran (the latest attempt of) this trial: shown in MLflow, used by tests.
-        tracker.attempt(tracker.client.set_tag, tracker.run_id, "ray_node_id", ray.get_runtime_context().get_node_id())
-        for key, value in placement.items():
-            tracker.attempt(tracker.client.set_tag, tracker.run_id, f"ray_{key}", value)
+    session = trial_session(sweep, ctx.get_trial_id(), config, placement)
 
     headline = HEADLINE.get(cfg.task)
 
     def report(step: int, metrics: dict[str, float], files: dict[str, Path]) -> None:
+        # Called after the run has sent `metrics` to the trial's MLflow run (`session`).
         value = metrics.get(sweep.metric)
         if value is not None and not math.isnan(value) and value < best["objective"]:
             best.update({"objective": value, "objective_episode": step})
             if headline in metrics:
                 best[f"best/{headline}"] = metrics[headline]
+        tracker = session.tracker if session is not None else None
         if tracker is not None:
-            tracker(step, {**metrics, **best} if math.isfinite(best["objective"]) else metrics, files)
+            if math.isfinite(best["objective"]):
+                tracker(step, dict(best), {})
             # Tune may stop this process at this report (ASHA): leave nothing buffered.
             tracker.deliver(TRACKING_WAIT_S)
         # Tune gets finite values only (a diverged evaluation fails the trial by itself, and
@@ -241,11 +233,4 @@ def train_trial(config: dict[str, Any], sweep: SweepContext) -> None:
             (Path(d) / BEST_FILE).write_text(json.dumps(best))
             tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(d))
 
-    try:
-        result = train(cfg, report=report, resume=resume, progress=False, run_dir=run_dir)
-    except Exception:
-        if tracker is not None:
-            tracker.finish(status="FAILED", retries=1)
-        raise
-    if tracker is not None:
-        tracker.finish(result.run_dir)
+    train(cfg, report=report, resume=resume, progress=False, run_dir=run_dir, tracking=session)

@@ -9,8 +9,10 @@
     cfg = preset("patterns", "small", episodes=500)
     cfg.to_dict(); PatternsConfig.from_dict(d)
 
-May import: `plasticity.errors`, `plasticity.rules` (and, inside `MazeConfig.check`,
-`plasticity.envs` to check a maze).
+`MazeConfig.check` imports `plasticity.envs` (inside the function) to check a maze.
+
+May import: plasticity.errors, plasticity.rules
+May import in functions: plasticity.envs
 """
 
 from typing import Literal

@@ -28,7 +28,7 @@ from plasticity.config.limits import NonNegative, Positive, Range, check_fields,
 from plasticity.config.renames import upgrade_dict
 from plasticity.config.resources import check_evaluation, check_memory
 from plasticity.errors import ConfigError, check_choice, check_eta
-from plasticity.rules import RULES
+from plasticity.rules import RULES, rule_names
 
 MAX_LR = 1e6
 """Largest learning rate accepted (Adam's arithmetic overflows float32 far above it)."""
@@ -40,7 +40,10 @@ class ModelConfig:
     model: Literal["plastic", "rnn", "lstm"] = "plastic"
     """Network type: `plastic` (w + alpha*Hebb), `rnn` (same network, no plasticity) or `lstm`."""
     rule: str = "hebb"
-    """Plasticity rule (plastic model only): `hebb` (decaying Hebb) or `oja`."""
+    """Plasticity rule of the plastic network, one of the registry's (`plasticity.rules`):
+    those without a modulatory signal (built in: `hebb`, decaying Hebb, and `oja`) with any
+    plastic model; a neuromodulated one (`neuromod`, `retroactive`) only with the model of
+    its name, which emits the signal (the maze's)."""
     eta: float = 0.01
     """Initial plasticity rate, in (0, 1]."""
     eta_mode: Literal["scalar", "per-connection"] = "scalar"
@@ -60,14 +63,24 @@ class ModelConfig:
     """Standard deviation of the normal initialisation of w and alpha."""
     impl: Literal["fused", "autograd"] = "fused"
     """How the plastic recurrent network runs: `fused` (one pass over Hebb per step; the
-    backward pass rebuilds Hebb by inverting the rule, so memory does not grow with the
-    episode length) or `autograd` (step-by-step autograd, the reference). Neuromodulated
-    rules always run on autograd."""
+    backward pass rebuilds Hebb by inverting the rule, or recomputes it from kept states
+    for a two-trace rule such as `retroactive`, so memory does not grow with the episode
+    length) or `autograd` (step-by-step autograd, the reference). `fused` runs every rule
+    that has an elementwise form, the neuromodulated ones included; a rule without one
+    runs on autograd (with a one-line notice)."""
     segment_steps: NonNegative[int] = 0
     """If > 0, the backward pass works through the episode in segments of this many steps,
     each from a state kept in the forward pass: with --impl autograd it recomputes each
     segment's forward (far less memory for a little more time); with --impl fused it keeps
     an exact Hebb every this many steps (less rounding in the rebuilt Hebb). 0: one segment."""
+
+    @property
+    def plastic(self) -> bool:
+        """Whether the network has plastic connections (w + alpha * Hebb under `rule`): the
+        `plastic` model and the neuromodulated ones, named after their rule; not the
+        baselines `rnn` and `lstm`. The one answer for everything that depends on it (run
+        names, logged params and tags, memory estimates, the plastic metrics)."""
+        return self.model == "plastic" or self.model in RULES
 
 
 @dataclass
@@ -208,11 +221,12 @@ def check_rule(cfg: TaskConfig) -> None:
     """The rule must be registered; a neuromodulated rule only with the model of that name
     (the network must emit the modulatory signal that drives it)."""
     if cfg.rule in RULES and RULES[cfg.rule].modulated and cfg.model != cfg.rule:
+        plain = " or ".join(f"--rule {name}" for name in rule_names(modulated=False))
         if cfg.rule in type(cfg).models():
             raise ConfigError(f"rule {cfg.rule!r} is neuromodulated: pass --model {cfg.rule} "
-                              "(or --rule oja / hebb for the plastic model)")
+                              f"(or {plain} for the plastic model)")
         raise ConfigError(f"rule {cfg.rule!r} is neuromodulated and needs a network that emits the modulatory "
-                          f"signal (the maze task's --model {cfg.rule}): pass --rule hebb or --rule oja")
+                          f"signal (the maze task's --model {cfg.rule}): pass {plain}")
     choices = [name for name, rule in RULES.items() if not rule.modulated or name == cfg.model]
     check_choice("plasticity rule", cfg.rule, choices)
 

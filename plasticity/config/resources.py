@@ -49,7 +49,7 @@ def kept_steps(cfg) -> int:
     """Hebb matrices one training episode keeps for its backward pass: one with the fused
     kernels (the backward pass rebuilds Hebb), one per step with step-by-step autograd
     (fewer with --segment-steps: a segment's steps plus a state per segment)."""
-    if getattr(cfg, "impl", "fused") == "fused" or cfg.model in ("rnn", "lstm"):
+    if getattr(cfg, "impl", "fused") == "fused" or not cfg.plastic:
         return 1
     steps, segment = cfg.steps(), getattr(cfg, "segment_steps", 0)
     return steps if not segment else min(steps, segment + math.ceil(steps / segment))

@@ -9,7 +9,8 @@ are cached once under `$PLASTICITY_CACHE` (default `~/.cache/plasticity`). Missi
 truncated or corrupt files raise `DataError` naming the file and the fix. Get the
 files with `plasticity data download cifar10|omniglot`.
 
-May import: `plasticity.errors` (and numpy, torch).
+May import: plasticity.errors, numpy, torch, tqdm
+May import in functions: PIL
 """
 
 from plasticity.data.cifar import CifarImages, load_cifar10

@@ -122,6 +122,14 @@ def register(rule: Rule) -> Rule:
     return rule
 
 
+def rule_names(modulated: bool | None = None) -> tuple[str, ...]:
+    """Names of the registered rules, in registration order: all of them, or only those
+    that need (`True`) or do not need (`False`) a modulatory signal. A network without a
+    neuromodulator (the `plastic` model) runs the `modulated=False` ones; a neuromodulated
+    rule runs only in the network that emits its M(t) (the maze's model of its name)."""
+    return tuple(name for name, rule in RULES.items() if modulated is None or rule.modulated == modulated)
+
+
 def get_rule(name: str) -> Rule:
     """Look a rule up by name, with a one-line error listing the known rules."""
     # The plain rules first, then the neuromodulated ones (registration order within each).

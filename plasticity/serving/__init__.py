@@ -6,9 +6,11 @@
     mlflow_pyfunc.py  edge: the MLflow pyfunc flavour (whole episodes, Hebb from zero)
     ray_app.py        edge: the Ray Serve application of live sessions (`plasticity serve`)
 
-May import: `plasticity.config`, `errors`, `models`, `train`; MLflow only in
-mlflow_pyfunc.py and Ray (and `plasticity.localray`, which starts it) only in ray_app.py
-(the edges).
+MLflow (and `plasticity.tracking`) only in mlflow_pyfunc.py, Ray (and `plasticity.localray`,
+which starts it) only in ray_app.py and cli.py: the edges, whose own docstrings say so.
+
+May import: plasticity.config, plasticity.errors, plasticity.models, plasticity.nn, plasticity.train, numpy,
+    torch
 """
 
 from plasticity.serving.episode import SERVED_TASKS, EpisodeLayout, RequestError, bit_error

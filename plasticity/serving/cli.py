@@ -6,6 +6,9 @@
 
 Runs until interrupted (Ctrl-C), then shuts the application down. The API is described
 in `plasticity/serving/ray_app.py` and the README ("Serve a trained network").
+
+May import: plasticity.cliargs, tyro
+May import in functions: ray
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ from typing import Annotated
 
 import tyro
 
+from plasticity.cliargs import parse_args
 from plasticity.errors import ConfigError, check_positive
 
 
@@ -80,8 +84,6 @@ def check_serve_args(args: ServeArgs) -> None:
 
 
 def main(argv: list[str]) -> int:
-    from plasticity.cli import parse_args
-
     args = parse_args(ServeArgs, argv, prog="plasticity serve")
     check_serve_args(args)
     try:

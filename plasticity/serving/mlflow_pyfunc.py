@@ -5,6 +5,7 @@ One MLflow model with two flavours: `pytorch` (the whole module, for
 the checkpoint under `plasticity/checkpoint.pt`, a signature and an input example.
 
     log_episode_model(model, cfg, name="model")          # inside an active MLflow run
+    tracker.finish(run_dir, model=model, flavor=episode_flavor)   # a tracked run's model
     mlflow.pyfunc.load_model("models:/plasticity-patterns/1").predict(episodes)
 
 `predict(episodes [E, K+1, P] float32) -> outputs [E, P] float32`: for each episode the K
@@ -13,14 +14,13 @@ Hebb starts at zero for every episode. Served over HTTP with
 `mlflow models serve -m models:/plasticity-patterns/1 --env-manager local` and
 `POST /invocations {"inputs": [[[...], ...]]}`; a bad request gets a 400 whose
 `message` says what is wrong.
+
+May import: mlflow, plasticity.tracking
 """
 
 from __future__ import annotations
 
-import contextlib
-import logging
 import tempfile
-import warnings
 from pathlib import Path
 
 import mlflow
@@ -30,8 +30,10 @@ from mlflow.models import Model, ModelSignature
 from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
 from mlflow.types import Schema, TensorSpec
 
-from plasticity.serving.episode import EpisodeLayout, RequestError
+from plasticity.serving.episode import SERVED_TASKS, EpisodeLayout, RequestError
 from plasticity.serving.model import ServedModel
+from plasticity.tracking.mlflow import check_tracking, default_tracking_uri, experiment_id, quiet_model_logging
+from plasticity.train.checkpoint import load_checkpoint
 
 DATA_DIR = "plasticity"
 CHECKPOINT = "checkpoint.pt"
@@ -123,21 +125,6 @@ def _config(config: dict):
     return CONFIGS[config["task"]].from_dict(config)
 
 
-@contextlib.contextmanager
-def quiet_model_logging():
-    """While logging a model: no warnings, and mlflow.pytorch's logger at ERROR only (it
-    warns about pickle on every call; pickling the module is deliberate)."""
-    logger = logging.getLogger("mlflow.pytorch")
-    level = logger.level
-    logger.setLevel(logging.ERROR)
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            yield
-    finally:
-        logger.setLevel(level)
-
-
 def log_episode_model(model, cfg, name: str = "model", episode: int = 0) -> str:
     """Log `model` (trained under `cfg`) to the active MLflow run; returns its model URI."""
     import sys
@@ -154,12 +141,23 @@ def log_episode_model(model, cfg, name: str = "model", episode: int = 0) -> str:
     return info.model_uri
 
 
+def episode_flavor(model, name: str, checkpoint: Path | None) -> str | None:
+    """This module as a tracker's model flavour (`MlflowTracker.finish(..., flavor=episode_flavor)`,
+    `plasticity.tracking.mlflow.ModelFlavor`): inside the active run, log `model` with the
+    config and episode of its run's `checkpoint` when that task is served (`SERVED_TASKS`);
+    None otherwise (no checkpoint, another task), and the tracker logs plain PyTorch."""
+    if checkpoint is None or not Path(checkpoint).is_file():
+        return None
+    ckpt = load_checkpoint(checkpoint)
+    if ckpt["config"].get("task") not in SERVED_TASKS:
+        return None
+    return log_episode_model(model, _config(ckpt["config"]), name=name, episode=int(ckpt["episode"]))
+
+
 def log_checkpoint(path: str | Path, tracking_uri: str | None = None, experiment: str = "plasticity",
                    register: str | None = None) -> tuple[str, str | None]:
     """Log a checkpoint as a new run's model (and register it under `register`);
     returns (model URI, registered version or None)."""
-    from plasticity.tracking.mlflow import check_tracking, default_tracking_uri, experiment_id
-
     uri = tracking_uri or default_tracking_uri()
     client = check_tracking(uri)
     served = ServedModel.from_checkpoint(path)

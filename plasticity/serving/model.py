@@ -17,6 +17,7 @@ from torch import nn
 from plasticity.config import CONFIGS
 from plasticity.errors import CheckpointError
 from plasticity.models import build_model
+from plasticity.nn.fused import prepare
 from plasticity.serving.episode import EpisodeLayout
 from plasticity.train.checkpoint import load_checkpoint
 from plasticity.train.common import load_weights
@@ -71,8 +72,10 @@ class ServedModel:
         return (zeros, zeros.clone())
 
     def warm_up(self) -> None:
-        """Run one example episode: builds the fused C++ kernels (first use on a machine can
-        take a minute) before the first request rather than during it."""
+        """Build the fused C++ kernels the model uses (first use on a machine can take a
+        minute; `plasticity.nn.fused.prepare` decides), then run one example episode, so
+        that the first request pays for neither."""
+        prepare(self.cfg, next(self.model.parameters()).device)
         self.run_episodes(self.layout.example())
 
     @torch.no_grad()

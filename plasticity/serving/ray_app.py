@@ -17,6 +17,9 @@ starts with its shard's number: the gateway routes every request of a session to
 replica that holds it (route by id; state never moves). Within a shard, concurrent
 steps are batched with `@serve.batch` into one plastic forward. A shard that dies loses
 its sessions (404 afterwards); the others go on.
+
+May import: ray, fastapi
+May import in functions: plasticity.localray
 """
 
 

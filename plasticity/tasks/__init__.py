@@ -4,8 +4,10 @@
     patterns.py, images.py, omniglot.py   the supervised tasks (EpisodicTask)
     maze.py      the maze task: its layouts and its actor-critic agent (trained by A2C)
 
-May import: `plasticity.errors`, `plasticity.data`, `plasticity.envs`, `plasticity.agents`
-(and, inside `build_model`, `plasticity.models`).
+`build_model` imports `plasticity.models` inside the function, figures `plasticity.plots`.
+
+May import: plasticity.errors, plasticity.data, plasticity.envs, plasticity.agents, numpy, torch
+May import in functions: plasticity.models, plasticity.plots
 """
 
 from plasticity.tasks.base import TASKS, EpisodicTask, Task, register_task

@@ -2,9 +2,11 @@
 
     tracker = MlflowTracker.open(tracking_uri, "plasticity", run_name, cfg.to_dict())
     result = train(cfg, report=tracker)
-    tracker.finish(result)
+    tracker.finish(result.run_dir, model=result.model, flavor=episode_flavor)
 
-Params are the config's fields (the same names as the CLI flags). If the server stops
+Params are the config's fields (the same names as the CLI flags). The model is logged in
+the flavour the caller hands over (`episode_flavor` from `plasticity.serving.mlflow_pyfunc`:
+a pyfunc answering whole episodes), else as a PyTorch module. If the server stops
 answering mid-run, metrics are kept in memory and sent again at the next report, so a
 server restart loses nothing; training never stops because of tracking.
 """
@@ -12,9 +14,12 @@ server restart loses nothing; training never stops because of tracking.
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import sys
 import time
+import warnings
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -114,6 +119,29 @@ def experiment_id(client, name: str) -> str:
         return client.get_experiment_by_name(name).experiment_id
 
 
+ModelFlavor = Callable[[Any, str, Path | None], str | None]
+"""How a caller has a model logged in its own MLflow flavour: `flavor(model, name,
+checkpoint)`, called inside the active run, logs `model` under `name` and returns its
+model URI, or returns None when it does not cover this model (then it is logged as plain
+PyTorch). The tracker does not know the flavours: serving provides them (`plasticity.serving`
+imports tracking, never the other way round)."""
+
+
+@contextlib.contextmanager
+def quiet_model_logging():
+    """While logging a model: no warnings, and mlflow.pytorch's logger at ERROR only (it
+    warns about pickle on every call; pickling the module is deliberate)."""
+    logger = logging.getLogger("mlflow.pytorch")
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        logger.setLevel(level)
+
+
 class MlflowTracker:
     """A `Report` that logs to one MLflow run (see the module docstring)."""
 
@@ -140,15 +168,19 @@ class MlflowTracker:
     @classmethod
     def reopen(cls, uri: str | None, run_id: str) -> MlflowTracker | None:
         """Continue an existing run (a resumed training run), marked running again;
-        None if this store does not hold it (another tracking URI)."""
+        None if this store does not hold it (another tracking URI). A store that does not
+        answer is a `TrackingError` (not a reason to start a second run)."""
         uri = uri or default_tracking_uri()
         client = check_tracking(uri)
         try:
             client.get_run(run_id)
-        except Exception:  # noqa: BLE001 - not in this store
-            return None
-        client.update_run(run_id, status="RUNNING")
-        client.set_tag(run_id, "resumed", "true")
+            client.update_run(run_id, status="RUNNING")
+            client.set_tag(run_id, "resumed", "true")
+        except Exception as e:  # noqa: BLE001 - MLflow's and its HTTP client's errors alike
+            if getattr(e, "error_code", "") in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE"):
+                return None  # not in this store
+            raise TrackingError(f"MLflow at {redact(uri)} did not answer about run {run_id} ({_short(e)}): start "
+                                "the server, or pass --no-tracking") from None
         return cls(client, run_id, uri)
 
     def log_params(self, params: dict[str, Any]) -> None:
@@ -218,9 +250,10 @@ class MlflowTracker:
             return False
 
     def finish(self, run_dir: Path | None = None, model=None, status: str = "FINISHED",
-               retries: int = 5, wait_s: float = 2.0) -> None:
+               retries: int = 5, wait_s: float = 2.0, flavor: ModelFlavor | None = None) -> None:
         """Flush metrics, upload the run folder (checkpoint, figures, metrics) and the
-        model, and close the run. Retries a few times if the server is down."""
+        model (in `flavor`, see `log_model`), and close the run. Retries a few times if
+        the server is down."""
         for tries in range(retries):
             if self.flush():
                 break
@@ -231,31 +264,28 @@ class MlflowTracker:
                     self.attempt(self.client.log_artifact, self.run_id, str(path), "run")
         if model is not None:
             checkpoint = None if run_dir is None else Path(run_dir) / "checkpoint.pt"
-            self.attempt(self.log_model, model, checkpoint=checkpoint)
+            self.attempt(self.log_model, model, checkpoint=checkpoint, flavor=flavor)
         self.attempt(self.client.set_terminated, self.run_id, status)
 
-    def log_model(self, model, name: str = "model", checkpoint: Path | None = None) -> str:
-        """Log `model` under this run; returns its model URI. With the run's `checkpoint`
-        (for its config) and a task that `plasticity.serving` covers, the model's pyfunc
-        answers whole episodes (`plasticity/serving/mlflow_pyfunc.py`); it loads with
-        `mlflow.pytorch.load_model` either way."""
+    def log_model(self, model, name: str = "model", checkpoint: Path | None = None,
+                  flavor: ModelFlavor | None = None) -> str:
+        """Log `model` under this run; returns its model URI. `flavor` (given by the
+        caller, e.g. `plasticity.serving.mlflow_pyfunc.episode_flavor`, whose pyfunc
+        answers whole episodes) logs it in its own way when it covers the model and its
+        `checkpoint`; otherwise, or without one, it is logged as a pickled PyTorch module.
+        It loads with `mlflow.pytorch.load_model` either way."""
         import mlflow
 
         mlflow.set_tracking_uri(self.uri)
         with mlflow.start_run(run_id=self.run_id, nested=mlflow.active_run() is not None):
-            config = _served_config(checkpoint)
-            if config is not None:
-                from plasticity.serving.mlflow_pyfunc import log_episode_model
-
-                return log_episode_model(model, config["cfg"], name=name, episode=config["episode"])
-            return self._log_pytorch(model, name)
+            uri = None if flavor is None else flavor(model, name, checkpoint)
+            return uri if uri is not None else self._log_pytorch(model, name)
 
     def _log_pytorch(self, model, name: str) -> str:
         import mlflow
         import torch
 
         import plasticity
-        from plasticity.serving.mlflow_pyfunc import quiet_model_logging
 
         with quiet_model_logging():
             # "pickle": the whole module, loadable with mlflow.pytorch.load_model. The
@@ -265,17 +295,3 @@ class MlflowTracker:
                 pip_requirements=[f"torch=={torch.__version__.split('+')[0]}", f"plasticity=={plasticity.__version__}"])
         return info.model_uri
 
-
-def _served_config(checkpoint: Path | None) -> dict | None:
-    """{"cfg", "episode"} of a checkpoint whose task has an episode pyfunc, else None."""
-    if checkpoint is None or not Path(checkpoint).is_file():
-        return None
-    from plasticity.config import CONFIGS
-    from plasticity.serving import SERVED_TASKS
-    from plasticity.train.checkpoint import load_checkpoint
-
-    ckpt = load_checkpoint(checkpoint)
-    task = ckpt["config"].get("task")
-    if task not in SERVED_TASKS:
-        return None
-    return {"cfg": CONFIGS[task].from_dict(ckpt["config"]), "episode": int(ckpt["episode"])}

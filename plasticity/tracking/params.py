@@ -24,8 +24,7 @@ def applicable_params(cfg) -> dict[str, Any]:
     params = cfg.to_dict()
     drop = set(BOOKKEEPING)
     model = params.get("model")
-    plastic = model not in ("rnn", "lstm")
-    if not plastic:
+    if not cfg.plastic:
         drop.update(PLASTIC_FIELDS)
     if params.get("task") == "maze":
         # The maze agents are stepped one step at a time with --hidden neurons, plainly.

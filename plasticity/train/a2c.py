@@ -1,4 +1,4 @@
-"""Advantage actor-critic (A2C) on the maze: `train(cfg, report) -> TrainResult`.
+"""Advantage actor-critic (A2C) on the maze: the `a2c` algorithm (`A2CAlgorithm`).
 
 Each optimiser step runs `batch_size` maze episodes at once (`BatchedMaze`) for
 `episode_steps` steps, the recurrent agent starting from a zero state (and zero Hebb)
@@ -15,7 +15,8 @@ agent plays a fixed set of held-out episodes (layouts and action draws from
 `charts/episodic_return` (mean training return since the last report), `eval/return`,
 `eval/goals`, `eval/loss` (= -eval/return, what sweeps minimise), `losses/*`, `perf/*`,
 `plastic/*`, and files `trajectory` (figure of one held-out episode), `trajectory_gif`
-and `checkpoint`. The run folder also gets `learning_curve.png` at the end.
+and `checkpoint`. The run folder also gets `learning_curve.png` at the end. The run
+around it (folder, checkpoints, resume, reports) is `plasticity.train.run.train`'s:
 
     from plasticity.config import preset
     from plasticity.train import train
@@ -39,25 +40,14 @@ from plasticity.errors import check_positive
 from plasticity.models import count_parameters
 from plasticity.plots import learning_curve_png, save_figure
 from plasticity.tasks.maze import MazeTask
+from plasticity.train.algorithm import register_algorithm
 from plasticity.train.common import (
     EVAL_SEED_OFFSET,
-    Report,
     eval_progress,
     model_from_checkpoint,
     plastic_summary,
     resolve_device,
-    restore_state,
-    seed_everything,
-    start_run,
 )
-from plasticity.train.episodic import TrainResult
-from plasticity.train.loop import run_loop
-from plasticity.train.optim import make_optimizer
-
-
-def preflight(cfg) -> None:
-    """The maze can be built (sizes checked); the maze reads no data."""
-    MazeTask(cfg)
 
 
 @dataclass
@@ -162,72 +152,6 @@ def _trajectory_files(spec: MazeSpec, traj: Trajectory, folder: Path, title: str
     return {"trajectory": png, "trajectory_gif": gif}
 
 
-class A2CAlgorithm:
-    """A2C on the maze for the shared loop (`plasticity.train.loop.Algorithm`)."""
-
-    def __init__(self, cfg, agent: ActorCritic, device: torch.device, progress: bool = False):
-        self.cfg, self.model, self.device, self.progress = cfg, agent, device, progress
-        self.task = MazeTask(cfg)
-        self.spec = self.task.spec
-        # Layouts are drawn on the CPU, actions where the agent runs; both are in the checkpoint.
-        self.layouts = torch.Generator().manual_seed(cfg.seed)
-        self.actions = torch.Generator(device=device).manual_seed(cfg.seed + 1)
-        self.heldout = self.task.heldout_layouts(cfg.eval_episodes, cfg.seed + EVAL_SEED_OFFSET)
-        self.envs: dict[int, BatchedMaze] = {}
-
-    def step(self, episodes: int):
-        env = self.envs.get(episodes) or self.envs.setdefault(episodes, BatchedMaze(self.spec, episodes, self.device))
-        roll = rollout(self.model, env, self.task.sample(episodes, self.layouts), self.actions)
-        cfg = self.cfg
-        loss, parts = a2c_loss(roll.log_probs, roll.entropy, roll.values, roll.rewards, gamma=cfg.gamma,
-                               value_weight=cfg.value_weight, entropy_weight=cfg.entropy_weight)
-        stats = {"train/loss": loss.item(), "charts/episodic_return": roll.rewards.sum(1).mean().item(),
-                 "charts/goals": roll.found.sum(1).float().mean().item(),
-                 **{f"losses/{k}": v for k, v in parts.items()}}
-        return loss, stats
-
-    def evaluate(self, episode: int, run_dir: Path):
-        scores, traj = evaluate(self.model, self.spec, self.heldout, self.device, self.cfg.seed + EVAL_SEED_OFFSET,
-                                progress=self.progress)
-        metrics = {f"eval/{k}": v for k, v in scores.items()}
-        metrics.update(plastic_summary(self.model))
-        metrics["model/params"] = count_parameters(self.model)
-        files = _trajectory_files(self.spec, traj, run_dir, f"maze/{self.cfg.model}, after {episode} episodes")
-        return metrics, files
-
-    def generators(self) -> dict[str, torch.Generator]:
-        return {"generator": self.layouts, "action_generator": self.actions}
-
-    def checkpoint_extra(self) -> dict:
-        return {}
-
-    def postfix(self, metrics: dict[str, float]) -> dict[str, str]:
-        return {"ret": f"{metrics.get('charts/episodic_return', float('nan')):.1f}",
-                "eval": f"{metrics['eval/return']:.1f}"}
-
-    def finish(self, history: list[dict], run_dir: Path) -> None:
-        learning_curve_png(history, run_dir, ("charts/episodic_return", "eval/return"),
-                           ylabel="reward per episode", logy=False)
-
-
-def train(cfg, report: Report | None = None, *, resume: str | Path | None = None,
-          progress: bool = True, run_dir: str | Path | None = None, given: set[str] | None = None) -> TrainResult:
-    """Train the maze agent described by `cfg`; see the module docstring and `plasticity.train.loop`."""
-    # The resume line is said once: here, unless the caller resolved the run folder
-    # (the CLI, which says it itself before opening its MLflow run).
-    cfg, ckpt, run_dir = start_run(cfg, resume, run_dir, given, announce=progress and run_dir is None)
-    device = resolve_device(cfg.device)
-    seed_everything(cfg.seed)
-    agent = MazeTask(cfg).build_model(cfg).to(device)
-    optimizer = make_optimizer(agent, cfg)
-    if ckpt is not None:
-        restore_state(agent, optimizer, ckpt, resume)
-    algo = A2CAlgorithm(cfg, agent, device, progress=progress)
-    result = run_loop(cfg, algo, optimizer, run_dir=run_dir, report=report, ckpt=ckpt, progress=progress,
-                      description=f"maze/{cfg.model} ({count_parameters(agent):,} params)")
-    return TrainResult(agent, run_dir, result.checkpoint, result.history)
-
-
 def evaluate_checkpoint(path: str | Path, config_cls, *, episodes: int, seed: int, figure: Path,
                         device: str = "cpu", split: str = "test", data_dir: str | None = None,
                         progress: bool = True) -> dict:
@@ -251,4 +175,62 @@ def evaluate_checkpoint(path: str | Path, config_cls, *, episodes: int, seed: in
     return {"config": cfg, "episode": ckpt["episode"], "metrics": metrics, "figure": figure}
 
 
-__all__ = ["Rollout", "a2c_loss", "discounted_returns", "evaluate", "evaluate_checkpoint", "rollout", "train"]
+@register_algorithm
+class A2CAlgorithm:
+    """A2C on the maze (`plasticity.train.algorithm.Algorithm`): batched episodes played
+    by the agent, the loss of the module docstring, held-out layouts for evaluation."""
+
+    name = "a2c"
+
+    def __init__(self, cfg, device: torch.device, progress: bool = False):
+        self.cfg, self.device, self.progress = cfg, device, progress
+        self.task = MazeTask(cfg)
+        self.spec = self.task.spec
+        self.model: ActorCritic = self.task.build_model(cfg).to(device)
+        # Layouts are drawn on the CPU, actions where the agent runs; both are in the checkpoint.
+        self.layouts = torch.Generator().manual_seed(cfg.seed)
+        self.actions = torch.Generator(device=device).manual_seed(cfg.seed + 1)
+        self.heldout = self.task.heldout_layouts(cfg.eval_episodes, cfg.seed + EVAL_SEED_OFFSET)
+        self.envs: dict[int, BatchedMaze] = {}
+
+    def prepare(self) -> None:
+        """Nothing to build: the agent runs step-by-step autograd."""
+
+    def step(self, episodes: int):
+        env = self.envs.get(episodes) or self.envs.setdefault(episodes, BatchedMaze(self.spec, episodes, self.device))
+        roll = rollout(self.model, env, self.task.sample(episodes, self.layouts), self.actions)
+        cfg = self.cfg
+        loss, parts = a2c_loss(roll.log_probs, roll.entropy, roll.values, roll.rewards, gamma=cfg.gamma,
+                               value_weight=cfg.value_weight, entropy_weight=cfg.entropy_weight)
+        stats = {"train/loss": loss.item(), "charts/episodic_return": roll.rewards.sum(1).mean().item(),
+                 "charts/goals": roll.found.sum(1).float().mean().item(),
+                 **{f"losses/{k}": v for k, v in parts.items()}}
+        return loss, stats
+
+    def evaluate(self, episode: int, run_dir: Path):
+        scores, traj = evaluate(self.model, self.spec, self.heldout, self.device, self.cfg.seed + EVAL_SEED_OFFSET,
+                                progress=self.progress)
+        metrics = {f"eval/{k}": v for k, v in scores.items()}
+        metrics.update(plastic_summary(self.model, self.cfg))
+        metrics["model/params"] = count_parameters(self.model)
+        files = _trajectory_files(self.spec, traj, run_dir, f"maze/{self.cfg.model}, after {episode} episodes")
+        return metrics, files
+
+    def generators(self) -> dict[str, torch.Generator]:
+        return {"generator": self.layouts, "action_generator": self.actions}
+
+    def checkpoint_extra(self) -> dict:
+        return {}
+
+    def postfix(self, metrics: dict[str, float]) -> dict[str, str]:
+        return {"ret": f"{metrics.get('charts/episodic_return', float('nan')):.1f}",
+                "eval": f"{metrics['eval/return']:.1f}"}
+
+    def finish(self, history: list[dict], run_dir: Path) -> None:
+        learning_curve_png(history, run_dir, ("charts/episodic_return", "eval/return"),
+                           ylabel="reward per episode", logy=False)
+
+    evaluate_checkpoint = staticmethod(evaluate_checkpoint)
+
+
+__all__ = ["A2CAlgorithm", "Rollout", "a2c_loss", "discounted_returns", "evaluate", "evaluate_checkpoint", "rollout"]

@@ -174,7 +174,7 @@ def _byte_state(value) -> bool:
 
 
 def _rng_ok(state) -> bool:
-    """The random streams as `plasticity.train.loop.rng_state` writes them."""
+    """The random streams as `plasticity.train.run.rng_state` writes them."""
     if not _is_dict(state) or not _byte_state(state.get("torch")):
         return False
     python, numpy = state.get("python"), state.get("numpy")

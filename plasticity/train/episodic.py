@@ -1,10 +1,11 @@
-"""Supervised episodic training: `train(cfg, report) -> TrainResult`.
+"""Supervised episodic training: the `episodic` algorithm (`EpisodicAlgorithm`).
 
 Each optimiser step draws `batch_size` fresh episodes, runs the network through them
 from a zero state, and backpropagates the task loss through the whole episode into
 w, alpha and eta (Adam). Every `eval_every` episodes the model is scored on a fixed
-set of held-out episodes and `report(step, metrics, files)` is called. The run folder
-holds `checkpoint.pt` (written atomically), `metrics.jsonl` and the figures.
+set of held-out episodes (`HeldOut`, drawn from `seed + EVAL_SEED_OFFSET`) and the
+task's figure of the first one is drawn. The run around it (folder, checkpoints,
+resume, reports) is `plasticity.train.run.train`'s:
 
     from plasticity.config import preset
     from plasticity.train import train
@@ -14,7 +15,6 @@ holds `checkpoint.pt` (written atomically), `metrics.jsonl` and the figures.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -22,34 +22,15 @@ import torch
 from plasticity.models import SequenceModel, count_parameters
 from plasticity.plots import learning_curve_png, save_figure
 from plasticity.tasks import make_task
+from plasticity.train.algorithm import register_algorithm
 from plasticity.train.common import (
     EVAL_SEED_OFFSET,
-    Report,
     eval_progress,
     model_from_checkpoint,
     plastic_summary,
     resolve_device,
-    restore_state,
-    seed_everything,
-    start_run,
     to_device,
 )
-from plasticity.train.loop import run_loop
-from plasticity.train.optim import make_optimizer
-
-
-@dataclass
-class TrainResult:
-    model: SequenceModel
-    run_dir: Path
-    checkpoint: Path
-    history: list[dict] = field(default_factory=list)
-    """One dict per evaluation: `{"step": episodes, **metrics}`."""
-
-    @property
-    def final(self) -> dict:
-        return self.history[-1] if self.history else {}
-
 
 CI95_Z = 1.96
 """Normal quantile of the two-sided 95% interval."""
@@ -154,85 +135,16 @@ def heldout_episodes(task, cfg, chunk: int | None = None) -> HeldOut:
     return HeldOut(task, cfg.eval_episodes, cfg.seed + EVAL_SEED_OFFSET, chunk)
 
 
-def preflight(cfg) -> None:
-    """Build the task once: reads (and caches) its data, so a missing file fails here."""
-    make_task(cfg)
-
-
-class EpisodicAlgorithm:
-    """Supervised episodes for the shared loop (`plasticity.train.loop.Algorithm`)."""
-
-    def __init__(self, cfg, task, model: SequenceModel, device: torch.device, progress: bool = False):
-        self.cfg, self.task, self.model, self.device = cfg, task, model, device
-        self.progress = progress
-        self.generator = torch.Generator().manual_seed(cfg.seed)
-        self.heldout = heldout_episodes(task.heldout(), cfg)
-
-    def step(self, episodes: int):
-        batch = self.task.sample(episodes, self.generator)
-        outputs, _ = self.model(to_device(self.task.inputs(batch), self.device))
-        loss = self.task.loss(outputs, batch)
-        return loss, {"train/loss": loss.item()}
-
-    def evaluate(self, episode: int, run_dir: Path):
-        t_eval = time.perf_counter()
-        scores = evaluate(self.model, self.task, self.heldout, self.device, progress=self.progress)
-        metrics = {f"eval/{k}": v for k, v in scores.items()}
-        metrics["perf/eval_s"] = time.perf_counter() - t_eval
-        metrics.update(plastic_summary(self.model))
-        metrics["model/params"] = count_parameters(self.model)
-        figure = _completion_png(self.model, self.task, self.heldout.first(), self.device, run_dir)
-        return metrics, {"completion": figure}
-
-    def generators(self) -> dict[str, torch.Generator]:
-        return {"generator": self.generator}
-
-    def checkpoint_extra(self) -> dict:
-        return {"task_state": self.task.state()}
-
-    def postfix(self, metrics: dict[str, float]) -> dict[str, str]:
-        return {"loss": f"{metrics.get('train/loss', float('nan')):.4f}",
-                "err": f"{metrics.get('eval/bit_error_all', float('nan')):.4f}"}
-
-    def finish(self, history: list[dict], run_dir: Path) -> None:
-        learning_curve_png(history, run_dir, ("eval/bit_error_all", "eval/bit_error_erased", "eval/loss"),
-                           ylabel="held-out value")
-
-
 def prepare_kernels(cfg, device: torch.device) -> None:
-    """Build the fused C++ kernels of the run's rule before the training clock starts (a
-    one-time compile that says so on stderr, then cached on disk). SIGTERM / SIGINT during
-    it stop the run at once with `StoppedBeforeTraining` (the compiler is killed; the next
-    run builds again)."""
-    from plasticity.nn.fused import build_kernels
-    from plasticity.train.loop import raise_on_signals
+    """Build the fused C++ kernels the run will use before the training clock starts (a
+    one-time compile that says so on stderr, then cached on disk; `plasticity.nn.fused.prepare`
+    decides whether there are any). SIGTERM / SIGINT during it stop the run at once with
+    `StoppedBeforeTraining` (the compiler is killed; the next run builds again)."""
+    from plasticity.nn.fused import prepare
+    from plasticity.train.signals import raise_on_signals
 
-    if cfg.model == "plastic" and cfg.impl == "fused" and device.type == "cpu":
-        with raise_on_signals("while building the fused C++ kernels, before training"):
-            build_kernels([cfg.rule])
-
-
-def train(cfg, report: Report | None = None, *, resume: str | Path | None = None,
-          progress: bool = True, run_dir: str | Path | None = None, given: set[str] | None = None) -> TrainResult:
-    """Train the model described by `cfg`; see the module docstring and `plasticity.train.loop`
-    (resuming: `given` names the fields the user asked to change; None: the schedule's)."""
-    # The resume line is said once: here, unless the caller resolved the run folder
-    # (the CLI, which says it itself before opening its MLflow run).
-    cfg, ckpt, run_dir = start_run(cfg, resume, run_dir, given, announce=progress and run_dir is None)
-    device = resolve_device(cfg.device)
-    seed_everything(cfg.seed)
-    task = make_task(cfg)
-    model = task.build_model(cfg).to(device)
-    optimizer = make_optimizer(model, cfg)
-    if ckpt is not None:
-        task.check_state(ckpt.get("task_state"), str(resume))
-        restore_state(model, optimizer, ckpt, resume)
-    prepare_kernels(cfg, device)
-    algo = EpisodicAlgorithm(cfg, task, model, device, progress=progress)
-    n_params = count_parameters(model)
-    result = run_loop(cfg, algo, optimizer, run_dir=run_dir, report=report, ckpt=ckpt, progress=progress,
-                      description=f"{cfg.task}/{cfg.model} ({n_params:,} params)")
-    return TrainResult(model, run_dir, result.checkpoint, result.history)
+    with raise_on_signals("while building the fused C++ kernels, before training"):
+        prepare(cfg, device)
 
 
 def _completion_png(model, task, episode, device, run_dir: Path, name: str = "completion.png") -> Path:
@@ -242,9 +154,6 @@ def _completion_png(model, task, episode, device, run_dir: Path, name: str = "co
     path = run_dir / name
     save_figure(task.figure(outputs, episode), path)
     return path
-
-
-__all__ = ["TrainResult", "evaluate", "evaluate_checkpoint", "train"]
 
 
 def evaluate_checkpoint(path: str | Path, config_cls, *, episodes: int, seed: int, figure: Path,
@@ -271,6 +180,59 @@ def evaluate_checkpoint(path: str | Path, config_cls, *, episodes: int, seed: in
         acc = metrics["accuracy"]
         metrics["accuracy_ci95"] = 1.96 * (acc * (1 - acc) / episodes) ** 0.5
     # The learned plasticity parameters as values (eta, not the parameter behind it).
-    metrics.update(plastic_summary(model))
+    metrics.update(plastic_summary(model, cfg))
     _completion_png(model, task, batches.first(), dev, figure.parent, figure.name)
     return {"config": cfg, "episode": ckpt["episode"], "metrics": metrics, "figure": figure}
+
+
+@register_algorithm
+class EpisodicAlgorithm:
+    """Supervised episodes (`plasticity.train.algorithm.Algorithm`): the task's model
+    trained on its loss, scored on the held-out episodes."""
+
+    name = "episodic"
+
+    def __init__(self, cfg, device: torch.device, progress: bool = False):
+        self.cfg, self.device, self.progress = cfg, device, progress
+        self.task = make_task(cfg)
+        self.model: SequenceModel = self.task.build_model(cfg).to(device)
+        self.generator = torch.Generator().manual_seed(cfg.seed)
+        self.heldout = heldout_episodes(self.task.heldout(), cfg)
+
+    def prepare(self) -> None:
+        prepare_kernels(self.cfg, self.device)
+
+    def step(self, episodes: int):
+        batch = self.task.sample(episodes, self.generator)
+        outputs, _ = self.model(to_device(self.task.inputs(batch), self.device))
+        loss = self.task.loss(outputs, batch)
+        return loss, {"train/loss": loss.item()}
+
+    def evaluate(self, episode: int, run_dir: Path):
+        t_eval = time.perf_counter()
+        scores = evaluate(self.model, self.task, self.heldout, self.device, progress=self.progress)
+        metrics = {f"eval/{k}": v for k, v in scores.items()}
+        metrics["perf/eval_s"] = time.perf_counter() - t_eval
+        metrics.update(plastic_summary(self.model, self.cfg))
+        metrics["model/params"] = count_parameters(self.model)
+        figure = _completion_png(self.model, self.task, self.heldout.first(), self.device, run_dir)
+        return metrics, {"completion": figure}
+
+    def generators(self) -> dict[str, torch.Generator]:
+        return {"generator": self.generator}
+
+    def checkpoint_extra(self) -> dict:
+        return {"task_state": self.task.state()}
+
+    def postfix(self, metrics: dict[str, float]) -> dict[str, str]:
+        return {"loss": f"{metrics.get('train/loss', float('nan')):.4f}",
+                "err": f"{metrics.get('eval/bit_error_all', float('nan')):.4f}"}
+
+    def finish(self, history: list[dict], run_dir: Path) -> None:
+        learning_curve_png(history, run_dir, ("eval/bit_error_all", "eval/bit_error_erased", "eval/loss"),
+                           ylabel="held-out value")
+
+    evaluate_checkpoint = staticmethod(evaluate_checkpoint)
+
+
+__all__ = ["EpisodicAlgorithm", "HeldOut", "evaluate", "evaluate_checkpoint"]
