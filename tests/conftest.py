@@ -46,3 +46,19 @@ def f64():
     torch.set_default_dtype(torch.float64)
     yield
     torch.set_default_dtype(old)
+
+
+# The files that take longest (each starts Ray clusters, servers or whole training runs),
+# first: with `-n 3 --dist loadfile` (pyproject.toml) a long file started last would leave
+# the other processes idle at the end. Order only; every file still runs.
+LONG_FILES = (
+    "test_cluster_faults.py", "test_cluster_security.py", "test_local_ray_security.py", "test_sweep.py",
+    "test_signals.py", "test_bad_input.py", "test_sweep_faults.py", "test_sweep_summary.py",
+    "test_serving_http.py", "test_resume.py", "test_sweep_quiet.py", "test_bench_scale.py", "test_sweep_gpus.py",
+    "test_cli.py", "test_train.py", "test_readme.py", "test_fused_triton.py", "test_maze.py", "test_a2c.py",
+)
+
+
+def pytest_collection_modifyitems(items) -> None:
+    rank = {name: i for i, name in enumerate(LONG_FILES)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(LONG_FILES)))
