@@ -43,14 +43,14 @@ def one_error_line(proc) -> str:
     (["--address", "127.0.0.1:1"], "cannot connect to Ray at 127.0.0.1:1"),
 ], ids=["tracking", "storage-pg", "storage-url", "space", "preset", "samples", "ray-address"])
 def test_bad_input_fails_before_any_trial(tmp_path, args, message):
-    proc = sweep([*SMOKE, *args], tmp_path, timeout=120)
+    proc = sweep([*SMOKE, *args], tmp_path, timeout=300)
     assert message in one_error_line(proc)
     assert not (tmp_path / "ray_results").exists()
 
 
 def test_space_outside_the_configs_limits_fails_before_any_trial(tmp_path):
     (tmp_path / "space.yaml").write_text("eta: {type: float, low: 0.01, high: 1.5, log: true}\n")
-    proc = sweep([*SMOKE, "--space", "space.yaml"], tmp_path, timeout=120)
+    proc = sweep([*SMOKE, "--space", "space.yaml"], tmp_path, timeout=300)
     line = one_error_line(proc)
     assert "search space parameter 'eta' can draw 1.5 (high)" in line and "eta must be in (0, 1]" in line
     assert not (tmp_path / "ray_results").exists()
