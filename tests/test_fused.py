@@ -352,3 +352,19 @@ def test_the_fused_folder_imports_downwards_only():
                     target = module.removeprefix("plasticity.nn.fused.")
                     assert target in order[:rank], f"{name}.py imports {module} (line {node.lineno}): only " \
                                                    f"{', '.join(order[:rank]) or 'nothing'} of the folder"
+
+
+def test_prepare_builds_only_what_the_run_will_use():
+    """`prepare` (the one place that decides to build the kernels): nothing for a
+    baseline network or the autograd path, the config's rule for a plastic network on the
+    fused path on a CPU."""
+    import dataclasses
+
+    from plasticity.config import preset
+    from plasticity.nn.fused import prepare
+
+    cfg = preset("patterns", "small")
+    assert prepare(dataclasses.replace(cfg, model="rnn")).rules == ()
+    assert prepare(dataclasses.replace(cfg, impl="autograd")).rules == ()
+    done = prepare(dataclasses.replace(cfg, impl="fused", rule="oja"))
+    assert done.rules == ("oja",) and done.ok

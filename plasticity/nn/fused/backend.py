@@ -102,13 +102,13 @@ class Prepared(NamedTuple):
 def prepare(cfg, device: torch.device | str = "cpu", *, rules: Iterable[str] | None = None) -> Prepared:
     """Build (or load from the on-disk cache) now the C++ kernels that a run of `cfg` on
     `device` will use, so that no training clock, time budget or first request pays for
-    the compile. A run uses them when `cfg` (any object with the fields `model`, `impl`,
-    `rule` of `plasticity.config.ModelConfig`) is the plastic network on the fused path,
+    the compile. A run uses them when `cfg` (any object with `plastic`, `impl` and `rule` as
+    in `plasticity.config.ModelConfig`) is a plastic network on the fused path,
     its rule has a fused form, and `device` is a CPU (the `auto` backend, float32: on CUDA
     the Triton kernels compile at first launch). `rules`: the rules to build instead of
     `cfg.rule` (a sweep, whose trials draw the rule: every one they may draw)."""
     device = torch.device(device)
-    fused = getattr(cfg, "model", None) == "plastic" and getattr(cfg, "impl", None) == "fused"
+    fused = getattr(cfg, "plastic", False) and getattr(cfg, "impl", None) == "fused"
     if not fused or not _cpp_runs(device, torch.float32):
         return Prepared((), 0.0, True)
     names = tuple(name for name in ([cfg.rule] if rules is None else rules) if supports(get_rule(name), notice=False))
