@@ -48,17 +48,37 @@ def f64():
     torch.set_default_dtype(old)
 
 
-# The files that take longest (each starts Ray clusters, servers or whole training runs),
-# first: with `-n 3 --dist loadfile` (pyproject.toml) a long file started last would leave
-# the other processes idle at the end. Order only; every file still runs.
-LONG_FILES = (
+# Scheduling on the test processes (pyproject.toml: `-n 3 --dist loadfile
+# --no-loadscope-reorder`). Every file is one unit, kept on one process (its module
+# fixtures run once), except the files that start a Ray (a local one, a cluster, Ray
+# Serve): those are one unit together, run one after another on one process. Three Rays at
+# once on CI's 2 cores starved their health checks and lost actors (stop 29). That unit and
+# the other long files go first (xdist's own reordering, by number of tests, is off), so
+# the processes end together. Order and grouping only; every file still runs.
+RAY_FILES = (
     "test_cluster_faults.py", "test_cluster_security.py", "test_local_ray_security.py", "test_sweep.py",
-    "test_signals.py", "test_bad_input.py", "test_sweep_faults.py", "test_sweep_summary.py",
-    "test_serving_http.py", "test_resume.py", "test_sweep_quiet.py", "test_bench_scale.py", "test_sweep_gpus.py",
-    "test_cli.py", "test_train.py", "test_readme.py", "test_fused_triton.py", "test_maze.py", "test_a2c.py",
+    "test_signals.py", "test_sweep_faults.py", "test_sweep_summary.py", "test_serving_http.py",
+    "test_sweep_quiet.py", "test_bench_scale.py", "test_sweep_gpus.py",
+)
+LONG_FILES = (
+    *RAY_FILES, "test_bad_input.py", "test_resume.py", "test_cli.py", "test_train.py", "test_readme.py",
+    "test_fused_triton.py", "test_maze.py", "test_a2c.py",
 )
 
 
 def pytest_collection_modifyitems(items) -> None:
     rank = {name: i for i, name in enumerate(LONG_FILES)}
     items.sort(key=lambda item: rank.get(item.path.name, len(LONG_FILES)))
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_xdist_make_scheduler(config, log):
+    """pytest-xdist's file scheduling, with the Ray files as one unit."""
+    from xdist.scheduler import LoadFileScheduling
+
+    class FilesAndRay(LoadFileScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            path = super()._split_scope(nodeid)
+            return "<the files that start a Ray>" if Path(path).name in RAY_FILES else path
+
+    return FilesAndRay(config, log)

@@ -66,7 +66,9 @@ class Run:
     def poll(self) -> None:
         pids = family({self.proc.pid})
         for address, port, pid in listening(pids):
-            self.sockets[(address, port)] = comm(pid)
+            name = comm(pid)  # "?" once the process has ended: keep the name seen before
+            if name != "?" or (address, port) not in self.sockets:
+                self.sockets[(address, port)] = name
         if self.token is None:
             self._find_token(pids)
         if self.token is not None:
