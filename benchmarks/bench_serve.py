@@ -28,7 +28,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from cluster.local import free_port
+from cluster.processes import free_port
 from plasticity.config import preset
 from plasticity.models import build_model
 from plasticity.serving import ServedModel, SessionStore

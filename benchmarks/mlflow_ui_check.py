@@ -20,7 +20,7 @@ import time
 import urllib.request
 from pathlib import Path
 
-from cluster.local import free_port
+from cluster.processes import free_port
 
 
 def main() -> int:

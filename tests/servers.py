@@ -10,7 +10,7 @@ import sys
 import time
 from pathlib import Path
 
-from cluster.local import free_port  # noqa: F401 -- the tests take it from here
+from cluster.processes import free_port  # noqa: F401 -- the tests take it from here
 
 
 def wait_port(port: int, timeout: float = 90) -> None:

@@ -26,7 +26,8 @@ from pathlib import Path
 
 import pytest
 
-from cluster.local import Cluster, free_port
+from cluster.local import Cluster
+from cluster.processes import free_port
 from tests.test_sweep import check_sweep_in_mlflow
 from tests.test_sweep_faults import _terminated
 

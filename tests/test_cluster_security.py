@@ -28,7 +28,8 @@ from pathlib import Path
 
 import pytest
 
-from cluster.local import Cluster, alive, free_port, owned, redacted_cmdline, start_time
+from cluster.local import Cluster
+from cluster.processes import alive, free_port, owned, redacted_cmdline, start_time
 from plasticity.errors import ConfigError, TrackingError
 from plasticity.redact import redact
 
@@ -38,7 +39,7 @@ REPO = Path(__file__).resolve().parents[1]
 def test_errors_naming_a_url_hide_its_password(tmp_path):
     """A tracking server and an Optuna storage that cannot be used: the one-line errors
     name the URL (user, host, port) without the password."""
-    from tune.sweep import check_optuna_storage
+    from tune.stores import check_optuna_storage
 
     secret = f"Pw{uuid.uuid4().hex[:8]}Quokka"
     with pytest.raises(TrackingError) as err:

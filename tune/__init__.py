@@ -5,7 +5,9 @@
 
 `spaces` defines what is searched, `search` the Optuna searcher, `trainable` runs one
 trial through `plasticity.train.train`, `sweep` wires Tuner, searcher, scheduler and
-MLflow together, `progress` and `summary` say what happened, `report` logs the parent run.
+MLflow together (its arguments, the run, the command), `stores` holds the storage
+defaults, the one-line probes and joining Ray, `progress` and `summary` say what
+happened, `show` prints it again from the stores, `report` logs the parent run.
 
 Nothing in `plasticity` imports `tune` (but the `plasticity sweep` command, inside its
 function).

@@ -22,7 +22,6 @@ import io
 import logging
 import os
 import shlex
-import socket
 import sys
 import time
 import warnings
@@ -38,6 +37,7 @@ from plasticity.errors import ConfigError, PlasticityError, TrackingError, check
 from plasticity.redact import redact
 from plasticity.train.signals import WarningSignal
 from tune.spaces import SPACES, DefineByRun, check_constants, check_space_limits, load_space, validate_space
+from tune.stores import check_gpus, check_optuna_storage, connect_ray, default_storage, default_storage_path, fail
 
 OBJECTIVE = "objective"
 """The key under which trials report their score (see tune/trainable.py)."""
@@ -123,82 +123,6 @@ class SweepArgs:
     the sweep as SIGTERM does (saved; go on with --resume) and exits 128 + its number (138 for USR1)."""
 
 
-def _fail(message: str) -> None:
-    print(f"plasticity sweep: error: {redact(message)}", file=sys.stderr)
-    raise SystemExit(2)
-
-
-def check_optuna_storage(url: str):
-    """Optuna's storage at `url`, or a one-line `ConfigError` naming the fix. A PostgreSQL
-    URL is probed first with a short timeout (SQLAlchemy retries a dead server for long)."""
-    import optuna
-
-    from plasticity.tracking.database import postgres_problem
-
-    problem = postgres_problem(url)
-    if problem:
-        raise ConfigError(f"{problem}: fix the server or --storage / OPTUNA_STORAGE, or pass --storage "
-                          "sqlite:///optuna.db")
-    try:
-        return optuna.storages.RDBStorage(url)
-    except Exception as e:  # noqa: BLE001 - any failure means the URL is unusable
-        first = (redact(e).strip().splitlines() or [type(e).__name__])[0][:200]
-        raise ConfigError(f"cannot open Optuna storage {redact(url)} ({first}): pass --storage sqlite:///optuna.db "
-                          "or a reachable postgresql://user@host/db") from None
-
-
-def probe_ray(address: str, timeout: float = 5.0) -> None:
-    """Fail fast on a `host:port` or `ray://host:port` that nothing answers on: `ray.init`
-    itself keeps retrying for many minutes."""
-    target = address.removeprefix("ray://")
-    if target in ("auto", "local") or ":" not in target:
-        return
-    host, _, port = target.rpartition(":")
-    try:
-        with socket.create_connection((host, int(port)), timeout=timeout):
-            return
-    except (OSError, ValueError) as e:
-        raise ConfigError(f"cannot connect to Ray at {address} ({type(e).__name__}: {e}): start the cluster "
-                          "(`ray start --head`) or fix --address / RAY_ADDRESS") from None
-
-
-def connect_ray(address: str | None):
-    """Join the cluster at `address` / $RAY_ADDRESS, or start a private local Ray: on
-    127.0.0.1 with a fresh token (plasticity/localray.py; $PLASTICITY_BIND opens it)."""
-    import ray
-
-    if ray.is_initialized():
-        return
-    address = address or os.environ.get("RAY_ADDRESS") or None
-    if address is None:
-        from plasticity.localray import start_local_ray
-
-        try:
-            start_local_ray(include_dashboard=False, log_to_driver=False, configure_logging=False)
-        except Exception as e:  # noqa: BLE001
-            first = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
-            raise ConfigError(f"cannot start a local Ray ({first}): check $PLASTICITY_BIND, or pass --address "
-                              "to use a running cluster") from None
-        return
-    probe_ray(address)
-    try:
-        ray.init(address=address, log_to_driver=False)
-    except Exception as e:  # noqa: BLE001
-        first = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
-        raise ConfigError(f"cannot connect to Ray at {address} ({first}): start "
-                          "the cluster (`ray start --head`) or fix --address / RAY_ADDRESS") from None
-
-
-def check_gpus(per_trial: float) -> None:
-    """Trials asking for more GPU than the cluster has would wait forever: say so instead."""
-    import ray
-
-    have = ray.cluster_resources().get("GPU", 0.0)
-    if per_trial > have:
-        raise ConfigError(f"--gpus-per-trial {per_trial:g} but the Ray cluster has {have:g} GPUs: pass "
-                          "--gpus-per-trial 0, or start Ray on GPU nodes (`ray start --num-gpus N`)")
-
-
 def resolve(args: SweepArgs) -> SweepArgs:
     if args.smoke_test:
         args.num_samples, args.max_episodes = min(args.num_samples, 4), 1024
@@ -224,9 +148,8 @@ def resolve(args: SweepArgs) -> SweepArgs:
         raise ConfigError(f"unknown {args.task} preset {args.preset!r}: choose one of {', '.join(PRESETS[args.task])}")
     args.name = args.name or f"{args.task}-{time.strftime('%Y%m%d-%H%M%S')}"
     # On a cluster the nodes' environment names the shared stores (docker-compose.yml).
-    args.storage = args.storage or os.environ.get("OPTUNA_STORAGE") or f"sqlite:///{Path.cwd() / 'optuna.db'}"
-    args.storage_path = args.storage_path or os.environ.get("PLASTICITY_STORAGE_PATH") or "ray_results"
-    args.storage_path = str(Path(args.storage_path).resolve()) if "://" not in args.storage_path else args.storage_path
+    args.storage = default_storage(args.storage)
+    args.storage_path = default_storage_path(args.storage_path)
     args.register_model = args.register_model or f"plasticity-{args.task}"
     args.overrides = parse_fixed(args.fixed, args.task)
     return args
@@ -421,48 +344,11 @@ def run_sweep(args: SweepArgs, stop=None):
     return results
 
 
-@dataclass
-class ShowArgs:
-    """Print a sweep's answer from its stores (Optuna + MLflow): the top trials, the best
-    trial as a `plasticity train` command, the registered model and where to look. Works
-    while the sweep runs."""
-
-    name: Annotated[str, tyro.conf.Positional]
-    """The sweep's name (printed when it started; the Optuna study's name)."""
-    tracking_uri: str | None = None
-    """MLflow tracking URI; when unset, $MLFLOW_TRACKING_URI or sqlite:///mlruns.db here."""
-    no_tracking: Annotated[bool, tyro.conf.FlagCreatePairsOff] = False
-    """Read the Optuna study only."""
-    experiment: str = "plasticity-sweeps"
-    """MLflow experiment of the sweep."""
-    storage: str | None = None
-    """Optuna storage URL; default $OPTUNA_STORAGE, else sqlite:///optuna.db here."""
-    storage_path: str | None = None
-    """Folder of Ray's results; default $PLASTICITY_STORAGE_PATH, else ray_results here."""
-
-
-def show_main(argv: list[str], prog: str) -> int:
-    from plasticity.tracking.mlflow import default_tracking_uri
-    from tune.summary import collect, results_folder, show
-
-    args = parse_args(ShowArgs, argv, prog=f"{prog} show")
-    storage = args.storage or os.environ.get("OPTUNA_STORAGE") or f"sqlite:///{Path.cwd() / 'optuna.db'}"
-    if storage.startswith("sqlite:///") and not Path(storage.removeprefix("sqlite:///")).is_file():
-        _fail(f"no Optuna storage at {storage}: run this where the sweep ran, or pass --storage")
-    tracking = None if args.no_tracking else (args.tracking_uri or default_tracking_uri())
-    storage_path = args.storage_path or os.environ.get("PLASTICITY_STORAGE_PATH") or "ray_results"
-    storage_path = str(Path(storage_path).resolve()) if "://" not in storage_path else storage_path
-    try:
-        print(show(collect(args.name, storage, tracking, args.experiment,
-                           results=results_folder(storage_path, args.name))))
-    except (PlasticityError, TrackingError) as e:
-        _fail(str(e))
-    return 0
-
-
 def main(argv: list[str] | None = None, prog: str = "python -m tune.sweep") -> int:
     argv = sys.argv[1:] if argv is None else argv
     if argv and argv[0] == "show":
+        from tune.show import show_main
+
         return show_main(argv[1:], prog)
     args = parse_args(SweepArgs, argv, prog=prog)
     from plasticity.train.signals import SignalPlan
@@ -473,7 +359,7 @@ def main(argv: list[str] | None = None, prog: str = "python -m tune.sweep") -> i
         with stop.active():
             results = run_sweep(args, stop)
     except (PlasticityError, TrackingError) as e:
-        _fail(str(e))
+        fail(str(e))
     except SweepStopped as e:
         again = (f"continue with `{resume_line(prog, argv, args.name)}`" if e.resumable
                  else "nothing had run: to go on, run the same command again")
