@@ -15,6 +15,7 @@ Packages, lowest first (each may import only those listed before it):
     envs, data       the maze environment; CIFAR-10 and Omniglot in their standard layouts
     tasks            what each task draws and scores, and the model it builds
     train            the one training loop and its algorithms (episodic, A2C), checkpoints
+    plugins          a user's own tasks, rules and search spaces, loaded by every command
     localray         edge: the private local Ray of the sweep and `serve` (127.0.0.1, own token)
     tracking, serving, cli   the edges: MLflow, serving a network that keeps learning, the CLI
 

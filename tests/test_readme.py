@@ -42,6 +42,8 @@ QUICK = [
     Quick("plasticity sweep --help", says=("--num-samples", "--max-concurrent")),
     Quick("plasticity serve --help", says=("--port",)),
     Quick("python -m cluster.local --help", says=("--bind", "--expose")),
+    # Here without the example installed: the answer says how a plugin is loaded.
+    Quick("plasticity plugins", says=("plasticity.plugins",)),
     Quick("plasticity train patterns --preset small --episodes", says=("done: runs/patterns__plastic__",),
           writes=("runs/patterns__plastic__*/checkpoint.pt", "mlruns.db"), slow=True),
 ]

@@ -263,8 +263,8 @@ def trial_rows(results, metric: str) -> list[dict]:
             # The trial's score: its best evaluation of the metric (tune/trainable.py).
             "objective": m.get("objective", math.nan) if math.isfinite(m.get("objective", math.nan)) else math.nan,
             "episodes": m.get("episodes", 0),
-            "eval/bit_error_all": m.get("eval/bit_error_all", math.nan),
-            "eval/bit_error_erased": m.get("eval/bit_error_erased", math.nan),
+            # The task's own held-out metrics (the last evaluation's), whatever the task.
+            **{k: v for k, v in m.items() if k.startswith("eval/") and not k.endswith("_ci95")},
             "model/params": m.get("model/params", 0),
             **{k: v for k, v in sorted(cfg.items())},
             "error": "" if result.error is None else error_line(result.error, last=True),

@@ -22,7 +22,19 @@ from plasticity.redact import redact
 
 HEADLINE = {"patterns": "eval/bit_error_erased", "images": "eval/erased_loss", "omniglot": "eval/accuracy",
             "maze": "eval/return"}
-"""The metric a person reads first for each task, shown beside the objective."""
+"""The metric a person reads first for each of the paper's tasks, shown beside the objective
+(another task's: its `headline`, see `headline_of`)."""
+
+
+def headline_of(task: str) -> str:
+    """The metric shown beside the objective: the paper's tasks' in HEADLINE, a plugin
+    task's its `headline` (plasticity.tasks.EpisodicTask); "" for none."""
+    if task in HEADLINE:
+        return HEADLINE[task]
+    from plasticity.tasks import TASKS
+
+    name = getattr(TASKS.get(task), "headline", None)
+    return f"eval/{name}" if name else ""
 STATES = {"COMPLETE": "completed", "PRUNED": "stopped early", "FAIL": "failed", "RUNNING": "running",
           "WAITING": "waiting"}
 TOP = 10
@@ -156,7 +168,7 @@ def _row(trial_id: str, trial, run, task: str, client) -> Row:
         row.run_id, row.settings = run.info.run_id, dict(p)
         if not math.isfinite(row.objective) and row.ended != "failed":
             row.objective = _float(m.get("objective"))
-        row.headline = _float(m.get(f"best/{HEADLINE.get(task, '')}"))
+        row.headline = _float(m.get(f"best/{headline_of(task)}"))
         row.eta = f"{_float(p['eta']):.3g}" if "eta" in p else row.eta
         row.rule, row.alpha_mode = p.get("rule", row.rule), p.get("alpha_mode", row.alpha_mode)
         row.params = f"{int(m['model/params'])}" if "model/params" in m else ""
@@ -176,7 +188,7 @@ def _num(x: float) -> str:
 
 
 def table(view: SweepView, top: int = TOP) -> list[str]:
-    headline = HEADLINE.get(view.task, "")
+    headline = headline_of(view.task)
     head = ["trial", f"{view.metric} (best)", f"{headline} (at best)", "eta", "rule", "alpha", "params",
             "episodes", "ended"]
     body = [[r.label, _num(r.objective), _num(r.headline), r.eta or "-", r.rule or "-", r.alpha_mode or "-",

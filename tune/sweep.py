@@ -32,8 +32,10 @@ from typing import Annotated, Literal
 import tyro
 
 from plasticity.cliargs import parse_args
-from plasticity.config import PRESETS, TaskName
-from plasticity.errors import ConfigError, PlasticityError, TrackingError, check_positive, error_line
+from plasticity.config import CONFIGS, PRESETS, SEARCH_SPACES
+from plasticity.errors import ConfigError, PlasticityError, TrackingError, check_choice, check_positive, error_line
+from plasticity.plugins import PluginError, command_line_plugins, load_all, split_argv
+from plasticity.plugins import specs as plugin_specs
 from plasticity.redact import redact
 from plasticity.train.signals import WarningSignal
 from tune.spaces import SPACES, DefineByRun, check_constants, check_space_limits, load_space, validate_space
@@ -47,8 +49,9 @@ OBJECTIVE = "objective"
 class SweepArgs:
     """Hyperparameter sweep over plasticity settings with Ray Tune + Optuna, tracked in MLflow."""
 
-    task: TaskName = "patterns"
-    """Task to sweep (its search space is tune.spaces.SPACES[task] unless --space is given)."""
+    task: str = "patterns"
+    """Task to sweep, a registered one (plugins' tasks included); its search space is
+    tune.spaces.SPACES[task] (a plugin's: the one it registered) unless --space is given."""
     preset: str = "small"
     """Task preset every trial starts from (see `plasticity train TASK --help`)."""
     fixed: list[str] = dataclasses.field(default_factory=list)
@@ -123,7 +126,31 @@ class SweepArgs:
     the sweep as SIGTERM does (saved; go on with --resume) and exits 128 + its number (138 for USR1)."""
 
 
+def default_space(task: str) -> dict:
+    """The search space of `task` when no --space is given: the paper's tasks' in
+    `tune.spaces.SPACES`, a plugin's the one it registered (`plasticity.config.register_space`)."""
+    space = SPACES.get(task) or SEARCH_SPACES.get(task)
+    if space is None:
+        raise ConfigError(f"task {task!r} has no search space: pass --space FILE.yaml, or register one in its "
+                          "plugin with plasticity.config.register_space")
+    return space
+
+
+def args_type() -> type[SweepArgs]:
+    """SweepArgs with --task's choices read from the registry now (after the plugins
+    loaded), for the command line and its --help."""
+    return dataclasses.make_dataclass(
+        "SweepArgs", [("task", Literal[tuple(CONFIGS)], dataclasses.field(default="patterns"))], bases=(SweepArgs,),
+        namespace={"__doc__": SweepArgs.__doc__})
+
+
+def parse_sweep_args(argv: list[str], prog: str) -> SweepArgs:
+    parsed = parse_args(args_type(), argv, prog=prog)
+    return SweepArgs(**{f.name: getattr(parsed, f.name) for f in dataclasses.fields(SweepArgs)})
+
+
 def resolve(args: SweepArgs) -> SweepArgs:
+    check_choice("task", args.task, CONFIGS)
     if args.smoke_test:
         args.num_samples, args.max_episodes = min(args.num_samples, 4), 1024
     if args.eval_every is None:
@@ -249,7 +276,7 @@ def run_sweep(args: SweepArgs, stop=None):
         from tune.progress import quiet_logging
 
         held = quiet_logging()
-    space = validate_space(load_space(args.space) if args.space else SPACES[args.task], args.task)
+    space = validate_space(load_space(args.space) if args.space else default_space(args.task), args.task)
     check_constants(args.task, args.preset, args.overrides)
     check_space_limits(space, args.task, args.preset, args.overrides)
     tracking_uri = None if args.no_tracking else (args.tracking_uri or default_tracking_uri())
@@ -287,7 +314,8 @@ def run_sweep(args: SweepArgs, stop=None):
     counter = tracker.callback(args.max_episodes) if tracker else TrialCounter()
     sweep = SweepContext(task=args.task, preset=args.preset, max_episodes=args.max_episodes, overrides=args.overrides,
                          eval_every=args.eval_every, tracking_uri=tracking_uri, experiment=args.experiment,
-                         parent_run_id=tracker.run_id if tracker else None, sweep_name=args.name, metric=args.metric)
+                         parent_run_id=tracker.run_id if tracker else None, sweep_name=args.name, metric=args.metric,
+                         plugins=plugin_specs())
     trainable = tune.with_resources(tune.with_parameters(train_trial, sweep=sweep),
                                     {"cpu": args.cpus_per_trial, "gpu": args.gpus_per_trial})
     path = f"{args.storage_path.rstrip('/')}/{args.name}"
@@ -346,11 +374,16 @@ def run_sweep(args: SweepArgs, stop=None):
 
 def main(argv: list[str] | None = None, prog: str = "python -m tune.sweep") -> int:
     argv = sys.argv[1:] if argv is None else argv
+    try:
+        modules, argv = split_argv(argv)
+        load_all(modules)
+    except PluginError as e:
+        fail(str(e))
     if argv and argv[0] == "show":
         from tune.show import show_main
 
         return show_main(argv[1:], prog)
-    args = parse_args(SweepArgs, argv, prog=prog)
+    args = parse_sweep_args(argv, prog)
     from plasticity.train.signals import SignalPlan
     from tune.progress import StopOnSignals, SweepStopped
 
@@ -376,8 +409,10 @@ def main(argv: list[str] | None = None, prog: str = "python -m tune.sweep") -> i
 
 def resume_line(prog: str, argv: list[str], name: str) -> str:
     """The command that continues a stopped sweep: the same one, with its --name and
-    --resume (`Tuner.restore` keeps the finished trials). Passwords are masked."""
-    parts = [*prog.split(), *(redact(a) for a in argv if a != "--resume")]
+    --resume (`Tuner.restore` keeps the finished trials), and the plugins given with
+    --plugin. Passwords are masked."""
+    plugins = [part for module in command_line_plugins() for part in ("--plugin", module)]
+    parts = [*prog.split(), *plugins, *(redact(a) for a in argv if a != "--resume")]
     if not any(a == "--name" or a.startswith("--name=") for a in argv):
         parts += ["--name", name]
     return shlex.join([*parts, "--resume"])

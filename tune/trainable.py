@@ -24,13 +24,14 @@ import ray
 from ray import tune
 
 from plasticity.config import preset
+from plasticity.plugins import load_specs
 from plasticity.tracking.mlflow import experiment_id
 from plasticity.tracking.params import applicable_params
 from plasticity.tracking.session import RUN_ID_FILE, MlflowSession
 from plasticity.train import train
 from tune.search import TRIAL_NUMBER
 from tune.spaces import SWITCH_PREFIX
-from tune.summary import HEADLINE, trial_label
+from tune.summary import headline_of, trial_label
 
 RUN_ID_KEY = "mlflow_run_id"
 """The trial's MLflow run id in its Tune results: the driver finds the run by it (one
@@ -88,6 +89,8 @@ class SweepContext:
     reported as `objective`; Optuna, ASHA, the summary and the registered model use it."""
     mlflow_env: dict[str, str] = field(default_factory=driver_mlflow_env)
     """The driver's MLflow switches (MLFLOW_ENV), taken when the sweep is set up."""
+    plugins: list[tuple[str, str | None]] = field(default_factory=list)
+    """The driver's plugins (`plasticity.plugins.specs()`), loaded by each trial first."""
 
 
 def label(trial_id: str, drawn: dict[str, Any]) -> str:
@@ -178,6 +181,7 @@ def trial_device(requested: str) -> tuple[str, dict[str, str]]:
 
 def train_trial(config: dict[str, Any], sweep: SweepContext) -> None:
     apply_mlflow_env(sweep.mlflow_env)
+    load_specs(sweep.plugins)
     ctx = tune.get_context()
     trial_dir = Path(ctx.get_trial_dir())
     cfg = trial_config(sweep, config, out=str(trial_dir))
@@ -202,7 +206,7 @@ def train_trial(config: dict[str, Any], sweep: SweepContext) -> None:
                 best = json.loads((Path(d) / BEST_FILE).read_text())
     session = trial_session(sweep, ctx.get_trial_id(), config, placement)
 
-    headline = HEADLINE.get(cfg.task)
+    headline = headline_of(cfg.task) or None
 
     def report(step: int, metrics: dict[str, float], files: dict[str, Path]) -> None:
         # Called after the run has sent `metrics` to the trial's MLflow run (`session`).

@@ -5,20 +5,25 @@
     plasticity data download cifar10 --data-dir DIR   fetch a dataset (checksums verified, resumable)
     plasticity sweep --task patterns ...              Ray Tune + Optuna sweep (needs [sweep])
     plasticity serve models:/plasticity-patterns/1    live sessions over HTTP (needs [serve])
+    plasticity plugins                                the plugins loaded and what they registered
 
     train.py      `plasticity train`: the run options, parsing TASK's flags, the run
     evaluate.py   `plasticity evaluate`: score a checkpoint, write its figure
     data.py       `plasticity data download|check`
     sweep.py      `plasticity sweep`: hands over to `tune.sweep` (the sweep extras)
     serve.py      `plasticity serve`: hands over to `plasticity.serving.cli` (the serve extras)
+    plugins.py    `plasticity plugins`
     usage.py      the usage text
 
 Every flag comes from the config dataclasses (`plasticity.config`), parsed by tyro
 (`plasticity.cliargs`, shared with the sweep and `serve`); `--help` on any command lists
 them with their documentation. Usage errors and bad input print one line and exit with
-status 2. `python -m plasticity.cli` runs `main`; so does the `plasticity` script.
+status 2. Plugins (`plasticity.plugins`: entry points, $PLASTICITY_PLUGINS, `--plugin MODULE`)
+are loaded first, so their tasks and rules are in every command's choices and help.
+`python -m plasticity.cli` runs `main`; so does the `plasticity` script.
 
-May import: plasticity.cliargs, plasticity.config, plasticity.errors, plasticity.redact, plasticity.train, tyro
+May import: plasticity.cliargs, plasticity.config, plasticity.errors, plasticity.plugins, plasticity.redact,
+    plasticity.train, tyro
 """
 
 from __future__ import annotations
@@ -27,22 +32,30 @@ import sys
 
 from plasticity.cli.data import cmd_data
 from plasticity.cli.evaluate import cmd_evaluate
+from plasticity.cli.plugins import cmd_plugins
 from plasticity.cli.serve import cmd_serve
 from plasticity.cli.sweep import cmd_sweep
 from plasticity.cli.train import RunOptions, cmd_train, resume_command
 from plasticity.cli.usage import usage
 from plasticity.cliargs import fail
 from plasticity.errors import PlasticityError
+from plasticity.plugins import PluginError, load_all, split_argv
 from plasticity.train.signals import Stopped
 
 __all__ = ["COMMANDS", "RunOptions", "main", "resume_command"]
 
 
-COMMANDS = {"train": cmd_train, "evaluate": cmd_evaluate, "data": cmd_data, "sweep": cmd_sweep, "serve": cmd_serve}
+COMMANDS = {"train": cmd_train, "evaluate": cmd_evaluate, "data": cmd_data, "sweep": cmd_sweep, "serve": cmd_serve,
+            "plugins": cmd_plugins}
 
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
+    try:
+        modules, argv = split_argv(argv)
+        load_all(modules)
+    except PluginError as e:
+        fail(str(e))
     if not argv or argv[0] in ("-h", "--help"):
         print(usage())
         return 0 if argv else 2

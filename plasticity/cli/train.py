@@ -22,6 +22,7 @@ from plasticity.cli.usage import usage
 from plasticity.cliargs import fail, given_fields, parse_args
 from plasticity.config import CONFIGS, PRESETS, preset, validate
 from plasticity.config.renames import upgrade_argv
+from plasticity.plugins import command_line_plugins
 from plasticity.redact import redact
 from plasticity.train.signals import SignalPlan, Stopped, WarningSignal
 
@@ -57,8 +58,12 @@ def resume_command(task: str, checkpoint, opts: RunOptions) -> str:
     and schedule; the run options are not in it, so those given differently from their
     defaults are repeated (a run trained with --no-tracking goes on without an MLflow run,
     one tracked at --tracking-uri goes on in the same MLflow run; a requeued job keeps its
-    --warning-signal and --on-warning). Passwords are masked."""
+    --warning-signal and --on-warning; plugins given with --plugin are named again).
+    Passwords are masked."""
     parts = ["plasticity", "train", task, "--resume", str(checkpoint)]
+    # Plugins the command line loaded (those of entry points and $PLASTICITY_PLUGINS load again by themselves).
+    for module in command_line_plugins():
+        parts += ["--plugin", module]
     if not opts.tracking:
         parts.append("--no-tracking")
     else:

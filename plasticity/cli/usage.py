@@ -15,6 +15,10 @@ commands:
   data ACTION    `download cifar10|omniglot|omniglot-small` or `check cifar10|omniglot` (--data-dir DIR)
   sweep          hyperparameter sweep with Ray Tune + Optuna (pip install 'plasticity[sweep]')
   serve MODEL    live sessions of a trained network over HTTP, with Ray Serve (pip install 'plasticity[serve]')
+  plugins        the plugins loaded (your own tasks, rules and search spaces) and what each registered
+
+Plugins: installed packages' `plasticity.plugins` entry points, $PLASTICITY_PLUGINS=mod1,mod2 and
+`--plugin MODULE` (repeatable, anywhere on the line) are loaded before the line is parsed.
 
 Run `plasticity COMMAND --help` for the flags of a command."""
 

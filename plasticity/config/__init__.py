@@ -15,17 +15,17 @@ May import: plasticity.errors, plasticity.rules
 May import in functions: plasticity.envs
 """
 
-from typing import Literal
-
 from plasticity.config.base import (
     CONFIGS,
     MAX_LR,
     PRESETS,
+    SEARCH_SPACES,
     ModelConfig,
     TaskConfig,
     TrainConfig,
     preset,
     register_config,
+    register_space,
     validate,
 )
 from plasticity.config.images import ImagesConfig
@@ -35,9 +35,7 @@ from plasticity.config.omniglot import OmniglotConfig
 from plasticity.config.patterns import PatternsConfig
 from plasticity.config.resources import check_evaluation, check_memory, physical_memory
 
-TaskName = Literal[tuple(CONFIGS)]  # type: ignore[valid-type]
-"""The registered tasks' names, as a type (for CLI choices)."""
-
-__all__ = ["CONFIGS", "MAX_INT", "MAX_LR", "PRESETS", "ImagesConfig", "MazeConfig", "ModelConfig", "OmniglotConfig",
-           "PatternsConfig", "Range", "TaskConfig", "TaskName", "TrainConfig", "check_evaluation", "check_memory",
-           "field_choices", "field_range", "flag", "physical_memory", "preset", "register_config", "validate"]
+__all__ = ["CONFIGS", "MAX_INT", "MAX_LR", "PRESETS", "SEARCH_SPACES", "ImagesConfig", "MazeConfig", "ModelConfig",
+           "OmniglotConfig", "PatternsConfig", "Range", "TaskConfig", "TrainConfig", "check_evaluation", "check_memory",
+           "field_choices", "field_range", "flag", "physical_memory", "preset", "register_config", "register_space",
+           "validate"]

@@ -209,6 +209,18 @@ def register_config(cls: type[TaskConfig], presets: dict[str, dict[str, Any]]) -
     return cls
 
 
+SEARCH_SPACES: dict[str, dict[str, dict[str, Any]]] = {}
+"""Task name -> the search space a sweep uses for it (plugins' tasks; the paper's four are
+in `tune.spaces.SPACES`). The format of `tune/spaces.py`: `{field: {"type": "float", "low":
+..., "high": ..., "log": True}, ...}`, checked by the sweep before any trial starts."""
+
+
+def register_space(task: str, space: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """The search space `plasticity sweep --task TASK` uses when no --space is given."""
+    SEARCH_SPACES[task] = space
+    return space
+
+
 def preset(task: str, name: str, **overrides) -> TaskConfig:
     """The config of `task` under preset `name`, with `overrides` applied, validated."""
     check_choice("task", task, CONFIGS)

@@ -9,12 +9,12 @@
 MLflow (and `plasticity.tracking`) only in mlflow_pyfunc.py, Ray (and `plasticity.localray`,
 which starts it) only in ray_app.py and cli.py: the edges, whose own docstrings say so.
 
-May import: plasticity.config, plasticity.errors, plasticity.models, plasticity.nn, plasticity.train, numpy,
-    torch
+May import: plasticity.config, plasticity.errors, plasticity.models, plasticity.nn, plasticity.plugins,
+    plasticity.tasks, plasticity.train, numpy, torch
 """
 
-from plasticity.serving.episode import SERVED_TASKS, EpisodeLayout, RequestError, bit_error
+from plasticity.serving.episode import EpisodeLayout, RequestError, bit_error
 from plasticity.serving.model import ServedModel
 from plasticity.serving.sessions import SessionStore
 
-__all__ = ["SERVED_TASKS", "EpisodeLayout", "RequestError", "ServedModel", "SessionStore", "bit_error"]
+__all__ = ["EpisodeLayout", "RequestError", "ServedModel", "SessionStore", "bit_error"]

@@ -24,6 +24,7 @@ import tyro
 
 from plasticity.cliargs import parse_args
 from plasticity.errors import ConfigError, check_positive
+from plasticity.plugins import export as export_plugins
 
 
 @dataclass
@@ -95,6 +96,8 @@ def main(argv: list[str]) -> int:
               "pip install 'plasticity[serve]'", file=sys.stderr)
         return 2
     token = ray_app.read_token(args.token_file)
+    # The replicas (Ray workers of the local Ray started below) load the same plugins.
+    export_plugins()
     settings = ray_app.ServeSettings(shards=args.shards, max_sessions=args.max_sessions,
                                      idle_timeout_s=args.idle_timeout, max_batch_size=args.max_batch_size,
                                      batch_wait_s=args.batch_wait_ms / 1000, threads=args.threads,

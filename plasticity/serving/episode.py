@@ -1,10 +1,11 @@
 """What a served network is asked, in the task's own units, and how it becomes network input.
 
-Covered tasks: `patterns` and `images`, the two "memorise K items, then complete a
-degraded one" tasks. (Omniglot needs labelled images through a conv embedding and the
-maze an environment loop: neither is served yet.) An item is a vector of P values (a
-pattern of -1/+1 bits, or an image's P = image_size**2 pixels); the query is an item
-with some values erased (0).
+Covered tasks: those whose class says how a served episode is laid out
+(`Task.episode_layout`): `patterns` and `images`, the two "memorise K items, then complete
+a degraded one" tasks, and a plugin's task of that shape. (Omniglot needs labelled
+images through a conv embedding and the maze an environment loop: neither is served
+yet.) An item is a vector of P values (a pattern of -1/+1 bits, or an image's P =
+image_size**2 pixels); the query is an item with some values erased (0).
 
     layout = EpisodeLayout.from_config(cfg)
     episodes [E, K+1, P]  (the K items in the order shown, then the degraded query)
@@ -25,8 +26,7 @@ import torch
 from torch import Tensor
 
 from plasticity.errors import PlasticityError
-
-SERVED_TASKS = ("patterns", "images")
+from plasticity.tasks import served_tasks
 
 
 class RequestError(PlasticityError):
@@ -59,14 +59,14 @@ class EpisodeLayout:
 
     @classmethod
     def from_config(cls, cfg) -> EpisodeLayout:
-        if cfg.task not in SERVED_TASKS:
-            raise PlasticityError(f"task {cfg.task!r} cannot be served yet: serving covers "
-                                  f"{', '.join(SERVED_TASKS)}")
-        if cfg.task == "patterns":
-            return cls("patterns", cfg.pattern_size, cfg.num_patterns, cfg.num_cycles, cfg.present_steps,
-                       cfg.gap_steps, cfg.test_steps, float(cfg.input_gain), bool(cfg.bias_neuron), True)
-        return cls("images", cfg.image_size ** 2, cfg.num_images, cfg.num_cycles, cfg.present_steps,
-                   cfg.gap_steps, cfg.test_steps, 1.0, bool(cfg.bias_neuron), False)
+        """The layout the config's task gives (`Task.episode_layout`), or a one-line error."""
+        from plasticity.tasks import TASKS
+
+        layout = TASKS[cfg.task].episode_layout(cfg) if cfg.task in TASKS else None
+        if layout is None:
+            raise PlasticityError(f"task {cfg.task!r} cannot be served: serving covers {', '.join(served_tasks())}, "
+                                  "the tasks that say how a served episode is laid out (Task.episode_layout)")
+        return cls(cfg.task, **layout)
 
     @property
     def n_io(self) -> int:

@@ -30,8 +30,9 @@ from mlflow.models import Model, ModelSignature
 from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
 from mlflow.types import Schema, TensorSpec
 
-from plasticity.serving.episode import SERVED_TASKS, EpisodeLayout, RequestError
+from plasticity.serving.episode import EpisodeLayout, RequestError
 from plasticity.serving.model import ServedModel
+from plasticity.tasks import served_tasks
 from plasticity.tracking.mlflow import check_tracking, default_tracking_uri, experiment_id, quiet_model_logging
 from plasticity.train.checkpoint import load_checkpoint
 
@@ -144,12 +145,12 @@ def log_episode_model(model, cfg, name: str = "model", episode: int = 0) -> str:
 def episode_flavor(model, name: str, checkpoint: Path | None) -> str | None:
     """This module as a tracker's model flavour (`MlflowTracker.finish(..., flavor=episode_flavor)`,
     `plasticity.tracking.mlflow.ModelFlavor`): inside the active run, log `model` with the
-    config and episode of its run's `checkpoint` when that task is served (`SERVED_TASKS`);
+    config and episode of its run's `checkpoint` when that task is served (`served_tasks()`);
     None otherwise (no checkpoint, another task), and the tracker logs plain PyTorch."""
     if checkpoint is None or not Path(checkpoint).is_file():
         return None
     ckpt = load_checkpoint(checkpoint)
-    if ckpt["config"].get("task") not in SERVED_TASKS:
+    if ckpt["config"].get("task") not in served_tasks():
         return None
     return log_episode_model(model, _config(ckpt["config"]), name=name, episode=int(ckpt["episode"]))
 

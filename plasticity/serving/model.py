@@ -14,12 +14,11 @@ import numpy as np
 import torch
 from torch import nn
 
-from plasticity.config import CONFIGS
-from plasticity.errors import CheckpointError
 from plasticity.models import build_model
 from plasticity.nn.fused import prepare
+from plasticity.plugins import load_all as load_plugins
 from plasticity.serving.episode import EpisodeLayout
-from plasticity.train.checkpoint import load_checkpoint
+from plasticity.train.checkpoint import load_checkpoint, stored_config
 from plasticity.train.common import load_weights
 
 
@@ -36,12 +35,9 @@ class ServedModel:
     def from_checkpoint(cls, path: str | Path, threads: int | None = None) -> ServedModel:
         """Load `path` (a `checkpoint.pt`); the architecture comes from its config.
         `threads` sets torch's intra-op threads (None: leave as is)."""
+        load_plugins(warn=lambda line: None)  # a plugin's task: its entry point or $PLASTICITY_PLUGINS
         ckpt = load_checkpoint(path)
-        task = ckpt["config"].get("task")
-        if task not in CONFIGS:
-            raise CheckpointError(f"{path} is for task {task!r}, which this version does not know: "
-                                  "upgrade plasticity")
-        cfg = CONFIGS[task].from_dict(ckpt["config"])
+        cfg = stored_config(ckpt["config"], path)
         layout = EpisodeLayout.from_config(cfg)
         # build_model, not make_task(cfg).build_model: serving needs no training data on disk.
         model = load_weights(build_model(cfg, layout.n_io), ckpt, path).eval()

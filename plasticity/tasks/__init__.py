@@ -10,14 +10,14 @@ May import: plasticity.errors, plasticity.data, plasticity.envs, plasticity.agen
 May import in functions: plasticity.models, plasticity.plots
 """
 
-from plasticity.tasks.base import TASKS, EpisodicTask, Task, register_task
+from plasticity.tasks.base import TASKS, EpisodicTask, Task, register_task, served_tasks
 from plasticity.tasks.images import ImageEpisode, ImageTask
 from plasticity.tasks.maze import MazeTask
 from plasticity.tasks.omniglot import OmniglotEpisode, OmniglotTask
 from plasticity.tasks.patterns import PatternEpisode, PatternTask
 
 __all__ = ["TASKS", "EpisodicTask", "ImageEpisode", "ImageTask", "MazeTask", "OmniglotEpisode", "OmniglotTask",
-           "PatternEpisode", "PatternTask", "Task", "make_task", "register_task"]
+           "PatternEpisode", "PatternTask", "Task", "make_task", "register_task", "served_tasks"]
 
 
 def make_task(cfg, split: str | None = None):

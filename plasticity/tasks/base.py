@@ -49,6 +49,16 @@ class Task:
     def check_state(self, state: dict | None, source: str) -> None:
         """Refuse a checkpoint's stored `state` that this task cannot continue from."""
 
+    @classmethod
+    def episode_layout(cls, cfg) -> dict | None:
+        """How a served episode is laid out (`plasticity serve`, the MLflow model): K items
+        of P values shown `num_cycles` times, each for `present_steps` steps then
+        `gap_steps` zero steps, then a query item for `test_steps` steps; as the fields of
+        `plasticity.serving.EpisodeLayout` but `task`: item_size, num_items, num_cycles,
+        present_steps, gap_steps, test_steps, gain, bias (one extra input always `gain`),
+        ternary (values must be -1, 0 or +1). None: the task is not served."""
+        return None
+
 
 class EpisodicTask(Task):
     """A supervised task: it builds batches of episodes and scores a model's outputs on them."""
@@ -57,6 +67,9 @@ class EpisodicTask(Task):
     """Width of the inputs and outputs `[B, T, n_io]` the model sees and writes."""
     eval_chunk: int | None = None
     """Episodes per no-grad evaluation batch; None: sized from the Hebb tensor."""
+    headline: str | None = None
+    """The held-out metric (a key of `metrics`) the progress bar shows beside the loss and
+    the learning curve plots first; None: the first key `metrics` returns other than `loss`."""
 
     # What defines the task.
     def sample(self, batch: int, generator: torch.Generator) -> Any:
@@ -92,6 +105,12 @@ class EpisodicTask(Task):
 
 
 TASKS: dict[str, type[Task]] = {}
+"""Task name -> its class."""
+
+
+def served_tasks() -> tuple[str, ...]:
+    """The registered tasks that say how a served episode is laid out (`Task.episode_layout`)."""
+    return tuple(name for name, cls in TASKS.items() if cls.episode_layout.__func__ is not Task.episode_layout.__func__)
 
 
 def register_task(name: str):

@@ -54,6 +54,12 @@ class ImageTask(EpisodicTask):
     SPLITS = SPLITS
     """Data splits this task can draw from (make_task builds one without loading the others)."""
 
+    @classmethod
+    def episode_layout(cls, cfg) -> dict:
+        return dict(item_size=cfg.image_size ** 2, num_items=cfg.num_images, num_cycles=cfg.num_cycles,
+                    present_steps=cfg.present_steps, gap_steps=cfg.gap_steps, test_steps=cfg.test_steps,
+                    gain=1.0, bias=bool(cfg.bias_neuron), ternary=False)
+
     def __init__(self, cfg, split: str = "train", images: Tensor | None = None):
         self.cfg, self.split = cfg, split
         self.side = cfg.image_size

@@ -38,11 +38,19 @@ class PatternEpisode:
 
 @register_task("patterns")
 class PatternTask(EpisodicTask):
+    headline = "bit_error_all"
+
     def __init__(self, cfg):
         self.cfg = cfg
         self.size = cfg.pattern_size
         self.n_io = cfg.pattern_size + int(cfg.bias_neuron)
         self.steps = cfg.num_patterns * cfg.num_cycles * (cfg.present_steps + cfg.gap_steps) + cfg.test_steps
+
+    @classmethod
+    def episode_layout(cls, cfg) -> dict:
+        return dict(item_size=cfg.pattern_size, num_items=cfg.num_patterns, num_cycles=cfg.num_cycles,
+                    present_steps=cfg.present_steps, gap_steps=cfg.gap_steps, test_steps=cfg.test_steps,
+                    gain=float(cfg.input_gain), bias=bool(cfg.bias_neuron), ternary=True)
 
     def _random_patterns(self, batch: int, g: torch.Generator) -> Tensor:
         cfg, shape = self.cfg, (batch, self.cfg.num_patterns, self.size)

@@ -122,7 +122,9 @@ def stored_config(config: dict[str, Any], path: str | Path):
 
     task = config.get("task")
     if not isinstance(task, str) or task not in CONFIGS:
-        raise CheckpointError(f"{path} is for task {task!r}, which this version does not know: upgrade plasticity")
+        raise CheckpointError(f"{path} is for task {task!r}, which neither plasticity nor a loaded plugin registers: "
+                              "load the plugin that brings it (--plugin MODULE, $PLASTICITY_PLUGINS or its installed "
+                              "package), or upgrade plasticity")
     try:
         return CONFIGS[task].from_dict(config)
     except ConfigError as e:

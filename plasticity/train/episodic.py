@@ -224,13 +224,24 @@ class EpisodicAlgorithm:
     def checkpoint_extra(self) -> dict:
         return {"task_state": self.task.state()}
 
+    def headline(self, metrics: dict[str, float]) -> str:
+        """The task's headline metric's name (`TASK.headline`, else its first metric but the loss)."""
+        if self.task.headline:
+            return self.task.headline
+        names = [k.removeprefix("eval/") for k in metrics
+                 if k.startswith("eval/") and k != "eval/loss" and not k.endswith("_ci95")]
+        return names[0] if names else "loss"
+
     def postfix(self, metrics: dict[str, float]) -> dict[str, str]:
+        name = self.headline(metrics)
         return {"loss": f"{metrics.get('train/loss', float('nan')):.4f}",
-                "err": f"{metrics.get('eval/bit_error_all', float('nan')):.4f}"}
+                name: f"{metrics.get(f'eval/{name}', float('nan')):.4f}"}
 
     def finish(self, history: list[dict], run_dir: Path) -> None:
-        learning_curve_png(history, run_dir, ("eval/bit_error_all", "eval/bit_error_erased", "eval/loss"),
-                           ylabel="held-out value")
+        last = history[-1] if history else {}
+        others = [k for k in last if k.startswith("eval/") and not k.endswith("_ci95") and k != "eval/loss"]
+        shown = dict.fromkeys([f"eval/{self.headline(last)}", *others, "eval/loss"])
+        learning_curve_png(history, run_dir, (*list(shown)[:2], "eval/loss"), ylabel="held-out value")
 
     evaluate_checkpoint = staticmethod(evaluate_checkpoint)
 

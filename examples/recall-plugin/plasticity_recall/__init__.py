@@ -1,0 +1,1 @@
+"""An example plasticity plugin: `plugin.py` registers what it brings."""
