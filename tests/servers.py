@@ -28,16 +28,16 @@ def start_mlflow_server(workdir: Path, backend: str, tries: int = 3) -> tuple[su
     """An `mlflow server` on a free loopback port, artifacts served from `workdir`; up once
     its /health answers. A port found free can be taken before the server binds it (by a
     Ray or another server of a test beside this one): then the server exits, and it is
-    started again on another port."""
+    started again on another port. Its output: `workdir/mlflow.log` (the last start's)."""
     import urllib.request
 
-    for attempt in range(tries):
+    for _ in range(tries):
         port = free_port()
         server = subprocess.Popen(
             [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port),
              "--backend-store-uri", backend, "--artifacts-destination", str(workdir / "artifacts"),
              "--workers", "1"],
-            stdout=open(workdir / f"mlflow-{attempt}.log", "w"), stderr=subprocess.STDOUT, cwd=workdir,
+            stdout=open(workdir / "mlflow.log", "w"), stderr=subprocess.STDOUT, cwd=workdir,
             start_new_session=True)
         deadline = time.time() + 120
         while server.poll() is None and time.time() < deadline:
@@ -48,7 +48,7 @@ def start_mlflow_server(workdir: Path, backend: str, tries: int = 3) -> tuple[su
             except OSError:
                 time.sleep(0.5)
         stop(server)
-    log = (workdir / f"mlflow-{tries - 1}.log").read_text()[-2000:]
+    log = (workdir / "mlflow.log").read_text()[-2000:]
     raise TimeoutError(f"mlflow server did not answer /health in {tries} tries; its log ends:\n{log}")
 
 

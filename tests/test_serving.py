@@ -63,8 +63,8 @@ def test_episode_layout_refuses_tasks_it_does_not_cover():
     class Cfg:
         task = "maze"
 
-    with pytest.raises(PlasticityError, match=r"task 'maze' cannot be served: serving covers images, patterns, the "
-                                              r"tasks that say how a served episode is laid out \(Task.episode_layout\)"):
+    says = r"task 'maze' cannot be served: serving covers images, patterns, the tasks that say how a served episode"
+    with pytest.raises(PlasticityError, match=says + r" is laid out \(Task.episode_layout\)"):
         EpisodeLayout.from_config(Cfg())
 
 
