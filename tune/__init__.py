@@ -7,7 +7,8 @@
 trial through `plasticity.train.train`, `sweep` wires Tuner, searcher, scheduler and
 MLflow together (its arguments, the run, the command), `stores` holds the storage
 defaults, the one-line probes and joining Ray, `progress` and `summary` say what
-happened, `show` prints it again from the stores, `report` logs the parent run.
+happened, `show` prints it again from the stores, `report` logs the parent run, `api`
+runs a sweep from Python and returns its result (`tune.api.sweep`).
 
 Nothing in `plasticity` imports `tune` (but the `plasticity sweep` command, inside its
 function).
