@@ -277,7 +277,7 @@ def run_sweep(args: SweepArgs, stop=None):
 
         held = quiet_logging()
     given = args.space if isinstance(args.space, dict) else load_space(args.space) if args.space else None
-    space = validate_space(given or default_space(args.task), args.task)
+    space = validate_space(given if given is not None else default_space(args.task), args.task)
     check_constants(args.task, args.preset, args.overrides)
     check_space_limits(space, args.task, args.preset, args.overrides)
     tracking_uri = None if args.no_tracking else (args.tracking_uri or default_tracking_uri())
