@@ -59,7 +59,7 @@ RAY_FILES = (
     "test_cluster_faults.py", "test_cluster_security.py", "test_local_ray_security.py", "test_sweep.py",
     "test_signals.py", "test_sweep_faults.py", "test_sweep_summary.py", "test_serving_http.py",
     "test_sweep_quiet.py", "test_bench_scale.py", "test_sweep_gpus.py", "test_plugins_sweep.py",
-    "test_sweep_api.py",
+    "test_sweep_api.py", "test_sweep_tasks.py",
 )
 LONG_FILES = (
     *RAY_FILES, "test_bad_input.py", "test_resume.py", "test_plugins.py", "test_cli.py", "test_train.py",
