@@ -239,6 +239,14 @@ def specs() -> list[tuple[str, str | None]]:
     return [plugin.spec() for plugin in LOADED.values()]
 
 
+def load_command_line(argv: list[str]) -> list[str]:
+    """Load the plugins a command line gets (entry points, $PLASTICITY_PLUGINS, its
+    `--plugin`s); returns the line without the `--plugin`s. PluginError on a bad one."""
+    modules, rest = split_argv(argv)
+    load_all(modules)
+    return rest
+
+
 def split_argv(argv: list[str]) -> tuple[list[str], list[str]]:
     """(`--plugin` modules, argv without them): `--plugin M` and `--plugin=M`, anywhere."""
     modules, rest, i = [], [], 0
@@ -266,11 +274,12 @@ def export(environ=None) -> None:
     inherit ($PLASTICITY_PLUGINS, and their folders on $PYTHONPATH): a local Ray's workers
     (`plasticity serve`'s replicas) load them as this process did."""
     environ = os.environ if environ is None else environ
-    modules = [m for m, folder in specs() if m not in dict(entry_point_modules())]
-    if not modules:
+    installed = dict(entry_point_modules())
+    given = [(m, folder) for m, folder in specs() if m not in installed]
+    if not given:
         return
-    environ[ENV] = ",".join(dict.fromkeys([*env_modules(environ), *modules]))
-    folders = [folder for m, folder in specs() if m in modules and folder]
+    environ[ENV] = ",".join(dict.fromkeys([*env_modules(environ), *(m for m, _ in given)]))
+    folders = [folder for _, folder in given if folder]
     path = [*folders, *[p for p in environ.get("PYTHONPATH", "").split(os.pathsep) if p]]
     environ["PYTHONPATH"] = os.pathsep.join(dict.fromkeys(path))
 

@@ -34,7 +34,7 @@ import tyro
 from plasticity.cliargs import parse_args
 from plasticity.config import CONFIGS, PRESETS, SEARCH_SPACES
 from plasticity.errors import ConfigError, PlasticityError, TrackingError, check_choice, check_positive, error_line
-from plasticity.plugins import PluginError, command_line_plugins, load_all, split_argv
+from plasticity.plugins import PluginError, command_line_plugins, load_command_line
 from plasticity.plugins import specs as plugin_specs
 from plasticity.redact import redact
 from plasticity.train.signals import WarningSignal
@@ -376,8 +376,7 @@ def run_sweep(args: SweepArgs, stop=None):
 def main(argv: list[str] | None = None, prog: str = "python -m tune.sweep") -> int:
     argv = sys.argv[1:] if argv is None else argv
     try:
-        modules, argv = split_argv(argv)
-        load_all(modules)
+        argv = load_command_line(argv)
     except PluginError as e:
         fail(str(e))
     if argv and argv[0] == "show":

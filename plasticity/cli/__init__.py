@@ -39,7 +39,7 @@ from plasticity.cli.train import RunOptions, cmd_train, resume_command
 from plasticity.cli.usage import usage
 from plasticity.cliargs import fail
 from plasticity.errors import PlasticityError
-from plasticity.plugins import PluginError, load_all, split_argv
+from plasticity.plugins import PluginError, load_command_line
 from plasticity.train.signals import Stopped
 
 __all__ = ["COMMANDS", "RunOptions", "main", "resume_command"]
@@ -52,8 +52,7 @@ COMMANDS = {"train": cmd_train, "evaluate": cmd_evaluate, "data": cmd_data, "swe
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     try:
-        modules, argv = split_argv(argv)
-        load_all(modules)
+        argv = load_command_line(argv)
     except PluginError as e:
         fail(str(e))
     if not argv or argv[0] in ("-h", "--help"):
