@@ -92,8 +92,17 @@ def check_sweep_in_mlflow(uri: str, experiment: str, trials: int, model_name: st
         assert params["impl"] == "fused"  # trials run the fast path by default
         history = client.get_metric_history(child.info.run_id, "eval/loss")
         assert history and history[0].step > 0
+        if child.info.status == "FINISHED":  # the score the runs table sorts by
+            assert child.data.metrics["objective"] == min(m.value for m in history)
     arts = {a.path for a in client.list_artifacts(parent.info.run_id, "summary")}
-    assert {"summary/trials.csv", "summary/trials.md", "summary/objective_vs_eta.png"} <= arts
+    assert {"summary/trials.csv", "summary/trials.md", "summary/objective_vs_eta_by_rule.png"} <= arts
+    # The answer where the printed URL lands: the run's description, Optuna's figures on top.
+    figures = {a.path for a in client.list_artifacts(parent.info.run_id) if not a.is_dir}
+    assert {"optimization_history.png", "objective_vs_eta.png", "objective_vs_rule.png"} <= figures, figures
+    note = parent.data.tags["mlflow.note.content"]
+    assert "plasticity train " in note
+    assert f"get-artifact?path=objective_vs_eta.png&run_uuid={parent.info.run_id}" in note
+    assert note.count("| t0") == 0 and note.count("\n  t0") >= 1, note  # the printed table, in a code block
     versions = client.search_model_versions(f"name = '{model_name}'")
     assert len(versions) >= 1
     assert parent.data.tags["best_model"].startswith(f"{model_name}/")

@@ -13,7 +13,7 @@ import math
 import os
 import tempfile
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from ray.tune import Callback
@@ -93,6 +93,7 @@ class SweepTracker:
     parent: MlflowTracker
     experiment_id: str
     name: str
+    figures: list[str] = field(default_factory=list)  # Optuna's plots, logged by summarise
 
     @property
     def run_id(self) -> str:
@@ -160,8 +161,10 @@ class SweepTracker:
         if run is not None:
             self.parent.attempt(self.parent.client.set_tag, run.info.run_id, key, value)
 
-    def summarise(self, results, args, sweep, counts: dict[str, int] | None = None) -> None:
+    def summarise(self, results, args, sweep, counts: dict[str, int] | None = None, study=None) -> None:
         rows = trial_rows(results, args.metric)
+        if study is not None:
+            self._log_study_figures(study, args.metric)
         with tempfile.TemporaryDirectory() as d:
             table = Path(d) / "trials.csv"
             with open(table, "w", newline="") as f:
@@ -169,7 +172,7 @@ class SweepTracker:
                 writer.writeheader()
                 writer.writerows(rows)
             (Path(d) / "trials.md").write_text(markdown_table(rows))
-            figure = Path(d) / "objective_vs_eta.png"
+            figure = Path(d) / "objective_vs_eta_by_rule.png"
             save_figure(objective_plot(rows, args.metric), figure)
             for path in (table, Path(d) / "trials.md", figure):
                 self.parent.attempt(self.parent.client.log_artifact, self.run_id, str(path), "summary")
@@ -185,6 +188,41 @@ class SweepTracker:
             # This driver session's trial events (started, retried, failed, lost, ...).
             self.parent(0, {f"trials/session_{k}": v for k, v in counts.items()}, {})
         self.parent.finish()
+
+    def _log_study_figures(self, study, metric: str) -> None:
+        """Optuna's own plots of the study (tune/figures.py), at the top of the parent run's
+        artifacts: the run's Artifacts tab, then one click on a file, shows each."""
+        from tune.figures import study_figures
+
+        with tempfile.TemporaryDirectory() as d:
+            for name, fig in study_figures(study, metric).items():
+                save_figure(fig, Path(d) / name)
+                if self.parent.attempt(self.parent.client.log_artifact, self.run_id, str(Path(d) / name)):
+                    self.figures.append(name)
+
+    def describe(self, summary: str) -> None:
+        """The parent run's description (MLflow's run note, shown first on the run's page):
+        the sweep's answer as the terminal printed it (its table, the best trial and the
+        command that trains it again), the objective against eta drawn inline, and the
+        figures in the run's artifacts."""
+        figures = self.figures
+        said = summary.strip().splitlines()
+        # The best trial and its command first: the UI shows a description's first lines.
+        best = [i for i, line in enumerate(said) if line.startswith("best: ")]
+        lines = [f"**Sweep {self.name}**" + (f", {said[best[0]]}" if best else ": no trial finished")]
+        if best and best[0] + 1 < len(said):
+            lines += ["", "```", said[best[0] + 1].strip(), "```"]
+        lines.append("")
+        if "objective_vs_eta.png" in figures:
+            lines += [f"![objective against eta]({artifact_url(self.run_id, 'objective_vs_eta.png')})", ""]
+        lines += ["The sweep's answer as `plasticity sweep` printed it:", "", "```text", *said, "```", ""]
+        if figures:
+            lines.append("Figures (Optuna's, in this run's **Artifacts** tab): " + ", ".join(f"`{f}`" for f in figures)
+                         + "; the table of every trial: `summary/trials.csv`.")
+        note = "\n".join(lines)
+        if len(note) > NOTE_MAX:  # MLflow keeps tag values up to 8,000 characters
+            note = note[:NOTE_MAX - 40] + "\n```\n(cut: see summary/trials.md)"
+        self.parent.attempt(self.parent.client.set_tag, self.run_id, "mlflow.note.content", note)
 
     def _log_trial_models(self, results, args, keep: int = TOP) -> dict | None:
         """Log the best checkpoint (the one at its best evaluation: its score) of each of
@@ -243,6 +281,15 @@ class SweepTracker:
                                         f"(its best evaluation), checkpoint at episode {best['episode']}. "
                                         f"Settings: {settings}")
         client.set_tag(self.run_id, "best_model", f"{name}/{version}")
+
+
+NOTE_MAX = 7_900
+
+
+def artifact_url(run_id: str, path: str) -> str:
+    """An artifact's address relative to the MLflow UI's page (the UI fetches run
+    artifacts from this route itself), so the note's picture shows on any server."""
+    return f"get-artifact?path={path}&run_uuid={run_id}"
 
 
 def _best_checkpoint(result, metric: str):

@@ -52,6 +52,17 @@ def check_optuna_storage(url: str):
                           "or a reachable postgresql://user@host/db") from None
 
 
+def load_study(name: str, storage):
+    """The sweep's Optuna study, or None where it cannot be read (the figures drawn from it
+    are then left out: the sweep's answer does not depend on them)."""
+    import optuna
+
+    try:
+        return optuna.load_study(study_name=name, storage=storage)
+    except Exception:  # noqa: BLE001 - no study (e.g. no trial ever ran), or the storage is gone
+        return None
+
+
 def probe_ray(address: str, timeout: float = 5.0) -> None:
     """Fail fast on a `host:port` or `ray://host:port` that nothing answers on: `ray.init`
     itself keeps retrying for many minutes."""

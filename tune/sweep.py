@@ -39,7 +39,15 @@ from plasticity.plugins import specs as plugin_specs
 from plasticity.redact import redact
 from plasticity.train.signals import WarningSignal
 from tune.spaces import SPACES, DefineByRun, check_constants, check_space_limits, load_space, validate_space
-from tune.stores import check_gpus, check_optuna_storage, connect_ray, default_storage, default_storage_path, fail
+from tune.stores import (
+    check_gpus,
+    check_optuna_storage,
+    connect_ray,
+    default_storage,
+    default_storage_path,
+    fail,
+    load_study,
+)
 
 OBJECTIVE = "objective"
 """The key under which trials report their score (see tune/trainable.py)."""
@@ -265,6 +273,23 @@ def make_scheduler(args: SweepArgs):
 
 
 def run_sweep(args: SweepArgs, stop=None):
+    """Run the sweep `args` describes (checked first); print its progress and, at the end,
+    its summary; return Ray Tune's ResultGrid (`run` returns the whole result)."""
+    return sweep_and_collect(args, stop)[0]
+
+
+def run(args: SweepArgs, stop=None):
+    """Run the sweep `args` (checked and completed first: its name, its stores) and return
+    its `tune.result.SweepResult`: what `plasticity sweep` runs once it has parsed its
+    command line (`stop`: its signal handling), and `tune.api.sweep` once it has read its
+    keywords."""
+    from tune.result import result_of
+
+    grid, view = sweep_and_collect(args, stop)
+    return result_of(args, grid, view)
+
+
+def sweep_and_collect(args: SweepArgs, stop=None):
     """Check everything, run the sweep, write the summary. Returns the ResultGrid.
     `stop`: the driver's signals (`tune.progress.StopOnSignals`, active), as `main` runs
     it: a signal raises `SweepStopped` once the sweep's state is saved."""
@@ -362,15 +387,18 @@ def run_sweep(args: SweepArgs, stop=None):
             raise SweepStopped(stop.signum)
     counts = counter.counts()
     if tracker is not None:
-        tracker.summarise(results, args, sweep, counts)
+        tracker.summarise(results, args, sweep, counts, study=load_study(args.name, optuna_storage))
     from tune.summary import collect, results_folder, show
 
     view = collect(args.name, args.storage, tracking_uri, args.experiment,
                    results=results_folder(args.storage_path, args.name))
-    print(show(view), flush=True)
+    answer = show(view)
+    if tracker is not None:
+        tracker.describe(answer)
+    print(answer, flush=True)
     # This driver session's trial events (the cluster fault tests read this line).
     print(f"sweep {args.name}: trials " + ", ".join(f"{k} {v}" for k, v in counts.items()), flush=True)
-    return results
+    return results, view
 
 
 def main(argv: list[str] | None = None, prog: str = "python -m tune.sweep") -> int:
@@ -390,7 +418,7 @@ def main(argv: list[str] | None = None, prog: str = "python -m tune.sweep") -> i
     stop = StopOnSignals(SignalPlan(args.warning_signal))
     try:
         with stop.active():
-            results = run_sweep(args, stop)
+            results = run(args, stop).grid
     except (PlasticityError, TrackingError) as e:
         fail(str(e))
     except SweepStopped as e:
