@@ -17,17 +17,21 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 import uuid
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from cluster.local import Cluster
 from cluster.processes import free_port
+from tests.test_plugins import EXAMPLE, MODULE
 from tests.test_sweep import check_sweep_in_mlflow
 from tests.test_sweep_faults import _terminated
 
@@ -74,9 +78,10 @@ def client_env(cluster, monkeypatch):
     return env
 
 
-def submit(env: dict[str, str], args: list[str], wait: bool = True):
+def submit(env: dict[str, str], args: list[str], wait: bool = True, runtime_env: dict | None = None):
     cmd = [RAY, "job", "submit", "--address", env["RAY_ADDRESS"], "--working-dir", str(REPO),
-           "--runtime-env-json", EXCLUDES, "--", "python", "-m", "tune.sweep", *args]
+           "--runtime-env-json", json.dumps({**json.loads(EXCLUDES), **(runtime_env or {})}), "--", "python", "-m",
+           "tune.sweep", *args]
     full = {**os.environ, **env}
     if wait:
         return subprocess.run(cmd, env=full, capture_output=True, text=True, timeout=600)
@@ -173,6 +178,75 @@ def test_ray_job_submit_sweep_on_the_two_node_cluster(cluster, client_env):
 
     study = optuna.load_study(study_name="job", storage=client_env["OPTUNA_STORAGE"])
     assert len(study.trials) == 3
+
+
+@pytest.mark.slow
+def test_ray_job_submit_of_a_plugin_sweep_then_its_model_served_over_http(cluster, client_env, tmp_path):
+    """The example plugin (examples/recall-plugin), not installed anywhere: shipped with the
+    job by Ray's runtime env (`py_modules`), swept on both nodes with its own rule in its own
+    space, its best model registered in MLflow; then `plasticity serve models:/...` with the
+    plugin answers live sessions over HTTP exactly as the registered checkpoint does in
+    process."""
+    proc = submit(client_env, ["--plugin", MODULE, *SWEEP[2:], "--task", "recall", "--num-samples", "4",
+                               "--max-episodes", "256", "--eval-every", "128", "--name", "recalljob"],
+                  runtime_env={"py_modules": [str(EXAMPLE / "plasticity_recall")]})
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 0, out[-4000:]
+    assert "4/4 trials finished without error" in out, out[-3000:]
+    runs = child_runs("recalljob")
+    assert len(runs) == 4 and {r.data.params["task"] for r in runs.values()} == {"recall"}
+    assert {r.data.params["rule"] for r in runs.values()} <= {"hebb", "oja", "instar"}
+    assert len({r.data.tags["ray_node_id"] for r in runs.values()}) == 2, "the trials did not use both nodes"
+    assert len(mlflow_client().search_model_versions("name = 'plasticity-recall'")) == 1
+
+    from tests.test_serving_http import TOKEN, http, wait_http
+
+    port, ray_tmp = free_port(), tempfile.mkdtemp(prefix="pls", dir="/tmp")
+    env = {**os.environ, **client_env, "PYTHONPATH": str(EXAMPLE), "RAY_TMPDIR": ray_tmp,
+           "PLASTICITY_SERVE_TOKEN": TOKEN}
+    env.pop("RAY_ADDRESS")  # serve starts a Ray of its own
+    log = tmp_path / "serve.log"
+    server = subprocess.Popen([sys.executable, "-m", "plasticity.cli", "serve", "--plugin", MODULE,
+                               "models:/plasticity-recall/1", "--port", str(port), "--num-cpus", "1", "--shard-cpus",
+                               "0.5", "--threads", "1"], stdout=open(log, "w"), stderr=subprocess.STDOUT, env=env,
+                              start_new_session=True)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_http(f"{url}/info", server, log)
+        status, info = http("GET", f"{url}/info")
+        assert status == 200 and info["num_items"] == 3 and info["item_size"] == 16, info
+        rng = np.random.default_rng(5)
+        pairs = np.sign(rng.standard_normal((3, 16)))
+        query = np.concatenate([pairs[1, :8], np.zeros(8)])
+        steps = []
+        for pair in pairs:
+            steps += [pair] * info["present_steps"] + [np.zeros(16)] * info["gap_steps"]
+        steps += [query] * info["test_steps"]
+        status, session = http("POST", f"{url}/sessions")
+        assert status == 201, session
+        for x in steps:
+            status, answer = http("POST", f"{url}/sessions/{session['id']}/step", {"input": x.tolist()})
+            assert status == 200, answer
+        assert answer["steps"] == len(steps)
+        assert http("POST", f"{url}/sessions/{session['id']}/step", {"input": [1.0] * 3})[0] == 400
+    finally:
+        from tests.servers import stop
+
+        stop(server)
+        shutil.rmtree(ray_tmp, ignore_errors=True)
+    # The same episode in process, from the registered model's checkpoint.
+    code = ("import json, sys, numpy as np\n"
+            "from plasticity.serving import ServedModel\n"
+            "from plasticity.serving.mlflow_pyfunc import checkpoint_of\n"
+            "served = ServedModel.from_checkpoint(checkpoint_of('models:/plasticity-recall/1'))\n"
+            "episode = np.array(json.loads(sys.stdin.read()))\n"
+            "print(json.dumps(served.run_episodes(episode).tolist()))\n")
+    episode = np.concatenate([pairs, query[None]])[None]
+    local = subprocess.run([sys.executable, "-c", code], input=json.dumps(episode.tolist()), capture_output=True,
+                           text=True, timeout=300, env={**env, "PLASTICITY_PLUGINS": MODULE})
+    assert local.returncode == 0, local.stderr[-3000:]
+    expected = np.array(json.loads(local.stdout.strip().splitlines()[-1]))[0]
+    assert np.abs(np.array(answer["output"]) - expected).max() < 1e-4, (answer["output"], expected)
 
 
 @pytest.mark.slow
