@@ -11,6 +11,7 @@ tag `score`.
 
 from __future__ import annotations
 
+import json
 import math
 import re
 from dataclasses import dataclass, field
@@ -116,15 +117,21 @@ def collect(name: str, storage: str, tracking_uri: str | None = None, experiment
                     parent = run if parent is None or run.info.start_time > parent.info.start_time else parent
                 elif "trial_id" in run.data.tags:
                     runs[run.data.tags["trial_id"]] = run
+    # Without MLflow (--no-tracking), the trials' own folders say what their runs would.
+    local = trial_folders(results) if not runs else {}
     params = parent.data.params if parent else {}
-    task = params.get("task") or next((r.data.params.get("task") for r in runs.values()), "patterns")
+    task = (params.get("task") or next((r.data.params.get("task") for r in runs.values()), None)
+            or next((f["config"].get("task") for f in local.values() if f["config"].get("task")), "patterns"))
     metric = params.get("metric") or next((r.data.tags.get("objective_metric") for r in runs.values()), "eval/loss")
     rows = []
     seen = set()
     for trial in study.trials:
         trial_id = trial.user_attrs.get("ray_trial_id", f"optuna_{trial.number:05d}")
         seen.add(trial_id)
-        rows.append(_row(trial_id, trial, runs.get(trial_id), task, client if runs else None))
+        row = _row(trial_id, trial, runs.get(trial_id), task, client if runs else None)
+        if trial_id in local:
+            _from_folder(row, local[trial_id], task)
+        rows.append(row)
     for trial_id, run in runs.items():  # a child run Optuna does not know (e.g. a resumed sweep's)
         if trial_id not in seen:
             rows.append(_row(trial_id, None, run, task, client))
@@ -181,6 +188,45 @@ def _row(trial_id: str, trial, run, task: str, client) -> Row:
         retries = t.get("retries")
         row.ended = f"{ended}, retried {retries}x" if retries and retries != "0" else ended
     return row
+
+
+def trial_folders(results: str | None) -> dict[str, dict]:
+    """`{trial_id: {"config": its run's config.json, "result": its last result}}` from a
+    local Ray results folder (a sweep's trials each keep `result.json` and `run/`)."""
+    found: dict[str, dict] = {}
+    if not results or "://" in results or not Path(results).is_dir():
+        return found
+    for path in Path(results).glob("*/result.json"):
+        last = None
+        for line in path.read_text(errors="replace").splitlines():
+            try:
+                last = json.loads(line) if line.strip() else last
+            except ValueError:
+                break  # being written
+        config = path.parent / "run" / "config.json"
+        if last and "trial_id" in last:
+            try:
+                cfg = json.loads(config.read_text()) if config.is_file() else {}
+            except ValueError:
+                cfg = {}
+            found[last["trial_id"]] = {"config": cfg if isinstance(cfg, dict) else {}, "result": last}
+    return found
+
+
+def _from_folder(row: Row, folder: dict, task: str) -> None:
+    """What a trial's MLflow run would give its row, from its own folder instead."""
+    cfg, result = folder["config"], folder["result"]
+    row.settings = {k: str(v) for k, v in cfg.items() if k != "out"}
+    row.headline = _float(result.get(f"best/{headline_of(task)}"))
+    if "model/params" in result:
+        row.params = str(int(result["model/params"]))
+    if "episodes" in result:
+        row.episodes = str(int(result["episodes"]))
+    if not math.isfinite(row.objective) and row.ended != "failed":
+        row.objective = _float(result.get("objective"))
+    row.rule, row.alpha_mode = row.rule or str(cfg.get("rule", "")), row.alpha_mode or str(cfg.get("alpha_mode", ""))
+    if not row.eta and isinstance(cfg.get("eta"), int | float):
+        row.eta = f"{cfg['eta']:.3g}"
 
 
 def _num(x: float) -> str:
