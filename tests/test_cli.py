@@ -181,3 +181,18 @@ def test_the_resume_command_repeats_the_run_options_and_masks_passwords():
     assert (resume_command("images", "c.pt", tracked)
             == "plasticity train images --resume c.pt --tracking-uri 'http://admin:***@mlflow:5000' "
                "--experiment 'eta scan'")
+
+
+def test_help_into_a_closed_pipe_stops_quietly(tmp_path):
+    """`plasticity train patterns --help | head -1`: the reader has gone away; the command
+    stops with 141 (128 + SIGPIPE) and says nothing on stderr (before: a false 'Broken
+    pipe: check the path, its permissions and the free disk space' error). The pipe's
+    reading end is closed before the command writes, so every write fails."""
+    read, write = os.pipe()
+    os.close(read)
+    try:
+        proc = subprocess.run([sys.executable, "-m", "plasticity.cli", "train", "patterns", "--help"], cwd=tmp_path,
+                              stdout=write, stderr=subprocess.PIPE, text=True, timeout=120)
+    finally:
+        os.close(write)
+    assert proc.returncode == 141 and proc.stderr == "", proc.stderr

@@ -28,6 +28,7 @@ May import: plasticity.cliargs, plasticity.config, plasticity.errors, plasticity
 
 from __future__ import annotations
 
+import os
 import sys
 
 from plasticity.cli.data import cmd_data
@@ -50,6 +51,16 @@ COMMANDS = {"train": cmd_train, "evaluate": cmd_evaluate, "data": cmd_data, "swe
 
 
 def main(argv: list[str] | None = None) -> int:
+    try:
+        return _main(argv)
+    except BrokenPipeError:
+        # The reader went away (`plasticity train --help | head`): stop quietly, as Unix
+        # tools do, without a second error when Python flushes stdout at exit.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141  # 128 + SIGPIPE
+
+
+def _main(argv: list[str] | None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     try:
         argv = load_command_line(argv)
@@ -70,6 +81,8 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("plasticity: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:
+        raise
     except OSError as e:
         # Backstop for a file that cannot be read or written where no check named it.
         where = f" ({e.filename})" if e.filename else ""
