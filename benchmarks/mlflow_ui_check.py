@@ -172,7 +172,8 @@ def main() -> int:
         print(f"{what:<72} {clicks:>6}  {'yes' if ok else 'NO'}")
     picture = min((c for what, c, ok in steps if ok and "objective against eta" in what or ok and PICTURE in what),
                   default=None)
-    print(f"the objective against eta: {'not found' if picture is None else f'{picture} clicks'} from {url}")
+    found = "not found" if picture is None else f"{picture} click{'' if picture == 1 else 's'}"
+    print(f"the objective against eta: {found} from {url}")
     print(f"screenshots and page text in {args.out}")
     return 0 if picture is not None and picture <= 2 else 1
 
