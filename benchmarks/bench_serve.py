@@ -1,6 +1,8 @@
-"""Speed of live sessions: steps/s and step latency (p50/p99) with 1, 16 and 64 concurrent
-sessions, at the small (N = 51) and reference (N = 1001) pattern sizes, batched
-(`@serve.batch`, up to 64 steps per forward) against unbatched (one step per forward).
+"""Speed of live sessions: steps/s and request latency (p50/p99) with 1, 16 and 64
+concurrent sessions, at the small (N = 51) and reference (N = 1001) pattern sizes, batched
+(`@serve.batch`, up to 64 requests per forward) against unbatched (one request per
+forward), with requests of one step (`POST /step`) and of 16 (`POST /steps`, one forward
+over the sequence; `--sequences`).
 
 Two layers are measured in one run:
   in-process  `SessionStore.step_many` with all sessions (batched) or one call per
@@ -49,35 +51,39 @@ def percentile(values: list[float], q: float) -> float:
     return float(np.percentile(np.array(values), q)) if values else float("nan")
 
 
-def bench_in_process(served: ServedModel, sessions: int, seconds: float, batched: bool) -> dict:
+def bench_in_process(served: ServedModel, sessions: int, seconds: float, batched: bool, seq: int = 1) -> dict:
+    """Requests of `seq` steps each (1: `step`, more: `steps`, one forward over them)."""
     store = SessionStore(served, max_sessions=sessions)
     ids = [store.create() for _ in range(sessions)]
     rng = np.random.default_rng(0)
-    x = np.where(rng.random((sessions, served.layout.item_size)) < 0.5, -1.0, 1.0).astype(np.float32)
+    x = np.where(rng.random((sessions, seq, served.layout.item_size)) < 0.5, -1.0, 1.0).astype(np.float32)
+    x = x[:, 0] if seq == 1 else x
+    many, one = (store.step_many, store.step) if seq == 1 else (store.steps_many, store.steps)
     lat, steps = [], 0
     start = time.perf_counter()
     while time.perf_counter() - start < seconds:
         t0 = time.perf_counter()
         if batched:
-            store.step_many(list(zip(ids, x, strict=True)))
+            many(list(zip(ids, x, strict=True)))
             lat += [time.perf_counter() - t0] * sessions
         else:
             for sid, xi in zip(ids, x, strict=True):
                 t1 = time.perf_counter()
-                store.step(sid, xi)
+                one(sid, xi)
                 lat.append(time.perf_counter() - t1)
-        steps += sessions
+        steps += sessions * seq
     wall = time.perf_counter() - start
     # Sessions per forward: a batch is split into forwards of at most store.max_forward.
     return {"steps_s": steps / wall, "p50_ms": 1e3 * percentile(lat, 50), "p99_ms": 1e3 * percentile(lat, 99),
             "mean_batch": min(sessions, store.max_forward) if batched else 1}
 
 
-async def _drive(url: str, sessions: int, seconds: float, item_size: int) -> dict:
+async def _drive(url: str, sessions: int, seconds: float, item_size: int, seq: int = 1) -> dict:
     import aiohttp
 
     rng = np.random.default_rng(0)
-    body = {"input": np.where(rng.random(item_size) < 0.5, -1.0, 1.0).tolist()}
+    rows = np.where(rng.random((seq, item_size)) < 0.5, -1.0, 1.0)
+    route, body = ("step", {"input": rows[0].tolist()}) if seq == 1 else ("steps", {"inputs": rows.tolist()})
     lat: list[float] = []
     batches: list[int] = []
     async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as http:
@@ -90,7 +96,7 @@ async def _drive(url: str, sessions: int, seconds: float, item_size: int) -> dic
         async def one(sid: str):
             while time.perf_counter() < stop_at:
                 t0 = time.perf_counter()
-                async with http.post(f"{url}/sessions/{sid}/step", json=body) as r:
+                async with http.post(f"{url}/sessions/{sid}/{route}", json=body) as r:
                     answer = await r.json()
                     if r.status != 200:
                         raise RuntimeError(f"step failed: {r.status} {answer}")
@@ -103,8 +109,8 @@ async def _drive(url: str, sessions: int, seconds: float, item_size: int) -> dic
         for sid in ids:
             async with http.delete(f"{url}/sessions/{sid}"):
                 pass
-    return {"steps_s": len(lat) / wall, "p50_ms": 1e3 * percentile(lat, 50), "p99_ms": 1e3 * percentile(lat, 99),
-            "mean_batch": statistics.fmean(batches) if batches else float("nan")}
+    return {"steps_s": seq * len(lat) / wall, "p50_ms": 1e3 * percentile(lat, 50),
+            "p99_ms": 1e3 * percentile(lat, 99), "mean_batch": statistics.fmean(batches) if batches else float("nan")}
 
 
 def start_apps(checkpoints: dict[str, Path], port: int, max_sessions: int) -> dict[tuple[str, bool], str]:
@@ -133,11 +139,13 @@ def main(argv=None) -> int:
     parser.add_argument("--seconds", type=float, default=4.0, help="measuring time per cell")
     parser.add_argument("--sessions", type=int, nargs="+", default=[1, 16, 64])
     parser.add_argument("--sizes", nargs="+", default=list(SIZES), choices=list(SIZES))
+    parser.add_argument("--sequences", type=int, nargs="+", default=[1, 16],
+                        help="steps per request: 1 = POST /step, T > 1 = POST /steps of T steps (one forward)")
     parser.add_argument("--no-http", action="store_true", help="in-process numbers only")
     parser.add_argument("--smoke-test", action="store_true", help="tiny run: small size, 1 and 4 sessions, 0.5 s")
     args = parser.parse_args(argv)
     if args.smoke_test:
-        args.seconds, args.sessions, args.sizes = 0.5, [1, 4], ["small"]
+        args.seconds, args.sessions, args.sizes, args.sequences = 0.5, [1, 4], ["small"], [1, 4]
     torch.set_num_threads(1)
     folder = Path(tempfile.mkdtemp(prefix="bench-serve-"))
     checkpoints = {size: make_checkpoint(size, folder) for size in args.sizes}
@@ -145,29 +153,34 @@ def main(argv=None) -> int:
     for size, path in checkpoints.items():
         served = ServedModel.from_checkpoint(path)
         served.warm_up()
-        for n in args.sessions:
-            for batched in (True, False):
-                r = bench_in_process(served, n, args.seconds, batched)
-                rows.append(("in-process", size, served.n_neurons, n, batched, r))
-                print(f"in-process {size} sessions={n} batched={batched}: {r}", file=sys.stderr, flush=True)
+        for seq in args.sequences:
+            for n in args.sessions:
+                for batched in (True, False):
+                    r = bench_in_process(served, n, args.seconds, batched, seq)
+                    rows.append(("in-process", size, served.n_neurons, n, seq, batched, r))
+                    print(f"in-process {size} sessions={n} steps/request={seq} batched={batched}: {r}",
+                          file=sys.stderr, flush=True)
     if not args.no_http:
         urls = start_apps(checkpoints, free_port(), max(args.sessions))
         for (size, batched), url in urls.items():
             n_neurons = ServedModel.from_checkpoint(checkpoints[size]).n_neurons
             item = SIZES[size]["pattern_size"]
-            for n in args.sessions:
-                r = asyncio.run(_drive(url, n, args.seconds, item))
-                rows.append(("http", size, n_neurons, n, batched, r))
-                print(f"http {size} sessions={n} batched={batched}: {r}", file=sys.stderr, flush=True)
+            for seq in args.sequences:
+                for n in args.sessions:
+                    r = asyncio.run(_drive(url, n, args.seconds, item, seq))
+                    rows.append(("http", size, n_neurons, n, seq, batched, r))
+                    print(f"http {size} sessions={n} steps/request={seq} batched={batched}: {r}", file=sys.stderr,
+                          flush=True)
         from ray import serve
 
         serve.shutdown()
     print(f"\n{platform.processor() or platform.machine()}, {torch.get_num_threads()} torch thread(s), "
           f"{args.seconds:g} s per cell\n")
-    print("| layer | size | N | sessions | batched | steps/s | p50 ms | p99 ms | sessions per forward |")
-    print("|---|---|---|---|---|---|---|---|---|")
-    for layer, size, n_neurons, n, batched, r in rows:
-        print(f"| {layer} | {size} | {n_neurons} | {n} | {'yes' if batched else 'no'} | {r['steps_s']:.0f} | "
+    print("| layer | size | N | sessions | steps/request | batched | steps/s | p50 ms/request | p99 ms/request | "
+          "requests per forward |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
+    for layer, size, n_neurons, n, seq, batched, r in rows:
+        print(f"| {layer} | {size} | {n_neurons} | {n} | {seq} | {'yes' if batched else 'no'} | {r['steps_s']:.0f} | "
               f"{r['p50_ms']:.2f} | {r['p99_ms']:.2f} | {r['mean_batch']:.1f} |")
     return 0
 

@@ -109,6 +109,41 @@ def test_session_steps_equal_one_run_and_sessions_do_not_share_memory(served, ma
     assert store.info(a)["hebb_norm"] > 0
 
 
+@pytest.mark.parametrize("max_forward", [None, 1], ids=["one-forward", "forwards-of-1"])
+def test_sequence_requests_equal_single_steps_and_batch_by_length(served, max_forward):
+    """`steps` (one forward over T steps) gives what T single steps give, from whatever
+    state the session is in; sequences of several sessions and lengths in one batch (equal
+    lengths share a forward), a session twice in one batch, and single steps in between."""
+    store = SessionStore(served, max_forward=max_forward)
+    a, b, c = store.create(), store.create(), store.create()
+    sa, sb, sc = (random_schedule(served, s) for s in (5, 6, 7))
+    t = len(sa)
+    outs = store.steps_many([(a, sa[:4]), (b, sb[:4]), (c, sc[:3]), (a, sa[4:t - 1])])
+    assert [o.shape for o in outs] == [(4, 50), (4, 50), (3, 50), (t - 5, 50)]
+    last = store.step(a, sa[t - 1])  # a single step continues the sequence's state
+    got_a = np.concatenate([outs[0], outs[3], last[None]])
+    assert_close(torch.from_numpy(got_a), torch.from_numpy(reference_steps(served, sa)), rtol=1e-5)
+    assert_close(torch.from_numpy(outs[1]), torch.from_numpy(reference_steps(served, sb[:4])), rtol=1e-5)
+    assert_close(torch.from_numpy(outs[2]), torch.from_numpy(reference_steps(served, sc[:3])), rtol=1e-5)
+    assert [store.info(s)["steps"] for s in (a, b, c)] == [t, 4, 3]
+
+
+@pytest.mark.parametrize("values, message", [
+    (np.ones((3, 49)), r"must have shape \[T, 50\]"),
+    (np.ones((0, 50)), r"1 <= T <= 8"),
+    (np.ones((9, 50)), r"1 <= T <= 8"),
+    (np.ones(50), r"got \[50\]"),
+    (np.full((2, 50), np.inf), "NaN/inf"),
+], ids=["width", "empty", "too-long", "one-item", "inf"])
+def test_bad_sequences_get_one_clear_error(served, values, message):
+    store = SessionStore(served, max_sequence=8)
+    good, bad = store.create(), store.create()
+    out_good, out_bad = store.steps_many([(good, np.ones((2, 50), np.float32)), (bad, values)])
+    assert isinstance(out_bad, RequestError) and out_bad.status == 400 and "\n" not in str(out_bad)
+    assert re.search(message, str(out_bad)), str(out_bad)
+    assert out_good.shape == (2, 50) and store.info(bad)["steps"] == 0
+
+
 def test_reset_starts_a_fresh_episode_and_delete_forgets(served):
     store = SessionStore(served)
     sid = store.create()

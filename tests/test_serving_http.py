@@ -147,6 +147,31 @@ def test_concurrent_sessions_are_batched_routed_by_id_and_isolated(serve_url, ch
     assert http("GET", f"{serve_url}/sessions/{ids[0]}")[0] == 404
 
 
+def test_a_sequence_request_equals_its_single_steps(serve_url, checkpoint):  # noqa: F811
+    """`POST /sessions/ID/steps`: T steps in one request (one forward), continuing the
+    session's state from one request to the next; bad sequences get 400 and change nothing."""
+    served = ServedModel.from_checkpoint(checkpoint)
+    patterns, query, _, _ = serve_client.make_episode(2, 50, 11)
+    steps = np.array([p for p in patterns for p in [p] * 3 + [np.zeros(50)]] + [query] * 3, np.float32)
+    status, body = http("POST", f"{serve_url}/sessions")
+    assert status == 201
+    sid = body["id"]
+    status, first = http("POST", f"{serve_url}/sessions/{sid}/steps", {"inputs": steps[:5].tolist()})
+    assert status == 200 and first["steps"] == 5 and len(first["outputs"]) == 5, first
+    status, rest = http("POST", f"{serve_url}/sessions/{sid}/steps", {"inputs": steps[5:].tolist()})
+    assert status == 200 and rest["steps"] == len(steps), rest
+    assert_close(torch.tensor(first["outputs"] + rest["outputs"]), torch.from_numpy(reference_steps(served, steps)),
+                 rtol=1e-5)
+    for bad, message in [({"input": [1.0] * 50}, '{"inputs": [[numbers], ...]}'),
+                         ({"inputs": [[1.0] * 49]}, "must have shape [T, 50]"),
+                         ({"inputs": []}, "must have shape [T, 50]"),
+                         ({"inputs": [[0.5] * 50]}, "other than -1, 0, +1")]:
+        status, answer = http("POST", f"{serve_url}/sessions/{sid}/steps", bad)
+        assert status == 400 and message in answer["error"], answer
+    assert http("GET", f"{serve_url}/sessions/{sid}")[1]["steps"] == len(steps)
+    assert http("DELETE", f"{serve_url}/sessions/{sid}")[0] == 200
+
+
 def test_reset_bad_requests_and_token(serve_url):
     status, body = http("POST", f"{serve_url}/sessions")
     assert status == 201

@@ -57,6 +57,8 @@ class ServeArgs:
     """Steps of concurrent sessions run as one forward, up to this many (1 = unbatched)."""
     batch_wait_ms: float = 2.0
     """How long a step waits for others to join its batch."""
+    max_sequence: int = 4096
+    """Steps one `POST /sessions/ID/steps` request may hold at most."""
     threads: int = 0
     """torch threads per shard (0: torch's default)."""
     shard_cpus: float = 1.0
@@ -71,7 +73,7 @@ def check_serve_args(args: ServeArgs) -> None:
         if not math.isfinite(getattr(args, name)):
             raise ConfigError(f"--{name.replace('_', '-')} must be a finite number, got {getattr(args, name)}: "
                               "pass a number such as its default")
-    for name in ("port", "shards", "max_sessions", "idle_timeout", "max_batch_size"):
+    for name in ("port", "shards", "max_sessions", "idle_timeout", "max_batch_size", "max_sequence"):
         check_positive(name.replace("_", "-"), getattr(args, name))
     for name in ("batch_wait_ms", "threads", "shard_cpus"):
         check_positive(name.replace("_", "-"), getattr(args, name), allow_zero=True)
@@ -101,7 +103,7 @@ def main(argv: list[str]) -> int:
     settings = ray_app.ServeSettings(shards=args.shards, max_sessions=args.max_sessions,
                                      idle_timeout_s=args.idle_timeout, max_batch_size=args.max_batch_size,
                                      batch_wait_s=args.batch_wait_ms / 1000, threads=args.threads,
-                                     shard_cpus=args.shard_cpus)
+                                     shard_cpus=args.shard_cpus, max_sequence=args.max_sequence)
     ray_app.start(args.model, settings, host=args.host, port=args.port, address=args.address,
                   num_cpus=args.num_cpus, token=token, ray_bind=args.ray_bind)
     print(f"serving {args.model} on http://{args.host}:{args.port} ({args.shards} shard(s), "

@@ -142,6 +142,15 @@ class EpisodeLayout:
             raise RequestError(f"input must be {self.item_size} numbers (one item), got shape {list(array.shape)}")
         return self.check_values(array, "input")
 
+    def check_steps(self, data, max_steps: int) -> np.ndarray:
+        """A sequence of live-session steps -> float32 `[T, P]`, 1 <= T <= `max_steps`."""
+        array = _as_array(data, "inputs")
+        if array.ndim != 2 or array.shape[1] != self.item_size or not 1 <= array.shape[0] <= max_steps:
+            raise RequestError(f"inputs must have shape [T, {self.item_size}] (T steps of one item each, 1 <= T <= "
+                               f"{max_steps}), got {list(array.shape)}: send a list of rows of {self.item_size} "
+                               "numbers, or several requests")
+        return self.check_values(array, "inputs")
+
     def example(self, seed: int = 0) -> np.ndarray:
         """One episode `[1, K+1, P]` of random items and a degraded copy of the first."""
         g = np.random.default_rng(seed)

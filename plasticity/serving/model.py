@@ -3,6 +3,7 @@
     served = ServedModel.from_checkpoint("runs/<run>/checkpoint.pt")
     served.run_episodes(episodes [E, K+1, P]) -> outputs [E, P]   (Hebb from zero per episode)
     served.step(inputs [B, P], state) -> (outputs [B, P], state)  (one network step)
+    served.steps(inputs [B, T, P], state) -> (outputs [B, T, P], state)  (T steps, one forward)
 """
 
 from __future__ import annotations
@@ -86,8 +87,16 @@ class ServedModel:
     def step(self, values: torch.Tensor, state):
         """One network step for B sessions: items `[B, P]`, their batched state ->
         (outputs `[B, P]`, new batched state)."""
-        outputs, state = self.model(self.layout.step_inputs(values)[:, None], state)
-        return outputs[:, 0, :self.layout.item_size], state
+        outputs, state = self.steps(values[:, None], state)
+        return outputs[:, 0], state
+
+    @torch.no_grad()
+    def steps(self, values: torch.Tensor, state):
+        """T network steps for B sessions in one forward (the fused path over the whole
+        sequence): items `[B, T, P]`, their batched state -> (outputs `[B, T, P]`, new
+        batched state)."""
+        outputs, state = self.model(self.layout.step_inputs(values), state)
+        return outputs[..., :self.layout.item_size], state
 
 
 def _tensors(state):

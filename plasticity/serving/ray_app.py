@@ -7,6 +7,7 @@ HTTP API (JSON; with a token, every request needs `Authorization: Bearer TOKEN`)
     GET    /info                     the model and the schedule a client follows
     POST   /sessions                 -> {"id"}            a fresh state (zero activity, zero Hebb)
     POST   /sessions/{id}/step       {"input": [P numbers]} -> {"output": [P], "steps"}  one network step
+    POST   /sessions/{id}/steps      {"inputs": [T rows of P]} -> {"outputs": [T rows], "steps"}  T steps, one forward
     POST   /sessions/{id}/reset      back to a zero state
     GET    /sessions/{id}            {"steps", "memory_bytes", "hebb_norm", ...}
     DELETE /sessions/{id}
@@ -15,7 +16,8 @@ Layout: a stateless `Gateway` (FastAPI ingress) and `--shards` deployments `Shar
 one replica each, each holding its sessions' state in a `SessionStore`. A session id
 starts with its shard's number: the gateway routes every request of a session to the
 replica that holds it (route by id; state never moves). Within a shard, concurrent
-steps are batched with `@serve.batch` into one plastic forward. A shard that dies loses
+steps are batched with `@serve.batch` into one plastic forward, and so are concurrent
+sequences (those of equal length share a forward over their T steps). A shard that dies loses
 its sessions (404 afterwards); the others go on.
 
 May import: ray, fastapi
@@ -55,6 +57,8 @@ class ServeSettings:
     """torch threads per shard; 0: torch's default."""
     shard_cpus: float = 1.0
     """CPUs Ray reserves for each shard (the gateway reserves none)."""
+    max_sequence: int = 4096
+    """Steps one `/steps` request may hold at most."""
 
 
 def _error(e: RequestError) -> dict:
@@ -71,10 +75,11 @@ class ShardImpl:
             self.served = ServedModel.from_checkpoint(path, threads=settings.threads or None)
         self.served.warm_up()
         self.store = SessionStore(self.served, max_sessions=per_shard, idle_timeout_s=settings.idle_timeout_s,
-                                  id_prefix=f"{index}-")
+                                  id_prefix=f"{index}-", max_sequence=settings.max_sequence)
         self.index = index
-        self.step_batch.set_max_batch_size(settings.max_batch_size)
-        self.step_batch.set_batch_wait_timeout_s(settings.batch_wait_s)
+        for batched in (self.step_batch, self.steps_batch):
+            batched.set_max_batch_size(settings.max_batch_size)
+            batched.set_batch_wait_timeout_s(settings.batch_wait_s)
 
     def _call(self, fn, *args) -> dict:
         try:
@@ -102,15 +107,25 @@ class ShardImpl:
     async def step(self, sid: str, values) -> dict:
         return await self.step_batch((sid, values))
 
+    async def steps(self, sid: str, values) -> dict:
+        return await self.steps_batch((sid, values))
+
     @serve.batch(max_batch_size=64, batch_wait_timeout_s=0.002)
     async def step_batch(self, requests: list[tuple[str, object]]) -> list[dict]:
-        results = self.store.step_many(requests)
+        return self._answers(requests, self.store.step_many(requests), "output")
+
+    @serve.batch(max_batch_size=64, batch_wait_timeout_s=0.002)
+    async def steps_batch(self, requests: list[tuple[str, object]]) -> list[dict]:
+        return self._answers(requests, self.store.steps_many(requests), "outputs")
+
+    def _answers(self, requests: list[tuple[str, object]], results: list, key: str) -> list[dict]:
+        """Each request's answer: its output(s), the session's step count after it, the batch size."""
         out = []
         for (sid, _), r in zip(requests, results, strict=True):
             if isinstance(r, RequestError):
                 out.append(_error(r))
             else:
-                out.append({"output": r.tolist(), "steps": self.store.sessions[sid].steps
+                out.append({key: r.tolist(), "steps": self.store.sessions[sid].steps
                             if sid in self.store.sessions else None, "batch": len(requests)})
         return out
 
@@ -153,7 +168,8 @@ def build_app(checkpoint: bytes, settings: ServeSettings, token: str | None = No
     info = {**probe.layout.describe(), "neurons": probe.n_neurons, "model": probe.cfg.model,
             "rule": probe.cfg.rule, "trained_episodes": probe.episode, "shards": settings.shards,
             "max_sessions": per_shard * settings.shards, "idle_timeout_s": settings.idle_timeout_s,
-            "session_memory_bytes": probe.state_bytes(), "max_batch_size": settings.max_batch_size}
+            "session_memory_bytes": probe.state_bytes(), "max_batch_size": settings.max_batch_size,
+            "max_sequence": settings.max_sequence}
     token_sha256 = None if token is None else hashlib.sha256(token.encode()).hexdigest()
     api = gateway_app(info, token_sha256)
 
@@ -205,6 +221,17 @@ def build_app(checkpoint: bytes, settings: ServeSettings, token: str | None = No
                 return _bad_request('the body must be {"input": [numbers]} (one item of '
                                     f'{info["item_size"]} values)')
             return await self._forward(sid, "step", body["input"])
+
+        @api.post("/sessions/{sid}/steps")
+        async def steps(self, sid: str, request: Request) -> JSONResponse:
+            try:
+                body = await request.json()
+            except (ValueError, RecursionError):
+                return _bad_request('the body must be JSON: {"inputs": [[numbers], ...]}')
+            if not isinstance(body, dict) or "inputs" not in body:
+                return _bad_request('the body must be {"inputs": [[numbers], ...]} (T rows of '
+                                    f'{info["item_size"]} values, one row per step)')
+            return await self._forward(sid, "steps", body["inputs"])
 
         @api.post("/sessions/{sid}/reset")
         async def reset(self, sid: str) -> JSONResponse:

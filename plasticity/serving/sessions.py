@@ -5,11 +5,13 @@ keeps learning with every step; steps of many sessions run as one batched forwar
     sid = store.create()
     out = store.step(sid, item [P])                       # one network step, state updated
     outs = store.step_many([(sid_a, x_a), (sid_b, x_b)])  # one forward for both sessions
+    outs = store.steps(sid, items [T, P])                 # T steps in one forward -> [T, P]
 
 A session's state is `N + N^2` floats for the plastic network (4 MB at N = 1001), made
-when the session opens. `step_many` applies each session's steps in the order given,
-also when one session appears several times in a batch (those run as successive
-rounds). The store is thread-safe (one lock); it does no I/O and imports no server.
+when the session opens. `step_many` (and `steps_many`, for sequences; those of equal
+length share a forward) applies each session's steps in the order given, also when one
+session appears several times in a batch (those run as successive rounds). The store is
+thread-safe (one lock); it does no I/O and imports no server.
 """
 
 from __future__ import annotations
@@ -60,14 +62,18 @@ class SessionStore:
         id_prefix: put in front of every id (the Serve app routes ids to shards by it).
         max_forward: sessions per forward at most (a larger batch runs as several
             forwards); default `default_max_forward(N)`.
+        max_sequence: steps one sequence request may hold at most.
         clock: seconds, monotonic (tests pass a fake one).
     """
 
     def __init__(self, served: ServedModel, *, max_sessions: int = 64, idle_timeout_s: float = 600.0,
-                 id_prefix: str = "", max_forward: int | None = None, clock: Callable[[], float] = time.monotonic):
+                 id_prefix: str = "", max_forward: int | None = None, max_sequence: int = 4096,
+                 clock: Callable[[], float] = time.monotonic):
         check_positive("max_sessions", max_sessions)
         check_positive("idle_timeout_s", idle_timeout_s)
+        check_positive("max_sequence", max_sequence)
         self.served, self.max_sessions, self.idle_timeout_s = served, max_sessions, idle_timeout_s
+        self.max_sequence = max_sequence
         self.id_prefix, self.clock = id_prefix, clock
         self.max_forward = max_forward or default_max_forward(served.n_neurons)
         check_positive("max_forward", self.max_forward)
@@ -148,40 +154,61 @@ class SessionStore:
             raise out
         return out
 
+    def steps(self, sid: str, values) -> np.ndarray:
+        """T steps of one session in one forward: items `[T, P]` -> outputs `[T, P]`."""
+        (out,) = self.steps_many([(sid, values)])
+        if isinstance(out, RequestError):
+            raise out
+        return out
+
     def step_many(self, requests: list[tuple[str, object]]) -> list[np.ndarray | RequestError]:
         """One step for each `(session id, item [P])`, batched into as few forwards as the
         repeats of a session allow; per request the output `[P]` or the `RequestError`."""
+        return self._run_many(requests, lambda v: self.served.layout.check_step(v)[None], single=True)
+
+    def steps_many(self, requests: list[tuple[str, object]]) -> list[np.ndarray | RequestError]:
+        """A sequence for each `(session id, items [T, P])`: those of equal length T run as
+        one forward over T steps (as single steps are batched); per request the outputs
+        `[T, P]` or the `RequestError`."""
+        return self._run_many(requests, lambda v: self.served.layout.check_steps(v, self.max_sequence), single=False)
+
+    def _run_many(self, requests, check, single: bool) -> list:
         results: list = [None] * len(requests)
         pending: list[tuple[int, Session, np.ndarray]] = []
         for i, (sid, values) in enumerate(requests):
             try:
-                pending.append((i, self.get(sid), self.served.layout.check_step(values)))
+                pending.append((i, self.get(sid), check(values)))
             except RequestError as e:
                 results[i] = e
         while pending:
-            # A session's k-th step of this batch runs in round k: its steps stay in order.
+            # A session's k-th request of this batch runs in round k: its steps stay in order.
             seen: set[int] = set()
             this_round, later = [], []
             for item in pending:
                 (later if id(item[1]) in seen else this_round).append(item)
                 seen.add(id(item[1]))
-            for start in range(0, len(this_round), self.max_forward):
-                chunk = this_round[start:start + self.max_forward]
-                for (i, _, _), out in zip(chunk, self._forward(chunk), strict=True):
-                    results[i] = out
+            by_length: dict[int, list] = {}
+            for item in this_round:
+                by_length.setdefault(len(item[2]), []).append(item)
+            for group in by_length.values():
+                for start in range(0, len(group), self.max_forward):
+                    chunk = group[start:start + self.max_forward]
+                    for (i, _, _), out in zip(chunk, self._forward(chunk), strict=True):
+                        results[i] = out[0] if single else out
             pending = later
         return results
 
     def _forward(self, batch: list[tuple[int, Session, np.ndarray]]) -> list[np.ndarray]:
+        """One forward over T steps for B sessions: items `[T, P]` each (equal T)."""
         sessions = [s for _, s, _ in batch]
         values = torch.from_numpy(np.stack([v for _, _, v in batch]))
         dim = self.served.batch_dim
         with self._state_lock:
             state = sessions[0].state if len(sessions) == 1 else stack_states([s.state for s in sessions], dim)
-            outputs, new_state = self.served.step(values, state)
+            outputs, new_state = self.served.steps(values, state)
             now = self.clock()
             for j, s in enumerate(sessions):
                 copy_state_into(s.state, new_state, j, dim)
-                s.steps += 1
+                s.steps += values.shape[1]
                 s.last_used = now
         return list(outputs.numpy().copy())
