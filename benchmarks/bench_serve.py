@@ -4,12 +4,14 @@ concurrent sessions, at the small (N = 51) and reference (N = 1001) pattern size
 forward), with requests of one step (`POST /step`) and of 16 (`POST /steps`, one forward
 over the sequence; `--sequences`).
 
-Two layers are measured in one run:
+Three layers are measured in one run:
   in-process  `SessionStore.step_many` with all sessions (batched) or one call per
               session (unbatched): the forward pass and the state copies only;
   http        a real `plasticity serve` app on 127.0.0.1 (Ray Serve, one shard), driven by
               one asyncio client per session, each sending its next step when the last
-              answered: HTTP, the proxy, the gateway, the handle call and the batch queue.
+              answered: HTTP, the proxy, the gateway, the handle call and the batch queue;
+  handle      the same load through a Serve handle straight to the shard: the handle call,
+              the batch queue and the shard (no HTTP client, proxy or gateway).
 
 The weights are untrained (speed does not depend on them). Prints a Markdown table.
 
@@ -113,6 +115,37 @@ async def _drive(url: str, sessions: int, seconds: float, item_size: int, seq: i
             "p99_ms": 1e3 * percentile(lat, 99), "mean_batch": statistics.fmean(batches) if batches else float("nan")}
 
 
+async def _drive_handle(app: str, sessions: int, seconds: float, item_size: int, seq: int = 1) -> dict:
+    """The same load as `_drive`, sent through a Serve handle straight to the app's shard:
+    no HTTP client, proxy or gateway (what those cost is the difference to the http rows)."""
+    from ray import serve
+
+    shard = serve.get_deployment_handle("Shard0", app_name=app)
+    rows = np.where(np.random.default_rng(0).random((seq, item_size)) < 0.5, -1.0, 1.0)
+    method, arg = ("step", rows[0].tolist()) if seq == 1 else ("steps", rows.tolist())
+    ids = [(await shard.create.remote())["id"] for _ in range(sessions)]
+    lat: list[float] = []
+    batches: list[int] = []
+    stop_at = time.perf_counter() + seconds
+
+    async def one(sid: str):
+        while time.perf_counter() < stop_at:
+            t0 = time.perf_counter()
+            answer = await getattr(shard, method).remote(sid, arg)
+            if "error" in answer:
+                raise RuntimeError(f"{method} failed: {answer}")
+            lat.append(time.perf_counter() - t0)
+            batches.append(answer["batch"])
+
+    start = time.perf_counter()
+    await asyncio.gather(*(one(sid) for sid in ids))
+    wall = time.perf_counter() - start
+    for sid in ids:
+        await shard.delete.remote(sid)
+    return {"steps_s": seq * len(lat) / wall, "p50_ms": 1e3 * percentile(lat, 50),
+            "p99_ms": 1e3 * percentile(lat, 99), "mean_batch": statistics.fmean(batches) if batches else float("nan")}
+
+
 def start_apps(checkpoints: dict[str, Path], port: int, max_sessions: int) -> dict[tuple[str, bool], str]:
     """One Serve instance, an app per (size, batched), each under its own route prefix."""
     from ray import serve
@@ -167,10 +200,12 @@ def main(argv=None) -> int:
             item = SIZES[size]["pattern_size"]
             for seq in args.sequences:
                 for n in args.sessions:
-                    r = asyncio.run(_drive(url, n, args.seconds, item, seq))
-                    rows.append(("http", size, n_neurons, n, seq, batched, r))
-                    print(f"http {size} sessions={n} steps/request={seq} batched={batched}: {r}", file=sys.stderr,
-                          flush=True)
+                    for layer in ("http", "handle"):
+                        r = asyncio.run(_drive(url, n, args.seconds, item, seq) if layer == "http" else
+                                        _drive_handle(url.rsplit("/", 1)[1], n, args.seconds, item, seq))
+                        rows.append((layer, size, n_neurons, n, seq, batched, r))
+                        print(f"{layer} {size} sessions={n} steps/request={seq} batched={batched}: {r}",
+                              file=sys.stderr, flush=True)
         from ray import serve
 
         serve.shutdown()
