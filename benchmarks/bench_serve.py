@@ -80,39 +80,55 @@ def bench_in_process(served: ServedModel, sessions: int, seconds: float, batched
             "mean_batch": min(sessions, store.max_forward) if batched else 1}
 
 
-async def _drive(url: str, sessions: int, seconds: float, item_size: int, seq: int = 1) -> dict:
-    import aiohttp
+def _rows(item_size: int, seq: int) -> np.ndarray:
+    return np.where(np.random.default_rng(0).random((seq, item_size)) < 0.5, -1.0, 1.0)
 
-    rng = np.random.default_rng(0)
-    rows = np.where(rng.random((seq, item_size)) < 0.5, -1.0, 1.0)
-    route, body = ("step", {"input": rows[0].tolist()}) if seq == 1 else ("steps", {"inputs": rows.tolist()})
+
+async def _load(send, ids: list[str], seconds: float, seq: int) -> dict:
+    """Each session sends its next request when the last answered (`send(sid)` -> the
+    answer), for `seconds`: steps/s, request latency and the batch each answer reports."""
     lat: list[float] = []
     batches: list[int] = []
+    stop_at = time.perf_counter() + seconds
+
+    async def one(sid: str):
+        while time.perf_counter() < stop_at:
+            t0 = time.perf_counter()
+            answer = await send(sid)
+            lat.append(time.perf_counter() - t0)
+            batches.append(answer["batch"])
+
+    start = time.perf_counter()
+    await asyncio.gather(*(one(sid) for sid in ids))
+    wall = time.perf_counter() - start
+    return {"steps_s": seq * len(lat) / wall, "p50_ms": 1e3 * percentile(lat, 50),
+            "p99_ms": 1e3 * percentile(lat, 99), "mean_batch": statistics.fmean(batches) if batches else float("nan")}
+
+
+async def _drive(url: str, sessions: int, seconds: float, item_size: int, seq: int = 1) -> dict:
+    """The load over HTTP: client, Serve proxy, gateway, handle call, batch queue, shard."""
+    import aiohttp
+
+    rows = _rows(item_size, seq)
+    route, body = ("step", {"input": rows[0].tolist()}) if seq == 1 else ("steps", {"inputs": rows.tolist()})
     async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as http:
         ids = []
         for _ in range(sessions):
             async with http.post(f"{url}/sessions") as r:
                 ids.append((await r.json())["id"])
-        stop_at = time.perf_counter() + seconds
 
-        async def one(sid: str):
-            while time.perf_counter() < stop_at:
-                t0 = time.perf_counter()
-                async with http.post(f"{url}/sessions/{sid}/{route}", json=body) as r:
-                    answer = await r.json()
-                    if r.status != 200:
-                        raise RuntimeError(f"step failed: {r.status} {answer}")
-                lat.append(time.perf_counter() - t0)
-                batches.append(answer["batch"])
+        async def send(sid: str) -> dict:
+            async with http.post(f"{url}/sessions/{sid}/{route}", json=body) as r:
+                answer = await r.json()
+                if r.status != 200:
+                    raise RuntimeError(f"{route} failed: {r.status} {answer}")
+                return answer
 
-        start = time.perf_counter()
-        await asyncio.gather(*(one(sid) for sid in ids))
-        wall = time.perf_counter() - start
+        result = await _load(send, ids, seconds, seq)
         for sid in ids:
             async with http.delete(f"{url}/sessions/{sid}"):
                 pass
-    return {"steps_s": seq * len(lat) / wall, "p50_ms": 1e3 * percentile(lat, 50),
-            "p99_ms": 1e3 * percentile(lat, 99), "mean_batch": statistics.fmean(batches) if batches else float("nan")}
+    return result
 
 
 async def _drive_handle(app: str, sessions: int, seconds: float, item_size: int, seq: int = 1) -> dict:
@@ -121,29 +137,20 @@ async def _drive_handle(app: str, sessions: int, seconds: float, item_size: int,
     from ray import serve
 
     shard = serve.get_deployment_handle("Shard0", app_name=app)
-    rows = np.where(np.random.default_rng(0).random((seq, item_size)) < 0.5, -1.0, 1.0)
+    rows = _rows(item_size, seq)
     method, arg = ("step", rows[0].tolist()) if seq == 1 else ("steps", rows.tolist())
     ids = [(await shard.create.remote())["id"] for _ in range(sessions)]
-    lat: list[float] = []
-    batches: list[int] = []
-    stop_at = time.perf_counter() + seconds
 
-    async def one(sid: str):
-        while time.perf_counter() < stop_at:
-            t0 = time.perf_counter()
-            answer = await getattr(shard, method).remote(sid, arg)
-            if "error" in answer:
-                raise RuntimeError(f"{method} failed: {answer}")
-            lat.append(time.perf_counter() - t0)
-            batches.append(answer["batch"])
+    async def send(sid: str) -> dict:
+        answer = await getattr(shard, method).remote(sid, arg)
+        if "error" in answer:
+            raise RuntimeError(f"{method} failed: {answer}")
+        return answer
 
-    start = time.perf_counter()
-    await asyncio.gather(*(one(sid) for sid in ids))
-    wall = time.perf_counter() - start
+    result = await _load(send, ids, seconds, seq)
     for sid in ids:
         await shard.delete.remote(sid)
-    return {"steps_s": seq * len(lat) / wall, "p50_ms": 1e3 * percentile(lat, 50),
-            "p99_ms": 1e3 * percentile(lat, 99), "mean_batch": statistics.fmean(batches) if batches else float("nan")}
+    return result
 
 
 def start_apps(checkpoints: dict[str, Path], port: int, max_sessions: int) -> dict[tuple[str, bool], str]:
