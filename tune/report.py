@@ -24,7 +24,7 @@ from plasticity.plots import save_figure
 from plasticity.redact import redact
 from plasticity.tracking.mlflow import MlflowTracker
 from plasticity.train import model_from_checkpoint
-from tune.summary import TOP
+from tune.summary import TOP, train_command
 from tune.trainable import RUN_ID_KEY
 
 
@@ -200,25 +200,25 @@ class SweepTracker:
                 if self.parent.attempt(self.parent.client.log_artifact, self.run_id, str(Path(d) / name)):
                     self.figures.append(name)
 
-    def describe(self, summary: str) -> None:
+    def describe(self, view, answer: str) -> None:
         """The parent run's description (MLflow's run note, shown first on the run's page):
-        the sweep's answer as the terminal printed it (its table, the best trial and the
-        command that trains it again), the objective against eta drawn inline, and the
-        figures in the run's artifacts."""
-        figures = self.figures
-        said = summary.strip().splitlines()
-        # The best trial and its command first: the UI shows a description's first lines.
-        best = [i for i, line in enumerate(said) if line.startswith("best: ")]
-        lines = [f"**Sweep {self.name}**" + (f", {said[best[0]]}" if best else ": no trial finished")]
-        if best and best[0] + 1 < len(said):
-            lines += ["", "```", said[best[0] + 1].strip(), "```"]
+        the best trial and the command that trains it again (first: the UI shows a
+        description's first lines), the objective against eta drawn inline, then the
+        sweep's `answer` as the terminal printed it (`tune.summary.show(view)`)."""
+        best = view.best
+        lines = [f"**Sweep {self.name}**" + (f", best: {best.label}, {view.metric} {best.objective:.4g}; train it "
+                                             "again with:" if best else ": no trial finished")]
+        command = train_command(view, best) if best else None
+        if command:
+            lines += ["", "```", command, "```"]
         lines.append("")
-        if "objective_vs_eta.png" in figures:
+        if "objective_vs_eta.png" in self.figures:
             lines += [f"![objective against eta]({artifact_url(self.run_id, 'objective_vs_eta.png')})", ""]
-        lines += ["The sweep's answer as `plasticity sweep` printed it:", "", "```text", *said, "```", ""]
-        if figures:
-            lines.append("Figures (Optuna's, in this run's **Artifacts** tab): " + ", ".join(f"`{f}`" for f in figures)
-                         + "; the table of every trial: `summary/trials.csv`.")
+        lines += ["The sweep's answer as `plasticity sweep` printed it:", "", "```text", answer.strip(), "```", ""]
+        if self.figures:
+            lines.append("Figures (Optuna's, in this run's **Artifacts** tab): "
+                         + ", ".join(f"`{f}`" for f in self.figures) + "; the table of every trial: "
+                         "`summary/trials.csv`.")
         note = "\n".join(lines)
         if len(note) > NOTE_MAX:  # MLflow keeps tag values up to 8,000 characters
             note = note[:NOTE_MAX - 40] + "\n```\n(cut: see summary/trials.md)"

@@ -7,7 +7,6 @@ May import in functions: pandas
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import math
 from dataclasses import dataclass, field
@@ -64,10 +63,9 @@ class SweepResult:
         best = self.best
         if best is None:
             return None
+        # Its settings come from its MLflow run, or without MLflow from its own folder
+        # (tune.summary.collect).
         row = next((r for r in self.view.rows if r.trial_id == best.trial_id), None)
-        if row is not None and not row.settings and best.config:
-            # No MLflow: the trial's own config.json says the same.
-            row = dataclasses.replace(row, settings={k: str(v) for k, v in best.config.items()})
         return train_command(self.view, row) if row is not None else None
 
     def summary(self) -> str:

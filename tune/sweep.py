@@ -394,7 +394,7 @@ def sweep_and_collect(args: SweepArgs, stop=None):
                    results=results_folder(args.storage_path, args.name))
     answer = show(view)
     if tracker is not None:
-        tracker.describe(answer)
+        tracker.describe(view, answer)
     print(answer, flush=True)
     # This driver session's trial events (the cluster fault tests read this line).
     print(f"sweep {args.name}: trials " + ", ".join(f"{k} {v}" for k, v in counts.items()), flush=True)
